@@ -55,6 +55,9 @@ class Op:
     onnx_nodes: tuple[str, ...] = ()  # ONNX node names merged into this op
     onnx_type: str = ""  # ONNX op type of the main node
     consts: tuple[tuple[str, Any], ...] = ()  # static non-weight inputs (numpy arrays), by role
+    # ONNX positional inputs of the main node: ("act", i) -> inputs[i], ("weight", role), ("const", role),
+    # ("none", "") for an omitted optional input.  Used to run the op's float implementation.
+    slots: tuple[tuple[str, Any], ...] = ()
 
     def attr(self, key: str, default: Any = None) -> Any:
         for k, v in self.attrs:

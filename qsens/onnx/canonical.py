@@ -1,0 +1,563 @@
+"""ONNX -> canonical graph (TPU-MLIR Top dialect form).
+
+Steps, all decided from the model and the deployment shapes, never from sample data:
+
+1. Values are classified as *const* (static numpy: integer initializers, shape arithmetic, Constant nodes of
+   integer type, anything folded from consts), *weight* (float initializers and Constant nodes, and values
+   computed only from weights: they go to ``params``) or *act* (depends on a graph input).
+2. Nodes whose inputs are all const/weight are folded on the host (``Shape/Gather/Slice/Concat/Pad/Expand``
+   chains become static values; ``Shape`` of an activation is its static shape).  Static input slots
+   (Reshape's shape, Clip's bounds, ReduceMean's axes, ...) must resolve to constants.
+3. Activation nodes become canonical ops, with TPU-MLIR's canonicalizations:
+   * ``Identity`` / ``Dropout`` are removed;
+   * ``BatchNormalization`` after a ``Conv`` (whose output feeds only the BN) is folded into the Conv
+     (float64 arithmetic, stored float32); a lone BN becomes a per-channel ``Scale``;
+   * ``Relu`` and ``Clip(0, x)`` are fused into their producer (``do_relu``, ``relu_limit`` = x or -1) when the
+     producer supports a fused ReLU and feeds only the ReLU; the fused op takes the ReLU's name
+     (TPU-MLIR's ``TopFuseRelu`` moves the ReLU's location onto the producer); the same rule gives a
+     Conv+BN pair the BN's name;
+   * ``ReduceMean`` over all spatial axes with ``keepdims=1`` and ``GlobalAveragePool`` become ``AvgPool``.
+4. Names: ``tpu_mlir`` style (default) = ``<first ONNX output name>_<ONNX op type>`` as TPU-MLIR's ONNX
+   converter names ops (the Input op keeps the input's name); ``onnx`` style = the ONNX output name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..errors import ModelError
+from . import registry
+from .ir import Graph, Op, freeze_attrs
+from .load import graph_inputs, input_dtype, model_opset
+
+# ONNX op type -> Top op type (identity where absent)
+TOP_TYPE = {
+    "Gemm": "MatMul",
+    "Transpose": "Permute",
+    "Flatten": "Reshape",
+    "Squeeze": "Reshape",
+    "Unsqueeze": "Reshape",
+    "BatchNormalization": "Scale",
+    "GlobalAveragePool": "AvgPool",
+    "AveragePool": "AvgPool",
+    "GlobalMaxPool": "MaxPool",
+    "ReduceMean": "Reduce",
+    "ReduceSum": "Reduce",
+    "ReduceMax": "Reduce",
+    "ReduceMin": "Reduce",
+    "ReduceL2": "Reduce",
+    "Clip": "Clip",
+}
+
+# producers that take a fused ReLU (TPU-MLIR's SupportFuseRelu trait, restricted to what qsens lowers)
+FUSE_RELU = {"Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "BatchNormalization", "Concat", "AveragePool",
+             "GlobalAveragePool", "MaxPool", "ReduceMean"}
+
+WEIGHT_ROLES = {
+    "Conv": ("input", "filter", "bias"),
+    "ConvTranspose": ("input", "filter", "bias"),
+    "Gemm": ("input", "filter", "bias"),
+    "MatMul": ("input", "filter"),
+    "PRelu": ("input", "slope"),
+    "BatchNormalization": ("input", "scale", "bias", "mean", "var"),
+}
+
+NAME_STYLES = ("tpu_mlir", "onnx")
+
+
+@dataclasses.dataclass
+class _Raw:
+    """An activation node before canonicalization."""
+
+    node: onnx.NodeProto
+    op_type: str
+    attrs: dict[str, Any]
+    slots: list[tuple[str, Any]]  # ("act", tensor) | ("weight", key) | ("const", ndarray) | ("none", None)
+    outputs: list[str]
+    avals: list[jax.ShapeDtypeStruct]
+    nodes: list[str]
+    name_node: onnx.NodeProto  # the node that gives the canonical name (a fused ReLU, a folded BN)
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _is_float(a: np.ndarray) -> bool:
+    return np.issubdtype(np.asarray(a).dtype, np.floating)
+
+
+def _constant_node_value(node: onnx.NodeProto) -> np.ndarray:
+    for a in node.attribute:
+        if a.name == "value":
+            return numpy_helper.to_array(a.t)
+        if a.name == "value_float":
+            return np.asarray(a.f, np.float32)
+        if a.name == "value_floats":
+            return np.asarray(list(a.floats), np.float32)
+        if a.name == "value_int":
+            return np.asarray(a.i, np.int64)
+        if a.name == "value_ints":
+            return np.asarray(list(a.ints), np.int64)
+    raise ModelError(f"Constant node '{node.name}' has no supported value attribute (sparse/string constants are not supported).")
+
+
+def _toposort(nodes: Sequence[onnx.NodeProto], known: set[str]) -> list[onnx.NodeProto]:
+    avail = set(known)
+    out, pending = [], list(nodes)
+    while pending:
+        progressed, rest = False, []
+        for n in pending:
+            if all((not i) or i in avail for i in n.input):
+                out.append(n)
+                avail.update(n.output)
+                progressed = True
+            else:
+                rest.append(n)
+        if not progressed:
+            n = rest[0]
+            missing = [i for i in n.input if i and i not in avail]
+            raise ModelError(f"node '{n.name}' ({n.op_type}) reads undefined tensor(s) {missing}; the model graph is broken or has a cycle.")
+        pending = rest
+    return out
+
+
+def _run_impl(d: registry.OpDef, ins: list, attrs: dict, *, host: bool) -> list:
+    if host and d.numpy_ok:
+        out = d.impl(np, [None if x is None else np.asarray(x) for x in ins], attrs)
+        return [np.asarray(o) for o in out]
+    out = d.impl(jnp, [None if x is None else jnp.asarray(x) for x in ins], attrs)
+    return [np.asarray(o) for o in out]
+
+
+class Canonicalizer:
+    """Builds :class:`Graph` objects (one per batch size) and the float ``params`` of one model."""
+
+    def __init__(self, model: onnx.ModelProto, path: str, deploy_shapes: list[tuple[int, ...]], name_style: str = "tpu_mlir"):
+        if name_style not in NAME_STYLES:
+            raise ModelError(f"--name_style must be one of {NAME_STYLES}, got {name_style!r}")
+        self.model, self.path, self.name_style = model, path, name_style
+        self.opset = model_opset(model)
+        self.deploy_shapes = [tuple(s) for s in deploy_shapes]
+        self.inputs = graph_inputs(model)
+        self.params: dict[str, np.ndarray] = {}
+        self._graphs: dict[int, Graph] = {}
+        known = {v.name for v in self.inputs} | {i.name for i in model.graph.initializer}
+        self.nodes = _toposort(model.graph.node, known)
+        self.deploy_batch = self.deploy_shapes[0][0] if self.deploy_shapes and self.deploy_shapes[0] else 1
+        self.graph(self.deploy_batch)  # validates the model, fills params
+
+    # ---------------------------------------------------------------------------------------------
+    def shapes_at(self, batch: int) -> list[tuple[int, ...]]:
+        return [(batch,) + s[1:] if s else s for s in self.deploy_shapes]
+
+    def graph(self, batch: int) -> Graph:
+        if batch not in self._graphs:
+            self._graphs[batch] = self._build(self.shapes_at(batch), batch)
+        return self._graphs[batch]
+
+    # ---------------------------------------------------------------------------------------------
+    def _build(self, shapes: list[tuple[int, ...]], batch: int) -> Graph:
+        opset = self.opset
+        vals: dict[str, tuple[str, Any]] = {}
+        params: dict[str, np.ndarray] = {}
+        for init in self.model.graph.initializer:
+            a = numpy_helper.to_array(init)
+            if _is_float(a):
+                a = a.astype(np.float32)
+                vals[init.name] = ("weight", init.name)
+                params[init.name] = a
+            else:
+                vals[init.name] = ("const", a)
+        in_ops = []
+        for v, shp in zip(self.inputs, shapes):
+            dt = input_dtype(v)
+            vals[v.name] = ("act", v.name)
+            in_ops.append(Op(name=v.name, type="Input", inputs=(), outputs=(v.name,), out_shapes=(tuple(shp),),
+                             out_dtypes=(dt.name,), onnx_type="Input"))
+        avals: dict[str, jax.ShapeDtypeStruct] = {
+            v.name: jax.ShapeDtypeStruct(tuple(s), input_dtype(v)) for v, s in zip(self.inputs, shapes)
+        }
+        raws: list[_Raw] = []
+
+        def value(name: str):
+            kind, ref = vals[name]
+            return ref if kind == "const" else params[ref]
+
+        for node in self.nodes:
+            nname = node.name or (node.output[0] if node.output else node.op_type)
+            if node.op_type == "Constant":
+                a = _constant_node_value(node)
+                if _is_float(a):
+                    params[node.output[0]] = a.astype(np.float32)
+                    vals[node.output[0]] = ("weight", node.output[0])
+                else:
+                    vals[node.output[0]] = ("const", a)
+                continue
+            d = registry.lookup(node.op_type, node_name=nname, opset=opset, domain=node.domain)
+            attrs = registry.node_attrs(node, opset)
+            attrs["_opset"] = opset
+            attrs["_n_outputs"] = len(node.output)
+            kinds = []
+            for k, i in enumerate(node.input):
+                if not i:
+                    kinds.append("none")
+                    continue
+                if i not in vals:
+                    raise ModelError(f"node '{nname}' ({node.op_type}) reads undefined tensor '{i}'.")
+                kind = vals[i][0]
+                if k in d.static and kind == "act":
+                    raise ModelError(
+                        f"node '{nname}' ({node.op_type}) input {k} ('{i}') must be a constant (it sets a shape/axes/bounds) "
+                        "but is computed from the model input at run time; qsens needs static shapes: re-export with "
+                        "constant folding or pass --input_shapes."
+                    )
+                kinds.append(kind)
+            if node.op_type == "Shape" and kinds[0] == "act":
+                out = d.impl(np, [np.empty(avals[node.input[0]].shape, np.int8)], attrs)
+                vals[node.output[0]] = ("const", out[0])
+                continue
+            if node.op_type == "Size" and kinds[0] == "act":
+                vals[node.output[0]] = ("const", np.asarray(int(np.prod(avals[node.input[0]].shape)), np.int64))
+                continue
+            if "act" not in kinds:
+                ins = [None if kd == "none" else value(i) for kd, i in zip(kinds, node.input)]
+                try:
+                    outs = _run_impl(d, ins, attrs, host=True)
+                except Exception as e:  # noqa: BLE001
+                    raise ModelError(f"node '{nname}' ({node.op_type}): constant folding failed: {e}") from None
+                derived_from_weight = "weight" in kinds
+                for o, a in zip(node.output, outs):
+                    if not o:
+                        continue
+                    if derived_from_weight and _is_float(a):
+                        params[o] = a.astype(np.float32)
+                        vals[o] = ("weight", o)
+                    else:
+                        vals[o] = ("const", a)
+                continue
+            # activation node
+            slots: list[tuple[str, Any]] = []
+            for k, (kd, i) in enumerate(zip(kinds, node.input)):
+                if kd == "none":
+                    slots.append(("none", None))
+                elif kd == "act":
+                    slots.append(("act", vals[i][1]))
+                elif kd == "weight" and k not in d.static:
+                    slots.append(("weight", vals[i][1]))
+                else:
+                    slots.append(("const", np.asarray(value(i))))
+            out_avals = self._infer(d, attrs, slots, avals, params, nname, node.op_type)
+            raw = _Raw(node, node.op_type, attrs, slots, list(node.output), out_avals, [nname], node)
+            raws.append(raw)
+            for o, av in zip(node.output, out_avals):
+                if o:
+                    vals[o] = ("act", o)
+                    avals[o] = av
+        graph_outs = [o.name for o in self.model.graph.output]
+        for o in graph_outs:
+            if vals.get(o, ("?",))[0] != "act":
+                raise ModelError(f"graph output '{o}' does not depend on the model input (it is a constant); qsens cannot quantize it.")
+        ops, alias, params = self._canonicalize(raws, graph_outs, params, avals)
+        ops = in_ops + ops
+        out_tensors = tuple(alias.get(o, o) for o in graph_outs)
+        if not self.params:
+            self.params = params
+        return Graph(
+            ops=tuple(ops), inputs=tuple(v.name for v in self.inputs), outputs=out_tensors,
+            output_names=tuple(graph_outs), input_shapes=tuple(tuple(s) for s in shapes), batch=batch,
+            opset=opset, model_path=self.path,
+        )
+
+    # ---------------------------------------------------------------------------------------------
+    @staticmethod
+    def _infer(d, attrs, slots, avals, params, nname, op_type):
+        acts = [ref for kind, ref in slots if kind == "act"]
+        wkeys = [ref for kind, ref in slots if kind == "weight"]
+
+        def f(act_vals, w_vals):
+            ai, wi = iter(act_vals), iter(w_vals)
+            ins = []
+            for kind, ref in slots:
+                if kind == "act":
+                    ins.append(next(ai))
+                elif kind == "weight":
+                    ins.append(next(wi))
+                elif kind == "const":
+                    ins.append(ref)
+                else:
+                    ins.append(None)
+            return d.impl(jnp, ins, attrs)
+
+        try:
+            out = jax.eval_shape(
+                f, [avals[a] for a in acts], [jax.ShapeDtypeStruct(params[k].shape, params[k].dtype) for k in wkeys]
+            )
+        except registry.UnsupportedOpError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            shapes = [tuple(avals[a].shape) for a in acts]
+            raise ModelError(f"node '{nname}' ({op_type}) cannot run on input shapes {shapes}: {msg}") from None
+        return list(out)
+
+    # ---------------------------------------------------------------------------------------------
+    def _canonicalize(self, raws: list[_Raw], graph_outs: list[str], params: dict, avals: dict):
+        alias: dict[str, str] = {}
+        # 1. remove Identity / Dropout
+        kept: list[_Raw] = []
+        for r in raws:
+            if r.op_type in ("Identity", "Dropout") and r.slots[0][0] == "act":
+                alias[r.outputs[0]] = r.slots[0][1]
+                continue
+            kept.append(r)
+
+        def res(t):
+            while t in alias:
+                t = alias[t]
+            return t
+
+        for r in kept:
+            r.slots = [(k, res(v)) if k == "act" else (k, v) for k, v in r.slots]
+        graph_out_set = {res(o) for o in graph_outs}
+        users: dict[str, list[_Raw]] = {}
+        for r in kept:
+            for k, v in r.slots:
+                if k == "act":
+                    users.setdefault(v, []).append(r)
+        producer = {o: r for r in kept for o in r.outputs if o}
+        dead: set[int] = set()
+
+        def sole_user(tensor: str, r: _Raw) -> bool:
+            return tensor not in graph_out_set and len(users.get(tensor, [])) == 1 and users[tensor][0] is r
+
+        # 2. fold BN into Conv
+        for r in kept:
+            if r.op_type != "BatchNormalization" or r.slots[0][0] != "act":
+                continue
+            p = producer.get(r.slots[0][1])
+            if p is None or p.op_type != "Conv" or id(p) in dead or p.extra.get("relu") or not sole_user(r.slots[0][1], r):
+                continue
+            if any(k not in ("weight", "const") for k, _ in r.slots[1:5]) or p.slots[1][0] != "weight":
+                continue
+            if len(p.slots) > 2 and p.slots[2][0] not in ("weight", "none"):
+                continue
+            get = lambda s: np.asarray(params[s[1]] if s[0] == "weight" else s[1], np.float64)  # noqa: E731
+            scale, bias, mean, var = (get(s) for s in r.slots[1:5])
+            eps = float(r.attrs.get("epsilon", 1e-5))
+            inv = scale / np.sqrt(var + eps)
+            w = np.asarray(params[p.slots[1][1]], np.float64)
+            b = np.asarray(params[p.slots[2][1]], np.float64) if len(p.slots) > 2 and p.slots[2][0] == "weight" else 0.0
+            wk, bk = f"{p.slots[1][1]}@bn", f"{r.outputs[0]}@bn_bias"
+            params[wk] = (w * inv.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32)
+            params[bk] = ((b - mean) * inv + bias).astype(np.float32)
+            p.slots = [p.slots[0], ("weight", wk), ("weight", bk)]
+            alias_out = r.outputs[0]
+            old_out = p.outputs[0]
+            p.outputs = [alias_out]
+            avals[alias_out] = avals[alias_out]
+            p.nodes.append(r.nodes[0])
+            p.name_node = r.node
+            producer[alias_out] = p
+            producer.pop(old_out, None)
+            dead.add(id(r))
+        kept = [r for r in kept if id(r) not in dead]
+
+        # 2b. fuse a zero constant Pad of the spatial dims into the Conv that reads it (TPU-MLIR's pad fusion)
+        for r in kept:
+            if r.op_type != "Conv" or r.slots[0][0] != "act" or r.attrs.get("auto_pad", "NOTSET") != "NOTSET":
+                continue
+            p = producer.get(r.slots[0][1])
+            if p is None or p.op_type != "Pad" or id(p) in dead or not sole_user(r.slots[0][1], r):
+                continue
+            pads = _zero_spatial_pads(p)
+            if pads is None or p.slots[0][0] != "act":
+                continue
+            n = len(pads) // 2
+            old = list(r.attrs.get("pads") or (0,) * (2 * n))
+            r.attrs["pads"] = tuple(int(a + b) for a, b in zip(old, pads))
+            r.slots[0] = p.slots[0]
+            r.nodes.insert(0, p.nodes[0])
+            users.setdefault(p.slots[0][1], []).append(r)
+            users[p.slots[0][1]] = [u for u in users[p.slots[0][1]] if u is not p]
+            dead.add(id(p))
+        kept = [r for r in kept if id(r) not in dead]
+
+        # 3. fuse Relu / Clip(0, x) into the producer
+        for r in kept:
+            if id(r) in dead or r.slots[0][0] != "act":
+                continue
+            limit = None
+            if r.op_type == "Relu":
+                limit = -1.0
+            elif r.op_type == "Clip":
+                lo, hi = _clip_bounds(r)
+                if lo is not None and float(lo) == 0.0:
+                    limit = -1.0 if hi is None else float(hi)
+            if limit is None:
+                continue
+            r.extra["relu_limit"] = limit
+            t = r.slots[0][1]
+            p = producer.get(t)
+            if p is None or id(p) in dead or p.op_type not in FUSE_RELU or p.extra.get("relu") or not sole_user(t, r):
+                continue
+            if p.op_type == "ReduceMean" and not _is_spatial_mean(p):
+                continue
+            p.extra["relu"] = True
+            p.extra["relu_limit"] = limit
+            old_out = p.outputs[0]
+            p.outputs = [r.outputs[0]]
+            p.nodes.append(r.nodes[0])
+            p.name_node = r.node
+            producer[r.outputs[0]] = p
+            producer.pop(old_out, None)
+            dead.add(id(r))
+        kept = [r for r in kept if id(r) not in dead]
+
+        # 4. emit canonical ops
+        ops = []
+        for r in kept:
+            ops.append(self._emit(r, params, avals))
+        # rename tensors to canonical names
+        rename = {}
+        for r, op in zip(kept, ops):
+            for o, t in zip(r.outputs, op.outputs):
+                if o:
+                    rename[o] = t
+        final = []
+        for op in ops:
+            new_in = tuple(rename.get(t, t) for t in op.inputs)
+            final.append(dataclasses.replace(op, inputs=new_in))
+        out_alias = {o: rename.get(res(o), res(o)) for o in graph_outs}
+        used = set()
+        for op in final:
+            for k, v in op.weights:
+                used.add(v)
+        params = {k: v for k, v in params.items() if k in used}
+        return final, out_alias, params
+
+    def _name(self, onnx_out: str, onnx_type: str) -> str:
+        return onnx_out if self.name_style == "onnx" else f"{onnx_out}_{onnx_type}"
+
+    def _emit(self, r: _Raw, params, avals) -> Op:
+        roles = WEIGHT_ROLES.get(r.op_type, ())
+        inputs: list[str] = []
+        weights: list[tuple[str, str]] = []
+        consts: list[tuple[str, Any]] = []
+        slots: list[tuple[str, Any]] = []
+        for k, (kind, ref) in enumerate(r.slots):
+            role = roles[k] if k < len(roles) else f"in{k}"
+            if kind == "act":
+                slots.append(("act", len(inputs)))
+                inputs.append(ref)
+            elif kind == "weight":
+                slots.append(("weight", role))
+                weights.append((role, ref))
+            elif kind == "const":
+                slots.append(("const", role))
+                consts.append((role, ref))
+            else:
+                slots.append(("none", ""))
+        attrs = {k: v for k, v in r.attrs.items() if not isinstance(v, np.ndarray)}
+        top_type = TOP_TYPE.get(r.op_type, r.op_type)
+        x_aval = avals.get(inputs[0]) if inputs else None
+        if r.op_type == "Conv":
+            from .ops.conv import conv_attrs
+
+            w_shape = params[dict(weights)["filter"]].shape if "filter" in dict(weights) else None
+            if w_shape is not None and x_aval is not None and len(w_shape) == 4:
+                k_, s_, p_, d_, g_ = conv_attrs(r.attrs, x_aval.shape, w_shape)
+                attrs.update(kernel_shape=k_, strides=s_, dilations=d_, group=g_, auto_pad="NOTSET",
+                             pads=(p_[0][0], p_[1][0], p_[0][1], p_[1][1]))
+        elif r.op_type in ("MaxPool", "AveragePool") and x_aval is not None and x_aval.ndim == 4:
+            from .ops.pool import pool_geometry
+
+            k_, s_, d_, p_, _ = pool_geometry(r.attrs, x_aval.shape[2:])
+            attrs.update(strides=s_, dilations=d_, kernel_shape=k_)
+            attrs["canonical_pads"] = (p_[0][0], p_[1][0], p_[0][1], p_[1][1])
+        elif (r.op_type == "GlobalAveragePool" or (r.op_type == "ReduceMean" and _is_spatial_mean(r))) and x_aval is not None:
+            top_type = "AvgPool"
+            attrs.update(kernel_shape=tuple(x_aval.shape[2:]), strides=(1,) * (x_aval.ndim - 2),
+                         canonical_pads=(0,) * (2 * (x_aval.ndim - 2)), count_include_pad=1, global_pool=True)
+        elif r.op_type == "GlobalMaxPool" and x_aval is not None:
+            attrs.update(kernel_shape=tuple(x_aval.shape[2:]), strides=(1,) * (x_aval.ndim - 2),
+                         canonical_pads=(0,) * (2 * (x_aval.ndim - 2)), global_pool=True)
+        elif r.op_type in ("Relu", "Clip") and "relu_limit" in r.extra:
+            top_type = "Relu"
+            attrs["relu_limit"] = r.extra["relu_limit"]
+        if r.extra.get("relu"):
+            attrs["do_relu"] = True
+            attrs["relu_limit"] = r.extra["relu_limit"]
+        elif top_type != "Relu":
+            attrs.setdefault("do_relu", False)
+        name_out = r.outputs[0]
+        name_type = r.name_node.op_type
+        name = self._name(name_out, name_type)
+        outs = [name] + [self._name(o, name_type) for o in r.outputs[1:] if o]
+        out_avals = [avals[o] for o in r.outputs if o]
+        return Op(
+            name=name, type=top_type, inputs=tuple(inputs), outputs=tuple(outs), weights=tuple(weights),
+            attrs=freeze_attrs(attrs), out_shapes=tuple(tuple(a.shape) for a in out_avals),
+            out_dtypes=tuple(np.dtype(a.dtype).name for a in out_avals), onnx_nodes=tuple(r.nodes),
+            onnx_type=r.op_type, consts=tuple(consts), slots=tuple(slots),
+        )
+
+
+def _clip_bounds(r: _Raw):
+    lo = hi = None
+    if len(r.slots) > 1:
+        if r.slots[1][0] == "const":
+            lo = float(np.asarray(r.slots[1][1]).reshape(-1)[0])
+        if len(r.slots) > 2 and r.slots[2][0] == "const":
+            hi = float(np.asarray(r.slots[2][1]).reshape(-1)[0])
+    else:
+        lo, hi = r.attrs.get("min"), r.attrs.get("max")
+        # opset < 11 defaults are +-FLT_MAX
+        if lo is not None and lo <= -3.0e38:
+            lo = None
+        if hi is not None and hi >= 3.0e38:
+            hi = None
+    return lo, hi
+
+
+def _zero_spatial_pads(p: _Raw):
+    """Spatial (begin..., end...) pads of a constant-zero, non-negative Pad on NC..., else None."""
+    if p.attrs.get("mode", "constant") != "constant":
+        return None
+    if len(p.slots) > 1 and p.slots[1][0] == "const":
+        pads = [int(v) for v in np.asarray(p.slots[1][1]).reshape(-1)]
+        if len(p.slots) > 2 and p.slots[2][0] == "const" and np.asarray(p.slots[2][1]).size:
+            if float(np.asarray(p.slots[2][1]).reshape(-1)[0]) != 0.0:
+                return None
+        if len(p.slots) > 3 and p.slots[3][0] != "none":
+            return None
+    elif p.attrs.get("pads") is not None:
+        pads = [int(v) for v in p.attrs["pads"]]
+        if float(p.attrs.get("value", 0.0)) != 0.0:
+            return None
+    else:
+        return None
+    rank = len(pads) // 2
+    if rank < 3 or any(v < 0 for v in pads) or pads[0] or pads[1] or pads[rank] or pads[rank + 1]:
+        return None
+    return tuple(pads[2:rank] + pads[rank + 2 :])
+
+
+def _is_spatial_mean(r: _Raw) -> bool:
+    if r.op_type == "GlobalAveragePool":
+        return True
+    if r.op_type != "ReduceMean" or not r.attrs.get("keepdims", 1):
+        return False
+    rank = len(r.avals[0].shape)
+    if rank < 3:
+        return False
+    from .ops.nn import reduce_axes
+
+    ins = [None] + [np.asarray(s[1]) if s[0] == "const" else None for s in r.slots[1:]]
+    axes = reduce_axes(ins, r.attrs, rank)
+    return axes == tuple(range(2, rank))
