@@ -436,7 +436,7 @@ class Canonicalizer:
         out_alias = {o: rename.get(res(o), res(o)) for o in graph_outs}
         used = set()
         for op in final:
-            for k, v in op.weights:
+            for _role, v in op.weights:
                 used.add(v)
         params = {k: v for k, v in params.items() if k in used}
         return final, out_alias, params
