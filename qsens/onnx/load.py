@@ -115,7 +115,7 @@ def resolve_input_shapes(
                 example = [1] + [x if isinstance(x, int) else "?" for x in decl[1:]]
                 raise ModelError(
                     f"input '{v.name}' dim {i} ({d if d else 'unknown'}) is dynamic; pass --input_shapes "
-                    f"(e.g. {str(example).replace(' ', '').replace(chr(39), '')} with ? filled in)."
+                    f"(e.g. [{str(example).replace(' ', '').replace(chr(39), '')}] with ? filled in)."
                 )
         shapes.append(tuple(s))
     return shapes

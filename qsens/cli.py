@@ -1,0 +1,186 @@
+"""``qsens`` command line.  Strings are parsed here; algorithms live in the library.
+
+Errors a user can cause print ``qsens: error: <one line>`` and exit 2 (no traceback; ``QSENS_DEBUG=1``
+shows one).  Verbs: ``zoo``, ``ops``, ``check``, ``calibrate``, ``search``, ``demo``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from .errors import QsensError
+
+
+# ---------------------------------------------------------------------------------------------------- args
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    from .data.preprocess import parse_input_shapes
+
+    p.add_argument("model", help="ONNX model file")
+    p.add_argument("--input_shapes", type=parse_input_shapes, default=None,
+                   help="shapes of the inputs, TPU-MLIR syntax: [[1,3,224,224]] (needed for dynamic non-batch dims)")
+    p.add_argument("--name_style", choices=("tpu_mlir", "onnx"), default="tpu_mlir",
+                   help="canonical op names: TPU-MLIR's '<output>_<OpType>' (default) or the ONNX output name")
+
+
+def _add_data_args(p: argparse.ArgumentParser, *, input_num: int = 0) -> None:
+    from .data.preprocess import parse_dims, parse_floats
+
+    g = p.add_argument_group("dataset and preprocessing (TPU-MLIR flags)")
+    g.add_argument("--dataset", help="directory of images (jpg/jpeg/png/bmp/jfif) or .npy/.npz samples, searched recursively")
+    g.add_argument("--data_list", help="file with one sample path per line (overrides --dataset)")
+    g.add_argument("--input_num", type=int, default=input_num, help=f"number of samples, 0 = all (default {input_num})")
+    g.add_argument("--seed", type=int, default=1684, help="shuffle seed of the sample selection (TPU-MLIR: 1684)")
+    g.add_argument("--preset", default=None, help="preprocessing preset (default: the model file's stem if it names one)")
+    g.add_argument("--resize_dims", type=parse_dims, default=None, help="H,W to resize to before the center crop")
+    g.add_argument("--keep_aspect_ratio", action="store_true", default=None, help="resize keeping the aspect ratio")
+    g.add_argument("--pixel_format", choices=("rgb", "bgr", "gray"), default=None)
+    g.add_argument("--channel_format", choices=("nchw", "nhwc"), default=None)
+    g.add_argument("--mean", type=parse_floats, default=None, help="per-channel mean, e.g. 127,127,127")
+    g.add_argument("--scale", type=parse_floats, default=None, help="per-channel scale: (x - mean) * scale")
+
+
+def load_model_from_args(args):
+    from .onnx import to_jax
+
+    fn, params = to_jax(args.model, args.input_shapes, name_style=args.name_style)
+    return fn, params
+
+
+def preprocess_from_args(args, graph):
+    from .pipeline import make_preprocess, preset_for_model
+
+    preset = args.preset if args.preset is not None else preset_for_model(args.model)
+    return make_preprocess(graph, preset=preset, resize_dims=args.resize_dims, keep_aspect_ratio=args.keep_aspect_ratio,
+                           pixel_format=args.pixel_format, channel_format=args.channel_format,
+                           mean=args.mean, scale=args.scale)
+
+
+def select_from_args(args, default_dataset=None):
+    from .data.dataset import select_files
+
+    dataset = args.dataset if (args.dataset or args.data_list) else default_dataset
+    return select_files(dataset=dataset, data_list=args.data_list, input_num=args.input_num, seed=args.seed)
+
+
+# ---------------------------------------------------------------------------------------------------- verbs
+def cmd_zoo(args) -> int:
+    from .zoo import build_zoo
+
+    root = build_zoo(force=args.force)
+    print(root)
+    return 0
+
+
+def cmd_ops(args) -> int:
+    fn, params = load_model_from_args(args)
+    g = fn.graph
+    print(f"# {args.model}: {len(g.ops)} canonical ops (incl. {len(g.inputs)} Input), opset {g.opset}, "
+          f"{sum(int(v.size) for v in params.values()):,} float params")
+    print(f"{'idx':>4}  {'name':<48} {'type':<10} {'shape':<20} onnx nodes")
+    for i, op in enumerate(g.ops):
+        extra = " relu" + (f"({op.attr('relu_limit'):g})" if op.attr("relu_limit", -1) >= 0 else "") if op.attr("do_relu") else ""
+        print(f"{i:>4}  {op.name:<48} {op.type + extra:<10} {str(list(op.out_shapes[0])):<20} {','.join(op.onnx_nodes)}")
+    return 0
+
+
+def check_against_onnxruntime(model_path, fn, params, inputs) -> dict:
+    """Max relative error per output and top-1 agreement between qsens and onnxruntime."""
+    import jax
+    import numpy as np
+
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise QsensError("`qsens check` needs onnxruntime: pip install -e '.[test]'") from None
+    sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    ref = sess.run(None, inputs)
+    got = jax.jit(fn)(params, inputs)
+    rows = {}
+    for (name, y), r in zip(got.items(), ref):
+        y = np.asarray(y)
+        err = float(np.abs(y - r).max() / max(float(np.abs(r).max()), 1e-30))
+        row = {"max_rel_err": err, "shape": list(r.shape)}
+        if r.ndim == 2 and r.shape[1] > 1:
+            row["top1_agree"] = float(np.mean(np.argmax(y, 1) == np.argmax(r, 1)))
+        rows[name] = row
+    return rows
+
+
+def cmd_check(args) -> int:
+    from .pipeline import load_inputs
+    from .zoo import zoo_path
+
+    fn, params = load_model_from_args(args)
+    g = fn.graph
+    pp = preprocess_from_args(args, g)
+    default = str(zoo_path("images")) if not (args.dataset or args.data_list) else None
+    files = select_from_args(args, default)
+    inputs = load_inputs(files, g, pp)
+    rows = check_against_onnxruntime(args.model, fn, params, inputs)
+    ok = True
+    print(f"qsens vs onnxruntime on {len(files)} samples of {args.model}:")
+    for name, r in rows.items():
+        flag = r["max_rel_err"] <= args.tol
+        ok &= flag
+        t1 = f", top-1 agreement {r['top1_agree']:.3f}" if "top1_agree" in r else ""
+        print(f"  {name}: max|qsens-ort|/max|ort| = {r['max_rel_err']:.2e}{t1}  {'OK' if flag else 'FAIL'}")
+    return 0 if ok else 1
+
+
+# ---------------------------------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="qsens", description="INT8 sensitive-layer search for BM1684 (TPU-MLIR compatible)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("zoo", help="build the real models and images into the user cache (offline)")
+    s.add_argument("--force", action="store_true", help="rebuild everything")
+    s.set_defaults(fn=cmd_zoo)
+
+    s = sub.add_parser("ops", help="list the canonical (TPU-MLIR Top) ops of a model")
+    _add_model_args(s)
+    s.set_defaults(fn=cmd_ops)
+
+    s = sub.add_parser("check", help="compare the converted model with onnxruntime on real samples")
+    _add_model_args(s)
+    _add_data_args(s, input_num=8)
+    s.add_argument("--tol", type=float, default=1e-4, help="max relative error allowed (default 1e-4)")
+    s.set_defaults(fn=cmd_check)
+
+    for extra in _EXTRA_VERBS:
+        extra(sub)
+    return p
+
+
+_EXTRA_VERBS: list = []
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    t0 = time.time()
+    try:
+        rc = args.fn(args)
+    except QsensError as e:
+        if os.environ.get("QSENS_DEBUG"):
+            raise
+        print(f"qsens: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("qsens: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `qsens ops model.onnx | head`
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+        except OSError:
+            pass
+        return 0
+    if os.environ.get("QSENS_DEBUG"):
+        print(f"[{time.time() - t0:.1f} s]", file=sys.stderr)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
