@@ -41,7 +41,7 @@ import numpy as np
 
 from qsens.errors import DatasetError, ModelError, QsensError
 
-__all__ = ["DEFAULT_MODELS", "PRESETS", "build_zoo", "cache_dir", "labels", "preprocess", "zoo_path"]
+__all__ = ["DEFAULT_MODELS", "build_zoo", "cache_dir", "labels", "zoo_path"]
 
 ZOO_VERSION = 1
 SEED = 1684
@@ -49,34 +49,7 @@ N_AUGMENTED = 100
 
 DEFAULT_MODELS = ("efficientnet_lite0", "efficientnet_lite2", "mtcnn_pnet", "mtcnn_rnet", "mtcnn_onet")
 
-# Preprocessing presets, in TPU-MLIR model_transform terms: RGB; resize the short side to `resize_short`
-# (cv2.resize INTER_LINEAR; None = no resize); center-crop to `crop`; then per channel (x - mean) * scale.
-PRESETS = {
-    "efficientnet_lite0": {
-        "channel_order": "RGB",
-        "resize_short": 256,
-        "interpolation": "bilinear",
-        "crop": [224, 224],
-        "mean": [127.0, 127.0, 127.0],
-        "scale": [1 / 128] * 3,
-    },
-    "efficientnet_lite2": {
-        "channel_order": "RGB",
-        "resize_short": 297,
-        "interpolation": "bilinear",
-        "crop": [260, 260],
-        "mean": [127.0, 127.0, 127.0],
-        "scale": [1 / 128] * 3,
-    },
-    "mtcnn": {
-        "channel_order": "RGB",
-        "resize_short": None,
-        "interpolation": "bilinear",
-        "crop": None,
-        "mean": [127.5, 127.5, 127.5],
-        "scale": [1 / 128] * 3,
-    },
-}
+# Preprocessing presets live in qsens.data.preprocess.PRESETS (one definition); the manifest names them.
 
 _PIP_TORCH = "pip install torch==2.13.0"
 _PIP_NODEPS = "pip install --no-deps facenet-pytorch foolbox"
@@ -114,21 +87,21 @@ _MODELS = {
     "mtcnn_pnet": {
         "file": "mtcnn_pnet.onnx",
         "input": [None, 3, None, None],
-        "preprocess": "mtcnn",
+        "preprocess": "mtcnn_pnet",
         "labels": None,
         "recipe": "facenet_pytorch PNet, dynamo, opset 18, dyn batch/H/W",
     },
     "mtcnn_rnet": {
         "file": "mtcnn_rnet.onnx",
         "input": [None, 3, 24, 24],
-        "preprocess": "mtcnn",
+        "preprocess": "mtcnn_rnet",
         "labels": None,
         "recipe": "facenet_pytorch RNet, dynamo, opset 18, dyn batch",
     },
     "mtcnn_onet": {
         "file": "mtcnn_onet.onnx",
         "input": [None, 3, 48, 48],
-        "preprocess": "mtcnn",
+        "preprocess": "mtcnn_onet",
         "labels": None,
         "recipe": "facenet_pytorch ONet, dynamo, opset 18, dyn batch",
     },
@@ -162,6 +135,14 @@ _IMAGES100_RECIPE = (
 
 
 # ----------------------------------------------------------------------------------------------- paths
+
+
+def _presets_json() -> dict:
+    import dataclasses
+
+    from .data.preprocess import PRESETS
+
+    return {k: dataclasses.asdict(v) for k, v in PRESETS.items()}
 
 
 def cache_dir() -> Path:
@@ -654,7 +635,7 @@ def build_zoo(
                 stale.unlink(missing_ok=True)
         manifest = _read_manifest(root)
         manifest.setdefault("zoo_version", ZOO_VERSION)
-        manifest["presets"] = PRESETS
+        manifest["presets"] = _presets_json()
         manifest.setdefault("models", {})
         manifest.setdefault("image_sets", {})
         manifest.setdefault("images", [])
@@ -696,6 +677,7 @@ def build_zoo(
             spec = _MODELS[key]
             e = manifest["models"].get(spec["file"])
             if not force and e is not None and e.get("recipe") == spec["recipe"]:
+                e["preprocess"] = spec["preprocess"]  # metadata only: no rebuild
                 _log(progress, f"{spec['file']} up to date")
                 continue
             t = time.perf_counter()
@@ -786,38 +768,6 @@ def labels(image_path: Path | str, dest: Path | str | None = None):
     if rel not in ents:
         raise DatasetError(f"{image_path}: not an image of the zoo in {root} (see its manifest.json)")
     return ents[rel]["label"]
-
-
-def preprocess(image_path: Path | str, preset: str, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Reference preprocessing of one image with a :data:`PRESETS` entry -> float32 NCHW ``(1, 3, H, W)``.
-
-    RGB; cv2.resize (INTER_LINEAR) of the short side to ``resize_short``; center crop; ``(x - mean) * scale``.
-    ``size`` (H, W) overrides the crop for presets without one (MTCNN).
-    """
-    import cv2
-
-    if preset not in PRESETS:
-        raise QsensError(f"unknown preprocessing preset '{preset}'; known: {', '.join(PRESETS)}")
-    cfg = PRESETS[preset]
-    bgr = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise DatasetError(f"{image_path}: cannot read image")
-    img = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    h, w = img.shape[:2]
-    if cfg["resize_short"] is not None:
-        k = cfg["resize_short"] / min(h, w)
-        img = cv2.resize(img, (round(w * k), round(h * k)), interpolation=cv2.INTER_LINEAR)
-    crop = cfg["crop"] or size
-    if crop is not None:
-        ch, cw = crop
-        h, w = img.shape[:2]
-        if h < ch or w < cw:
-            img = cv2.resize(img, (max(w, cw), max(h, ch)), interpolation=cv2.INTER_LINEAR)
-            h, w = img.shape[:2]
-        top, left = (h - ch) // 2, (w - cw) // 2
-        img = img[top : top + ch, left : left + cw]
-    x = (img.astype(np.float32) - np.float32(cfg["mean"])) * np.float32(cfg["scale"])
-    return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
 
 
 def _main() -> None:  # python -m qsens.zoo [--force]

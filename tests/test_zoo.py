@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from qsens import zoo
+from qsens.data.preprocess import PRESETS, load_image
 from qsens.errors import DatasetError, QsensError
 
 pytestmark = pytest.mark.zoo
@@ -92,7 +93,7 @@ def test_manifest_models(root, manifest):
         assert e["nodes"] == sum(EXPECTED_OPS[f].values())
         assert e["input"] == EXPECTED_INPUT[f]
         assert e["opset"] == (13 if f.endswith("_op13.onnx") else 18)
-        assert e["preprocess"] in zoo.PRESETS
+        assert e["preprocess"] in PRESETS
         assert e["size"] == (root / f).stat().st_size
         assert e["sha256"] == _sha(root / f)
         assert e["ort_check"]["max_abs_diff_vs_torch"] < 1e-4
@@ -200,7 +201,7 @@ def test_lite0_top1_on_foolbox_images(root, manifest):
 
     ents = [e for e in manifest["images"] if e["source"] == "foolbox"]
     x = np.concatenate([_tf127(root / e["file"]) for e in ents])
-    np.testing.assert_allclose(zoo.preprocess(root / ents[0]["file"], "efficientnet_lite0"), x[:1], atol=1e-6)
+    np.testing.assert_allclose(load_image(str(root / ents[0]["file"]), PRESETS["efficientnet_lite0"])[None], x[:1], atol=1e-6)
     s = ort.InferenceSession(str(root / "efficientnet_lite0.onnx"), providers=["CPUExecutionProvider"])
     (logits,) = s.run(None, {"input": x})
     assert logits.shape == (20, 1000)
