@@ -1,0 +1,161 @@
+"""TPU-MLIR activation histograms (host NumPy).
+
+Bin convention (TPU-MLIR ``cali_math.histogram``), ONE convention used everywhere in qsens:
+
+    t     = |a| with exact zeros removed           (zeros are counted nowhere)
+    width = abs_max / (N - 1)                      float32
+    k     = floor(t / width + 0.5)                 float32 arithmetic, so .5 ties land where NumPy float32 puts them
+    bin k is centred on k*width; values with k > N-1 are dropped
+    bin(k) = j with e[j] <= k < e[j+1], e = float32 linspace(0, N-1, N+1): what np.histogram does on float32 k.
+             For N = 2048 this is exactly j = k; for other N (v2 grown histograms) a few of the top integers
+             fall on a float32-rounded edge and land one bin up (bug-compatible with TPU-MLIR).
+
+Accumulation over samples:
+
+* ``v1`` (KLD-mid / docs era): the final abs-max is known before histogramming, every sample uses the same
+  width ``abs_max/(N-1)``; the sum of histograms is order independent (one ``bincount`` per batch).
+* ``v2`` (current TPU-MLIR ``combine_histogram``): streaming per sample; the range grows by whole
+  ``step = th_old/len(h)`` bins (note ``/len``, not ``/(len-1)``), old bins are added index-wise, and a
+  histogram that would exceed 8,000,000 bins is discarded and restarted.
+
+Why NumPy and not XLA: the v2 merge has data-dependent output shapes (the bin count grows) and is sequential
+over samples; and a bincount of ~1e6 values takes a few ms in NumPy on the host, cheaper than compiling one
+XLA scatter per (shape, bin count) pair.  Counts are int64 (TPU-MLIR casts to int32; only relevant above 2**31
+values per bin).
+"""
+
+import functools
+import warnings
+from typing import NamedTuple
+
+import numpy as np
+
+N_BINS = 2048  #: TPU-MLIR ``histogram_bin_num`` default
+RESET_BINS = 8_000_000  #: v2 histograms that would grow beyond this are discarded and restarted
+KL_MAX_BINS = 64 * 2048  #: before KL, histograms longer than this are halved (KLD-new ``find_threshold``)
+
+_HALF = np.float32(0.5)
+
+
+def bin_width(abs_max, n_bins: int = N_BINS) -> np.float32:
+    """``abs_max / (n_bins - 1)`` in float32."""
+    return np.float32(abs_max) / np.float32(n_bins - 1)
+
+
+@functools.lru_cache(maxsize=64)
+def _float32_edge_remap(n_bins: int) -> np.ndarray | None:
+    """Bin of each integer k in [0, n_bins-1] under np.histogram's float32 edges; None when it is the identity."""
+    edges = np.linspace(0, n_bins - 1, n_bins + 1, dtype=np.float32)
+    k = np.arange(n_bins, dtype=np.float32)
+    remap = np.minimum(np.searchsorted(edges, k, side="right") - 1, n_bins - 1)
+    return None if np.array_equal(remap, np.arange(n_bins)) else remap
+
+
+def histogram(a, abs_max, n_bins: int = N_BINS) -> tuple[np.ndarray, np.float32]:
+    """TPU-MLIR ``histogram(a, abs_max, n_bins)``: (int64 counts of length ``n_bins``, float32 width).
+
+    ``a`` may have any shape (it is flattened; several samples may be passed at once since the width is fixed).
+    """
+    width = bin_width(abs_max, n_bins)
+    t = np.abs(np.asarray(a, dtype=np.float32).ravel())
+    if t.size == 0 or not width > 0:
+        return np.zeros(n_bins, np.int64), width
+    # Zeros give k = floor(0.5) = 0; count them there and subtract them again instead of filtering (one pass less).
+    k = (t / width + _HALF).astype(np.int64)  # truncation == floor for k >= 0
+    h = np.bincount(k, minlength=n_bins)[:n_bins].astype(np.int64, copy=False)  # k > n_bins-1 dropped
+    h[0] -= t.size - np.count_nonzero(t)
+    remap = _float32_edge_remap(n_bins)
+    if remap is not None:
+        h = np.bincount(remap, weights=h, minlength=n_bins).astype(np.int64)
+    return h, width
+
+
+class HistState(NamedTuple):
+    """A histogram with the range it covers: bin k is centred on ``k*width``, ``width = th/(len(hist)-1)``."""
+
+    hist: np.ndarray  # int64 counts
+    th: np.float32  # abs-max the bins were laid out for
+    width: np.float32
+
+
+def empty_state() -> HistState:
+    return HistState(np.zeros(0, np.int64), np.float32(0), np.float32(0))
+
+
+def v1_update(state: HistState, samples, abs_max, n_bins: int = N_BINS) -> HistState:
+    """v1: add the histogram of ``samples`` (any number of samples at once) at the fixed final ``abs_max``."""
+    h, width = histogram(samples, abs_max, n_bins)
+    if state.hist.size:
+        h = state.hist + h
+    return HistState(h, np.float32(abs_max), width)
+
+
+def combine_histogram(state: HistState, a, new_th, n0: int = N_BINS) -> HistState:
+    """TPU-MLIR ``combine_histogram`` (CM), one sample ``a`` whose running abs-max (incl. ``a``) is ``new_th``.
+
+    ``state.hist`` empty or ``state.th == 0`` (nothing non-zero seen yet) starts a fresh ``n0``-bin histogram;
+    TPU-MLIR would divide by a zero step in the latter case.
+    """
+    new_th = np.float32(new_th)
+    old_h, old_th = state.hist, np.float32(state.th)
+    if old_h.size == 0 or not old_th > 0:
+        h, width = histogram(a, new_th, n0)
+        return HistState(h, new_th, width)
+    if new_th <= old_th:
+        h, _ = histogram(a, old_th, old_h.size)
+        return HistState(old_h + h, old_th, state.width)
+    step = old_th / np.float32(old_h.size)
+    add = int((new_th - old_th) // step + 1)
+    n_new = old_h.size + add
+    if n_new > RESET_BINS:
+        warnings.warn(
+            f"calibration histogram would need {n_new} bins (> {RESET_BINS}); the samples differ too much in "
+            "range, the history is discarded (reorder or replace the calibration images)",
+            UserWarning,
+            stacklevel=2,
+        )
+        h, width = histogram(a, new_th, n0)
+        return HistState(h, new_th, width)
+    th = np.float32(add * step + old_th)
+    h, width = histogram(a, th, n_new)
+    h[: old_h.size] += old_h
+    return HistState(h, th, width)
+
+
+def v2_update(state: HistState, batch: np.ndarray, running_th: np.ndarray, n0: int = N_BINS) -> HistState:
+    """v2 over a batch: ``batch[j]`` is one sample, ``running_th[j]`` the abs-max of all samples up to and incl. j.
+
+    Equal to calling :func:`combine_histogram` sample by sample; consecutive samples that do not grow the
+    range share the width and are binned in one call.
+    """
+    j, n = 0, len(batch)
+    while j < n:
+        if state.hist.size and state.th > 0 and running_th[j] <= state.th:
+            # running_th is non-decreasing: all samples up to the first that exceeds state.th share the width.
+            stop = j + int(np.searchsorted(running_th[j:], state.th, side="right"))
+            h, _ = histogram(batch[j:stop], state.th, state.hist.size)
+            state = HistState(state.hist + h, state.th, state.width)
+            j = stop
+        else:
+            state = combine_histogram(state, batch[j], running_th[j], n0)
+            j += 1
+    return state
+
+
+def prepare_for_kl(
+    hist: np.ndarray, width, *, bins: int = 128, max_bins: int | None = KL_MAX_BINS
+) -> tuple[np.ndarray, np.float32]:
+    """Zero-pad to a multiple of ``bins``; while longer than ``max_bins`` merge adjacent pairs and double width.
+
+    ``max_bins=None`` skips the halving (KLD-mid).  v1 histograms (2048 bins) are returned unchanged.
+    """
+    h, w = np.asarray(hist, np.int64), np.float32(width)
+
+    def pad(x):
+        return np.pad(x, (0, -x.size % bins))
+
+    h = pad(h)
+    while max_bins is not None and h.size > max_bins:
+        h = pad(h[::2] + h[1::2])
+        w = np.float32(w * np.float32(2))
+    return h, w

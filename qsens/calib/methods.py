@@ -1,0 +1,207 @@
+"""MAX, percentile9999, MSE (OCTAV), NaN check, zero guard and ``canonicalize`` (TPU-MLIR §2.1, §2.5, §1.2).
+
+All host NumPy (float32 where TPU-MLIR computes in float32):
+
+* percentile: the signed tails are a partial sort (``np.partition``) of each batch, O(size); streaming state is
+  only the L smallest and L largest values seen so far (the union of per-sample tails has the same top/bottom L).
+* MSE: TPU-MLIR ``threshold_mse`` evaluated per sample exactly as NumPy float32 does it (masked sums,
+  <= 20 iterations).  Kept special case: tensors listed as inputs use ``abs_max`` (``absmax_mse`` in
+  :func:`qsens.calib.stats.init`).  Dropped (documented simplification): KLD-new's "last five tensors whose
+  percentile-of-|a| equals abs_max" rule.
+"""
+
+import dataclasses
+import math
+
+import numpy as np
+
+from qsens.errors import NumericsError
+
+ZERO_TH = 1e-5  #: TPU-MLIR's all-zero guard and minimum written threshold
+METHODS = ("max", "percentile9999", "kl", "mse")  #: method names as written in table headers (KLD-new)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CalibResult:
+    """Per-tensor calibration statistics (TPU-MLIR ``calibration_result``, without ACIQ).
+
+    ``min``/``max``: running signed min/max; ``abs_max = max(|min|, |max|)``; ``kl``/``p99``/``mse``: method
+    thresholds; ``p99_min``/``p99_max``: signed percentile values (written as table min/max for percentile);
+    ``histogram``/``width``: the accumulated |a| histogram (before KL padding) and its bin width.
+    """
+
+    min: float
+    max: float
+    abs_max: float
+    kl: float
+    p99: float
+    p99_min: float
+    p99_max: float
+    mse: float
+    histogram: np.ndarray
+    width: float
+
+    def threshold(self, method: str) -> float:
+        """``get_threshold(method)``: max -> abs_max, percentile9999 -> p99, kl -> kl, mse -> mse."""
+        return get_threshold(self, method)
+
+
+def get_threshold(r: CalibResult, method: str) -> float:
+    field = {"max": "abs_max", "percentile9999": "p99", "kl": "kl", "mse": "mse"}.get(method.lower())
+    if field is None:
+        raise ValueError(f"unknown calibration method {method!r}; expected one of {', '.join(METHODS)}")
+    return getattr(r, field)
+
+
+def canonicalize(r: CalibResult) -> CalibResult:
+    """CUT ``canonicalize``: abs_max <= max(|min|,|max|), p99_min >= min, p99_max <= max, p99/mse/kl <= abs_max."""
+    abs_max = min(r.abs_max, max(abs(r.min), abs(r.max)))
+    return dataclasses.replace(
+        r,
+        abs_max=abs_max,
+        p99_min=max(r.p99_min, r.min),
+        p99_max=min(r.p99_max, r.max),
+        p99=min(r.p99, abs_max),
+        mse=min(r.mse, abs_max),
+        kl=min(r.kl, abs_max),
+    )
+
+
+def zero_guard(r: CalibResult) -> CalibResult:
+    """All-zero tensor (abs_max <= 1e-5): every threshold 1e-5, min = -1e-5 if min < 0 else 0, max = 1e-5."""
+    if not r.abs_max <= ZERO_TH:
+        return r
+    lo = -ZERO_TH if r.min < 0 else 0.0
+    return dataclasses.replace(
+        r,
+        min=lo,
+        max=ZERO_TH,
+        abs_max=ZERO_TH,
+        kl=ZERO_TH,
+        p99=ZERO_TH,
+        mse=ZERO_TH,
+        p99_min=lo,
+        p99_max=ZERO_TH,
+    )
+
+
+def table_threshold(th: float) -> float:
+    """Value TPU-MLIR writes to the table: thresholds <= 1e-5 or NaN become 1e-5."""
+    return ZERO_TH if (math.isnan(th) or th <= ZERO_TH) else float(th)
+
+
+def check_finite(name: str, batch: np.ndarray, sample_offset: int = 0) -> None:
+    """Raise :class:`NumericsError` naming the tensor and the first sample (``sample_offset + j``) with NaN/Inf."""
+    a = np.asarray(batch)
+    if np.isfinite(a).all():
+        return
+    bad = ~np.isfinite(a.reshape(a.shape[0], -1) if a.ndim else a.reshape(1, 1))
+    j = int(np.argmax(bad.any(axis=1)))
+    kinds = ("NaN" if np.isnan(a).any() else "") + ("Inf" if np.isinf(a).any() else "")
+    kinds = "NaN and Inf" if kinds == "NaNInf" else kinds
+    raise NumericsError(
+        f"{kinds} in activation of tensor '{name}' at calibration sample {sample_offset + j}: "
+        "check that input (and its preprocessing) and the model weights are finite"
+    )
+
+
+# ----------------------------------------------------------------------------------------------------- percentile
+
+
+def percentile_level(op_index: int, n_ops: int) -> float:
+    """``per_i = 99.99 + i*(99.999999 - 99.99)/n_ops`` (KLD-new op-index ramp)."""
+    return 99.99 + op_index * (99.999999 - 99.99) / n_ops
+
+
+def percentile_tail_len(n: int, per: float) -> int:
+    """``L = int(n*(1 - per/100)) + 1`` with ``n`` = number of samples x elements per sample."""
+    return int(n * (1 - per / 100)) + 1
+
+
+def merge_tails(
+    lo: np.ndarray, hi: np.ndarray, values: np.ndarray, length: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the ``length`` smallest (``lo``) and largest (``hi``) of ``lo ∪ hi-candidates ∪ values``, sorted ascending.
+
+    ``lo``/``hi`` are the running tails (sorted); ``values`` new signed float32 values of any shape.
+    """
+    v = np.asarray(values, np.float32).ravel()
+    if lo.size == length and hi.size == length:  # steady state: only values beyond the current tails matter
+        v_lo, v_hi = v[v < lo[-1]], v[v > hi[0]]
+    elif v.size > 2 * length:  # one partial sort of the new values gives both of their tails
+        v = np.partition(v, (length - 1, v.size - length))
+        v_lo, v_hi = v[:length], v[v.size - length :]
+    else:
+        v_lo = v_hi = v
+
+    def smallest(x):
+        if x.size > length:
+            x = np.partition(x, length - 1)[:length]
+        return np.sort(x)
+
+    new_lo = smallest(np.concatenate([lo, v_lo]))
+    new_hi = -smallest(-np.concatenate([hi, v_hi]))[::-1]
+    return new_lo, new_hi
+
+
+def percentile_from_tails(lo: np.ndarray, hi: np.ndarray, n: int, per: float) -> tuple[float, float, float]:
+    """TPU-MLIR percentile from sorted tails of all ``n`` values -> (th, v_min, v_max), float32 arithmetic.
+
+    ``hi`` = top L ascending, ``lo`` = bottom L reversed; ``r = per/100*(n-1)``, ``ratio = r - int(r)``;
+    ``v_max = hi[0] + ratio*(hi[1]-hi[0])``, ``v_min = lo[0] + ratio*(lo[1]-lo[0])``; ``th = max(|v_max|, |v_min|)``.
+    """
+    length = min(percentile_tail_len(n, per), hi.size, lo.size)
+    hi_l = np.asarray(hi, np.float32)[hi.size - length :]
+    lo_l = np.asarray(lo, np.float32)[:length][::-1]
+    r = per / 100 * (n - 1)
+    ratio = np.float32(r - int(r))
+    if length == 1:
+        v_max, v_min = hi_l[0], lo_l[0]
+    else:
+        v_max = hi_l[0] + ratio * (hi_l[1] - hi_l[0])
+        v_min = lo_l[0] + ratio * (lo_l[1] - lo_l[0])
+    return float(max(abs(v_max), abs(v_min))), float(v_min), float(v_max)
+
+
+def percentile(samples, op_index: int, n_ops: int) -> tuple[float, float, float]:
+    """One-shot percentile9999 over a sequence of samples (each one image) -> (th, v_min, v_max)."""
+    samples = [np.asarray(s, np.float32) for s in samples]
+    n = sum(s.size for s in samples)
+    per = percentile_level(op_index, n_ops)
+    length = percentile_tail_len(n, per)
+    lo = hi = np.zeros(0, np.float32)
+    for s in samples:
+        lo, hi = merge_tails(lo, hi, s, length)
+    return percentile_from_tails(lo, hi, n, per)
+
+
+# ----------------------------------------------------------------------------------------------------------- MSE
+
+
+def mse_sample(a, bits: int = 8) -> np.float32:
+    """CM ``threshold_mse`` of one sample (OCTAV fixed point), NumPy float32 exactly as TPU-MLIR evaluates it.
+
+    An all-zero sample gives 0.  (TPU-MLIR computes 0/0 = NaN there and stays NaN, which poisons the mean over
+    samples and ends as 1e-5 in the table; qsens lets such a sample contribute 0 instead.)
+    """
+    a = np.asarray(a, np.float32).ravel()
+    unsigned = 4 if abs(np.min(a) - 0) < 1e-6 else 1
+    x = np.abs(a)
+    n_pos = int(np.count_nonzero(x))  # Python ints keep the division in float32 (NEP 50), as .size does
+    if n_pos == 0:
+        return np.float32(0)
+    c = 1 / (4**bits) / 3 / unsigned
+    s = x.sum() / n_pos
+    for _ in range(20):
+        above = x > s
+        n_above = int(np.count_nonzero(above))
+        s_next = x[above].sum() / (c * (x.size - n_above) + n_above)
+        if np.abs(s_next - s) < 1e-6:
+            break
+        s = s_next
+    return np.float32(s)
+
+
+def mse_batch(batch: np.ndarray, bits: int = 8) -> np.ndarray:
+    """:func:`mse_sample` of every sample ``batch[j]`` -> float32 (B,)."""
+    return np.array([mse_sample(x, bits) for x in np.asarray(batch)], np.float32)
