@@ -130,6 +130,27 @@ def cmd_check(args) -> int:
     return 0 if ok else 1
 
 
+def cmd_calibrate(args) -> int:
+    from .calibrate import calibrate, parse_method, write_tables
+    from .engine import enable_compilation_cache
+
+    enable_compilation_cache()
+    fn, params = load_model_from_args(args)
+    g = fn.graph
+    files = select_from_args(args)
+    pp = preprocess_from_args(args, g)
+    main_method = parse_method(args.cali_method)
+    methods = [main_method] + [parse_method(m) for m in (args.methods.split(",") if args.methods else []) if parse_method(m) != main_method]
+    t0 = time.time()
+    cal = calibrate(fn.model, files, pp, methods=methods, hist=args.hist, tune_num=args.tune_num, batch=args.batch,
+                    progress=not args.quiet)
+    written = write_tables(cal, args.calibration_table, main_method=main_method, mlir=args.model,
+                           write_method_tables=bool(args.methods))
+    print(f"calibrated {len(cal.tensors)} tensors on {cal.n_samples} samples ({args.hist} histograms, "
+          f"tune_num {cal.tune_num}) in {time.time() - t0:.1f} s; wrote {', '.join(written)}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="qsens", description="INT8 sensitive-layer search for BM1684 (TPU-MLIR compatible)")
@@ -148,6 +169,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(s, input_num=8)
     s.add_argument("--tol", type=float, default=1e-4, help="max relative error allowed (default 1e-4)")
     s.set_defaults(fn=cmd_check)
+
+    s = sub.add_parser("calibrate", help="calibration table(s) like run_calibration.py (streaming, all methods in one pass)")
+    _add_model_args(s)
+    _add_data_args(s, input_num=0)
+    s.add_argument("--cali_method", default="kl", help="kl (default, tuned), max, percentile9999 or mse")
+    s.add_argument("--methods", default="", help="also write <table>_<m>.1 and <table>_<m>_tune for these methods, "
+                   "e.g. max,percentile9999,kl (what the sensitive-layer search uses)")
+    s.add_argument("--tune_num", type=int, default=5, help="SimpleTuner samples (0 = untuned thresholds)")
+    s.add_argument("--hist", choices=("v1", "v2"), default="v1",
+                   help="v1: exact abs-max pass then one histogram width (docs era, order-independent); "
+                   "v2: TPU-MLIR's current streaming merge")
+    s.add_argument("--batch", type=int, default=16, help="images per forward batch (memory only)")
+    s.add_argument("-o", "--calibration_table", default="cali_table", help="output table path")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(fn=cmd_calibrate)
 
     for extra in _EXTRA_VERBS:
         extra(sub)

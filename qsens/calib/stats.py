@@ -41,6 +41,7 @@ class CalibConfig(NamedTuple):
     kl_bins: int
     absmax_mse: frozenset[str]  # tensors whose MSE threshold is abs_max (TPU-MLIR: network inputs)
     halve: bool  # halve histograms longer than 131072 bins before KL (KLD-new)
+    mse: bool = True  # collect the per-sample MSE (costly: ~half of the statistics time); False => mse = abs_max
 
 
 class TensorStats(NamedTuple):
@@ -76,6 +77,7 @@ def init(
     kl_bins: int = 128,
     absmax_mse: Collection[str] = (),
     halve: bool = True,
+    mse: bool = True,
 ) -> CalibState:
     """Fresh state for ``tensor_names``.
 
@@ -95,7 +97,7 @@ def init(
     if missing:
         raise ValueError(f"op_index has no entry for tensor(s) {missing[:3]}")
     cfg = CalibConfig(
-        names, n_ops_for_percentile, idx, n_samples, mode, n_bins, kl_bins, frozenset(absmax_mse), halve
+        names, n_ops_for_percentile, idx, n_samples, mode, n_bins, kl_bins, frozenset(absmax_mse), halve, mse
     )
     empty = TensorStats(
         np.float32(np.inf), np.float32(-np.inf), 0, 0, 0, 0, _EMPTY, _EMPTY, 0.0, H.empty_state()
@@ -123,7 +125,7 @@ def _update_stats(cfg: CalibConfig, name: str, t: TensorStats, batch: np.ndarray
         running_th = np.maximum(np.abs(run_min), np.abs(run_max)).astype(np.float32)
         h = H.v2_update(h, flat, running_th, cfg.n_bins)
     lo, hi = M.merge_tails(t.lo, t.hi, flat, tail_len)
-    if name in cfg.absmax_mse:
+    if name in cfg.absmax_mse or not cfg.mse:
         mse_sum = 0.0
     else:
         mse_sum = t.mse_sum + float(np.sum(M.mse_batch(flat).astype(np.float64)))
@@ -227,7 +229,7 @@ def finalize(state: CalibState) -> dict[str, CalibResult]:
         abs_max = float(_abs_max(t))
         per = M.percentile_level(cfg.op_index[n], cfg.n_ops)
         p99, p_min, p_max = M.percentile_from_tails(t.lo, t.hi, t.n_seen * t.size, per)
-        mse = abs_max if n in cfg.absmax_mse else t.mse_sum / t.n_seen
+        mse = abs_max if (n in cfg.absmax_mse or not cfg.mse) else t.mse_sum / t.n_seen
         hist = t.hist.hist if t.hist.hist.size else np.zeros(cfg.n_bins, np.int64)
         r = CalibResult(
             min=float(t.min),

@@ -67,6 +67,33 @@ def static_graph_inputs(model: onnx.ModelProto) -> set[str]:
     return seen & g_inputs
 
 
+_LEAD = "__qsens_lead"
+
+
+def _lead_unit_dim(m: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Give every non-scalar graph input a leading unit dim and Reshape it back, in place.
+
+    qsens binds the leading dim of *every* graph input to the batch (one batch for all inputs, as in the
+    models TPU-MLIR quantizes), so inputs with different leading dims (broadcasting node tests) are fed as
+    ``(1, *shape)`` and reshaped to ``shape`` by the model's first node.
+    """
+    new_inputs, nodes = [], []
+    for v in m.graph.input:
+        s = shapes.get(v.name)
+        if not s:
+            new_inputs.append(v)
+            continue
+        et = v.type.tensor_type.elem_type
+        new_inputs.append(helper.make_tensor_value_info(v.name + _LEAD, et, (1,) + s))
+        m.graph.initializer.append(numpy_helper.from_array(np.asarray(s, np.int64), v.name + _LEAD + "_shape"))
+        nodes.append(helper.make_node("Reshape", [v.name + _LEAD, v.name + _LEAD + "_shape"], [v.name]))
+    del m.graph.input[:]
+    m.graph.input.extend(new_inputs)
+    old = list(m.graph.node)
+    del m.graph.node[:]
+    m.graph.node.extend(nodes + old)
+
+
 def _out_dtype(v: onnx.ValueInfoProto):
     et = v.type.tensor_type.elem_type
     if not et:
@@ -131,16 +158,22 @@ class QsensRep(BackendRep):
         dyn = [v.name for v in self.inputs if v.name not in self.static]
         if not dyn:
             return None, dyn
+        shapes = [tuple(np.shape(feeds[n])) for n in dyn]
+        if len({s[0] for s in shapes if s}) > 1:
+            _lead_unit_dim(m, dict(zip(dyn, shapes)))
+            shapes = [(1,) + s if s else s for s in shapes]
         try:
-            fn, params = to_jax(m, input_shapes=[np.shape(feeds[n]) for n in dyn])
+            fn, params = to_jax(m, input_shapes=shapes)
         except ModelError as e:
             if "does not depend on the model input" in str(e):
                 return None, dyn
             raise
         jitted = jax.jit(lambda p, xs: fn(p, xs))
+        lead = {v.name[: -len(_LEAD)] for v in m.graph.input if v.name.endswith(_LEAD)}
         names = [o.name for o in self.model.graph.output]
 
         def call(xs):
+            xs = {(n + _LEAD if n in lead else n): (x[None] if n in lead else x) for n, x in xs.items()}
             out = jitted(params, xs)
             return [out[n] for n in names]
 

@@ -16,32 +16,68 @@ from .load import load_model, resolve_input_shapes
 
 
 def run_op(op: Op, params: Mapping[str, Any], acts: Sequence[Any]) -> list:
-    """Float (reference) execution of one canonical op: its ONNX implementation plus a fused ReLU."""
+    """Float (reference) execution of one canonical op in NCHW: its ONNX implementation plus a fused ReLU."""
+    return run_op_roles(op, {r: params[k] for r, k in op.weights}, acts)
+
+
+def run_op_roles(op: Op, weights: Mapping[str, Any], acts: Sequence[Any]) -> list:
+    """:func:`run_op` with the weights given by role (``{"filter": W, ...}``): shareable between ops."""
     d = registry.OPS[op.onnx_type]
-    weights = dict(op.weights)
     consts = dict(op.consts)
     ins = []
     for kind, ref in op.slots:
         if kind == "act":
             ins.append(acts[ref])
         elif kind == "weight":
-            ins.append(params[weights[ref]])
+            ins.append(weights[ref])
         elif kind == "const":
             ins.append(consts[ref])
         else:
             ins.append(None)
-    attrs = dict(op.attrs)
-    if op.onnx_type == "Clip" or op.onnx_type == "Relu":
-        outs = d.impl(jnp, ins, attrs)
-    else:
-        outs = d.impl(jnp, ins, attrs)
-        if attrs.get("do_relu"):
-            y = jnp.maximum(outs[0], jnp.zeros((), outs[0].dtype))
-            lim = attrs.get("relu_limit", -1.0)
-            if lim is not None and lim >= 0:
-                y = jnp.minimum(y, jnp.asarray(lim, y.dtype))
-            outs = [y] + list(outs[1:])
-    return [o for o, name in zip(outs, op.outputs)]
+    outs = d.impl(jnp, ins, dict(op.attrs))
+    if op.type != "Relu":
+        outs = [_relu(op, outs[0])] + list(outs[1:])
+    return list(outs)
+
+
+def _relu(op: Op, y):
+    if op.attr("do_relu"):
+        y = jnp.maximum(y, jnp.zeros((), y.dtype))
+        lim = op.attr("relu_limit", -1.0)
+        if lim is not None and lim >= 0:
+            y = jnp.minimum(y, jnp.asarray(lim, y.dtype))
+    return y
+
+
+def layout_plan(graph: Graph, params: Mapping[str, Any], channels_last: bool = True) -> dict[str, bool]:
+    """Static layout of every tensor while the graph runs: True = NHWC (its producer runs channel-last)."""
+    from . import layout as L
+
+    plan: dict[str, bool] = {}
+    for op in graph.ops:
+        use = False
+        if channels_last and op.type != "Input":
+            weights = {r: params[k] for r, k in op.weights}
+            use = L.nhwc_ok(op, [graph.tensor_shape(t) for t in op.inputs], weights, dict(op.consts))
+        for t in op.outputs:
+            plan[t] = use
+    return plan
+
+
+def op_runs_nhwc(op: Op, plan: Mapping[str, bool]) -> bool:
+    return bool(op.outputs) and plan.get(op.outputs[0], False)
+
+
+def run_op_planned(op: Op, weights: Mapping[str, Any], acts: Sequence[Any], in_nhwc: Sequence[bool], nhwc: bool) -> list:
+    """Run ``op`` on activations laid out as ``in_nhwc`` says; outputs NHWC iff ``nhwc``."""
+    from . import layout as L
+
+    if nhwc:
+        xs = [a if f else jnp.transpose(a, L.TO_NHWC) for a, f in zip(acts, in_nhwc)]
+        outs = L.run_nhwc(op, xs, weights, dict(op.consts))
+        return [_relu(op, outs[0])] + list(outs[1:])
+    xs = [jnp.transpose(a, L.TO_NCHW) if f else a for a, f in zip(acts, in_nhwc)]
+    return run_op_roles(op, weights, xs)
 
 
 def run_graph(
@@ -53,28 +89,46 @@ def run_graph(
     *,
     keep: Sequence[str] = (),
     op_fn=None,
+    channels_last: bool = True,
 ) -> dict[str, Any]:
-    """Run ``graph.ops[start:stop]`` on the tensors in ``env`` (activations by canonical tensor name).
+    """Run ``graph.ops[start:stop]`` on the tensors in ``env`` (activations by canonical tensor name, NCHW).
 
-    Returns the new env holding only tensors still needed after ``stop`` (by liveness) plus ``keep``.
-    ``op_fn(op, params, acts) -> outputs`` replaces :func:`run_op` (the quantized model plugs in here).
+    Returns the new env holding only tensors still needed after ``stop`` (by liveness) plus ``keep``, all
+    in the graph's own (ONNX, NCHW) layout.  ``op_fn(op, params, acts) -> outputs or None`` overrides the
+    float op (the quantized model plugs in here; it gets and returns NCHW; ``None`` means "run it in float").
+    With ``channels_last`` 4-D activations are kept NHWC inside (:func:`layout_plan`).
     """
+    from . import layout as L
+
     stop = len(graph.ops) if stop is None else stop
-    op_fn = op_fn or run_op
+    plan = layout_plan(graph, params, channels_last)
     last = graph.last_use
     keep = set(keep)
-    env = dict(env)
+    cur = dict(env)
+    nhwc: set[str] = set()
     for i in range(start, stop):
         op = graph.ops[i]
         if op.type == "Input":
             continue
-        outs = op_fn(op, params, [env[t] for t in op.inputs])
+        outs = None
+        if op_fn is not None:
+            outs = op_fn(op, params, [jnp.transpose(cur[t], L.TO_NCHW) if t in nhwc else cur[t] for t in op.inputs])
+        out_nhwc = False
+        if outs is None:
+            out_nhwc = op_runs_nhwc(op, plan)
+            weights = {r: params[k] for r, k in op.weights}
+            outs = run_op_planned(op, weights, [cur[t] for t in op.inputs], [t in nhwc for t in op.inputs], out_nhwc)
         for t, v in zip(op.outputs, outs):
-            env[t] = v
+            cur[t] = v
+            if out_nhwc:
+                nhwc.add(t)
+            else:
+                nhwc.discard(t)
         for t in set(op.inputs):
             if last.get(t, -1) <= i and t not in keep:
-                env.pop(t, None)
-    return env
+                cur.pop(t, None)
+                nhwc.discard(t)
+    return {t: (jnp.transpose(v, L.TO_NCHW) if t in nhwc else v) for t, v in cur.items()}
 
 
 class Model:

@@ -1,5 +1,5 @@
 """ONNX op implementations, one module per family.  Importing ``ALL`` registers every op."""
 
-from . import conv, elementwise, nn, pool, shape  # noqa: F401
+from . import conv, elementwise, extra, nn, norm, pool, resize, shape  # noqa: F401
 
-ALL = (conv, elementwise, nn, pool, shape)
+ALL = (conv, elementwise, extra, nn, norm, pool, resize, shape)

@@ -48,6 +48,21 @@ def _reduce(op_type, fn):
 
 _reduce("ReduceMean", lambda xp, x, a, k: x.mean(axis=a, keepdims=k))
 _reduce("ReduceSum", lambda xp, x, a, k: x.sum(axis=a, keepdims=k))
-_reduce("ReduceMax", lambda xp, x, a, k: x.max(axis=a, keepdims=k))
-_reduce("ReduceMin", lambda xp, x, a, k: x.min(axis=a, keepdims=k))
+def _extremum(xp, x, axes, keep, fn, sign):
+    if any(x.shape[a] == 0 for a in axes):  # reduction over an empty set: the identity (-inf for max)
+        dt = np.dtype(x.dtype)
+        if dt == np.bool_:
+            ident = sign < 0
+        elif np.issubdtype(dt, np.integer):
+            ident = np.iinfo(dt).min if sign > 0 else np.iinfo(dt).max
+        else:
+            ident = -np.inf if sign > 0 else np.inf
+        shp = tuple(1 if i in axes else d for i, d in enumerate(x.shape)) if keep else tuple(
+            d for i, d in enumerate(x.shape) if i not in axes)
+        return xp.full(shp, ident, dtype=x.dtype)
+    return fn(x, axis=axes, keepdims=keep)
+
+
+_reduce("ReduceMax", lambda xp, x, a, k: _extremum(xp, x, a, k, xp.max, +1))
+_reduce("ReduceMin", lambda xp, x, a, k: _extremum(xp, x, a, k, xp.min, -1))
 _reduce("ReduceL2", lambda xp, x, a, k: xp.sqrt((x * x).sum(axis=a, keepdims=k)))

@@ -55,7 +55,7 @@ def avgpool(xp, ins, attrs):
     if attrs.get("count_include_pad", 0):
         # count the explicit pads but not the ceil_mode extension
         orig = conv_pads(attrs, x.shape[2:], k, s, d)
-        ones = jnp.pad(jnp.ones(x.shape[2:], x.dtype), orig)
+        ones = jnp.ones(tuple(n + b + e for n, (b, e) in zip(x.shape[2:], orig)), x.dtype)
         pads2 = tuple((0, p[1] - o[1]) for p, o in zip(pads, orig))
         cnt = lax.reduce_window(ones, z, lax.add, k, s, pads2, window_dilation=d)
     else:

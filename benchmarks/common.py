@@ -1,0 +1,64 @@
+"""Shared helpers for the benchmark scripts (timing, machine description, JSON output)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    import jax
+
+    dev = jax.devices()[0]
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "device": f"{dev.platform}:{getattr(dev, 'device_kind', '')}",
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "git": _git(),
+    }
+
+
+def _git() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
+                                       cwd=Path(__file__).parent).strip()
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def median_time(fn, n: int = 5, warmup: int = 1) -> tuple[float, list[float]]:
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return float(np.median(ts)), ts
+
+
+def write(name: str, data: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    dev = data.get("machine", {}).get("device", "cpu").split(":")[0]
+    p = RESULTS / f"{name}_{dev}.json"
+    p.write_text(json.dumps(data, indent=1) + "\n")
+    return p

@@ -1,0 +1,152 @@
+"""Op-by-op execution with one compiled executable per op *signature*.
+
+The searches run the same graph many times from different start points (a float prefix advanced op by op,
+float suffixes behind each candidate).  Compiling one whole-graph function per start point would cost one
+XLA compile per op.  The :class:`Engine` instead jits each canonical op on its own, keyed by its
+*signature* (Top type, attributes, constant inputs, weight shapes, layouts): the 61 ops of
+EfficientNet-Lite0 share 40 executables, and JAX's compilation cache (persistent on disk, see
+:func:`enable_compilation_cache`) makes a second run compile nothing.  Activations stay in the static
+layout plan of :func:`qsens.onnx.convert.layout_plan` (NHWC between channel-last float ops) from one
+executable to the next.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .onnx.convert import Model, layout_plan, op_runs_nhwc, run_op_planned
+from .onnx.ir import Graph, Op
+from .onnx.layout import TO_NCHW, TO_NHWC
+
+
+def enable_compilation_cache(path: str | None = None) -> str:
+    """Turn on JAX's persistent compilation cache in a user cache dir (``$QSENS_HOME/jax_cache``)."""
+    from .zoo import cache_dir
+
+    path = path or os.environ.get("QSENS_JAX_CACHE") or str(cache_dir() / "jax_cache")
+    os.makedirs(path, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
+
+
+def _fingerprint(v: Any) -> Any:
+    if isinstance(v, np.ndarray | np.generic):
+        a = np.asarray(v)
+        return ("nd", a.dtype.str, a.shape, hashlib.sha1(a.tobytes()).hexdigest())
+    if isinstance(v, tuple | list):
+        return tuple(_fingerprint(x) for x in v)
+    return v
+
+
+def op_signature(op: Op, params: Mapping[str, Any], in_nhwc: Sequence[bool], out_nhwc: bool) -> tuple:
+    """Everything static that the compiled code of ``op`` depends on (input shapes are added by jit)."""
+    attrs = tuple((k, v) for k, v in op.attrs if not k.startswith("_") or k == "_opset")
+    return (
+        op.type, op.onnx_type, attrs, op.slots, len(op.outputs),
+        tuple((r, tuple(params[k].shape), str(params[k].dtype)) for r, k in op.weights),
+        _fingerprint(op.consts), tuple(in_nhwc), bool(out_nhwc),
+    )
+
+
+class CompileStats:
+    """Counts executables created (a first call that traces and compiles) and the time spent in them."""
+
+    def __init__(self):
+        self.traces = 0
+        self.first_call_s = 0.0
+
+    def as_dict(self) -> dict:
+        return {"traces": self.traces, "first_call_s": round(self.first_call_s, 3)}
+
+
+class Engine:
+    """Runs ``model``'s canonical graph at one batch size, op by op, with shared per-signature executables."""
+
+    _shared: dict[tuple, Any] = {}
+
+    def __init__(self, model: Model, batch: int, *, channels_last: bool = True, stats: CompileStats | None = None):
+        self.model = model
+        self.graph: Graph = model.graph_at(batch)
+        self.batch = batch
+        self.params = model.params
+        self.plan = layout_plan(self.graph, self.params, channels_last)
+        self.stats = stats or CompileStats()
+
+    # ------------------------------------------------------------------------------------------ layout
+    def to_plan(self, tensor: str, x_nchw):
+        return jnp.transpose(x_nchw, TO_NHWC) if self.plan.get(tensor) else x_nchw
+
+    def to_nchw(self, tensor: str, x):
+        return jnp.transpose(x, TO_NCHW) if self.plan.get(tensor) else x
+
+    # ------------------------------------------------------------------------------------------ executables
+    def float_exe(self, i: int):
+        op = self.graph.ops[i]
+        in_nhwc = tuple(bool(self.plan.get(t)) for t in op.inputs)
+        out_nhwc = op_runs_nhwc(op, self.plan)
+        key = ("float",) + op_signature(op, self.params, in_nhwc, out_nhwc)
+        fn = Engine._shared.get(key)
+        if fn is None:
+            def f(weights, acts, _op=op, _in=in_nhwc, _out=out_nhwc):
+                return run_op_planned(_op, weights, acts, _in, _out)
+
+            fn = jax.jit(f)
+            Engine._shared[key] = fn
+        return fn
+
+    def call(self, fn, weights, acts, *extra):
+        """Call a jitted executable; the first call per (executable, input shapes) is timed as a compile."""
+        sk = (id(fn), tuple((tuple(a.shape), str(a.dtype)) for a in acts), tuple(np.shape(x) for x in extra))
+        if sk in _GLOBAL_SEEN:
+            return fn(weights, acts, *extra)
+        t = time.perf_counter()
+        out = jax.block_until_ready(fn(weights, acts, *extra))
+        self.stats.first_call_s += time.perf_counter() - t
+        self.stats.traces += 1
+        _GLOBAL_SEEN.add(sk)
+        return out
+
+    def weights(self, op: Op) -> dict[str, Any]:
+        return {r: self.params[k] for r, k in op.weights}
+
+    # ------------------------------------------------------------------------------------------ running
+    def input_env(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        return {n: self.to_plan(n, jnp.asarray(inputs[n])) for n in self.graph.inputs}
+
+    def run(self, env: dict[str, Any], start: int = 0, stop: int | None = None, *, keep: Sequence[str] = (),
+            replace: Mapping[int, Any] | None = None) -> dict[str, Any]:
+        """Advance ``env`` (tensors in plan layout) through ops ``[start, stop)``; drop dead tensors."""
+        g = self.graph
+        stop = len(g.ops) if stop is None else stop
+        last = g.last_use
+        keep = set(keep)
+        env = dict(env)
+        for i in range(start, stop):
+            op = g.ops[i]
+            if op.type == "Input":
+                continue
+            fn = self.float_exe(i)
+            outs = self.call(fn, self.weights(op), [env[t] for t in op.inputs])
+            for t, v in zip(op.outputs, outs):
+                env[t] = v
+            for t in set(op.inputs):
+                if last.get(t, -1) <= i and t not in keep:
+                    env.pop(t, None)
+        return env
+
+    def outputs(self, env: Mapping[str, Any]) -> dict[str, Any]:
+        g = self.graph
+        return {name: self.to_nchw(t, env[t]) for name, t in zip(g.output_names, g.outputs)}
+
+
+_GLOBAL_SEEN: set = set()
