@@ -478,8 +478,11 @@ class Canonicalizer:
             from .ops.pool import pool_geometry
 
             k_, s_, d_, p_, _ = pool_geometry(r.attrs, x_aval.shape[2:])
-            attrs.update(strides=s_, dilations=d_, kernel_shape=k_)
+            attrs.update(strides=s_, dilations=d_, kernel_shape=k_, auto_pad="NOTSET")
             attrs["canonical_pads"] = (p_[0][0], p_[1][0], p_[0][1], p_[1][1])
+            if r.op_type == "MaxPool" or not attrs.get("count_include_pad", 0):
+                # the ceil_mode extension becomes explicit end padding (never counted / never the max)
+                attrs.update(pads=attrs["canonical_pads"], ceil_mode=0)
         elif (r.op_type == "GlobalAveragePool" or (r.op_type == "ReduceMean" and _is_spatial_mean(r))) and x_aval is not None:
             top_type = "AvgPool"
             attrs.update(kernel_shape=tuple(x_aval.shape[2:]), strides=(1,) * (x_aval.ndim - 2),

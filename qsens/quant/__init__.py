@@ -1,0 +1,56 @@
+"""BM1684 INT8 quantization semantics (TPU-MLIR compatible): rounding primitives, per-op qparams, kernels."""
+
+from .chip import BM1684, CHIPS, ChipSpec, get_chip
+from .kernels import dequantize, int8_op, int8_op_jit, quantize
+from .numerics import (
+    QTYPE_RANGE,
+    Round,
+    avgpool_multiplier_shift,
+    cal_right_shift_num,
+    cal_right_shift_num_use_cblas,
+    get_scale_and_shift,
+    get_scale_and_shift_positive,
+    mul_shift,
+    qrange,
+    round_to_int,
+    round_to_int_np,
+    rshift_round,
+    rshift_round_np,
+    saturate,
+    saturate_np,
+    to_int8,
+)
+from .qparams import LUT_OPS, SUPPORTED, op_kind, qparams_for, scale_of, static_fallback
+
+__all__ = [
+    "BM1684",
+    "CHIPS",
+    "ChipSpec",
+    "get_chip",
+    "dequantize",
+    "int8_op",
+    "int8_op_jit",
+    "quantize",
+    "QTYPE_RANGE",
+    "Round",
+    "avgpool_multiplier_shift",
+    "cal_right_shift_num",
+    "cal_right_shift_num_use_cblas",
+    "get_scale_and_shift",
+    "get_scale_and_shift_positive",
+    "mul_shift",
+    "qrange",
+    "round_to_int",
+    "round_to_int_np",
+    "rshift_round",
+    "rshift_round_np",
+    "saturate",
+    "saturate_np",
+    "to_int8",
+    "LUT_OPS",
+    "SUPPORTED",
+    "op_kind",
+    "qparams_for",
+    "scale_of",
+    "static_fallback",
+]

@@ -1,0 +1,236 @@
+"""BM1684 INT8 kernels on integer codes (the ``pymlir`` tpu-dialect interpreter semantics).
+
+``int8_op(op, weights, q_inputs, qp) -> q_out``: ``q_inputs`` are int32 arrays holding int8/uint8 codes (NCHW for
+conv/pool/scale), ``qp`` comes from :func:`qsens.quant.qparams.qparams_for`; the result is int32 codes in
+``[qp["lo"], qp["hi"]]``.  ``weights`` is accepted for a uniform signature and ignored (everything
+weight-derived, e.g. int8 filters, is in ``qp`` because it depends on the thresholds).  All kernels are jit-able
+with ``qp`` traced; ``op`` is static.
+
+Exact integer accumulation (Conv / MatMul): with ``K`` = reduction length (``Cin/g*kh*kw`` or ``K``), codes
+``|q| <= 255`` and ``|w8| <= 128``:
+
+* ``K*255*128 < 2^24`` (``K <= 514``): one float32 conv/dot (``Precision.HIGHEST``): every partial sum is an
+  integer below 2^24, hence exact in any summation order;
+* ``K*16*128 < 2^24`` (``K <= 8191``): the input is split into nibbles ``q = 16*hi + lo`` (``|hi|, lo <= 15``),
+  two float32 convs, combined in int32 (exact);
+* otherwise an int32 conv/dot with ``preferred_element_type=int32``.
+
+``ACCUMULATE`` (module global: "auto" | "f32" | "split" | "int32") forces a path (tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from .chip import BM1684, ChipSpec
+from .numerics import (
+    Round,
+    avgpool_multiplier_shift,
+    qmax_of,
+    qrange,
+    round_to_int,
+    rshift_round,
+    x64,
+)
+from .qparams import LUT_OPS, op_kind
+
+I32, F32 = jnp.int32, jnp.float32
+ACCUMULATE = "auto"
+_F32_EXACT = 2**24
+
+
+def _acc_mode(K: int) -> str:
+    if ACCUMULATE != "auto":
+        return ACCUMULATE
+    if K * 255 * 128 < _F32_EXACT:
+        return "f32"
+    if K * 16 * 128 < _F32_EXACT:
+        return "split"
+    return "int32"
+
+
+def _exact(fn, x, w, K: int):
+    """``fn(x, w)`` (a linear integer contraction) computed exactly; int32 result."""
+    mode = _acc_mode(K)
+    if mode == "int32":
+        return fn(x.astype(I32), w.astype(I32), I32)
+    wf = w.astype(F32)
+    if mode == "f32":
+        return fn(x.astype(F32), wf, F32).astype(I32)
+    hi = jnp.right_shift(x, 4)
+    lo = jnp.bitwise_and(x, 15)
+    return 16 * fn(hi.astype(F32), wf, F32).astype(I32) + fn(lo.astype(F32), wf, F32).astype(I32)
+
+
+def _conv_fn(op):
+    strides = tuple(op.attr("strides", (1, 1)))
+    pads = tuple(op.attr("pads", (0, 0, 0, 0)))
+    dil = tuple(op.attr("dilations", (1, 1)))
+    g = int(op.attr("group", 1))
+
+    def fn(x, w, dt):
+        return lax.conv_general_dilated(
+            x,
+            w,
+            window_strides=strides,
+            padding=((pads[0], pads[2]), (pads[1], pads[3])),
+            rhs_dilation=dil,
+            feature_group_count=g,
+            dimension_numbers=("NCHW", "OIHW", "NCHW"),
+            precision=lax.Precision.HIGHEST,
+            preferred_element_type=dt,
+        )
+
+    return fn
+
+
+def _dot_fn(x, w, dt):
+    return lax.dot_general(
+        x, w, (((x.ndim - 1,), (0,)), ((), ())), precision=lax.Precision.HIGHEST, preferred_element_type=dt
+    )
+
+
+def _finish(y, op, qp, relu: bool | None = None):
+    if relu is None:
+        relu = bool(op.attr("do_relu", False))
+    if relu:
+        y = jnp.maximum(y, 0)
+    return jnp.clip(y, qp["lo"], qp["hi"]).astype(I32)
+
+
+def _pool_pads(op):
+    pads = tuple(op.attr("pads", (0, 0, 0, 0)))
+    return ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3]))
+
+
+def int8_op(op, weights, q_inputs: Sequence, qp: dict, chip: ChipSpec = BM1684):
+    """Run ``op`` in BM1684 INT8 on integer codes.  See the module docstring."""
+    del weights, chip
+    kind = op_kind(op)
+    xs = [jnp.asarray(q).astype(I32) for q in q_inputs]
+    hu = Round.HALF_UP
+    if kind == "Conv":
+        x = xs[0]
+        w8 = qp["w8"]
+        K = int(np.prod(w8.shape[1:]))
+        acc = _exact(_conv_fn(op), x, w8, K) + qp["b16"].reshape(1, -1, 1, 1)
+        return _finish(rshift_round(acc, qp["r"], hu), op, qp)
+    if kind == "MatMul":
+        x = xs[0]
+        w8 = qp["w8"]
+        if op.attr("transB", False) and w8.shape[0] != x.shape[-1]:
+            w8 = w8.T
+        acc = _exact(_dot_fn, x, w8, int(w8.shape[0])) + qp["b16"]
+        return _finish(rshift_round(acc, qp["r"], hu), op, qp)
+    if kind == "Scale":
+        x = xs[0]
+        shp = (1, -1) + (1,) * (x.ndim - 2)
+        res = x * qp["a8"].reshape(shp) + qp["b16"].reshape(shp)
+        res = jnp.clip(res, qp["mid_lo"], qp["mid_hi"])
+        return _finish(rshift_round(res, qp["r"].reshape(shp), Round.DOWN), op, qp)
+    if kind == "Add":
+        y = 0
+        for k, x in enumerate(xs):
+            y = y + rshift_round(x * qp["m"][k], qp["r"][k], hu)
+        return _finish(y, op, qp)
+    if kind == "Mul":
+        y = xs[0]
+        for x in xs[1:]:
+            y = y * x
+        return _finish(rshift_round(y * qp["m"], qp["r"], hu), op, qp)
+    if kind == "Concat":
+        axis = int(op.attr("axis", 1))
+        parts = [
+            jnp.clip(rshift_round(x * qp["m"][k], qp["r"][k], hu), qp["lo"], qp["hi"]) for k, x in enumerate(xs)
+        ]
+        return _finish(jnp.concatenate(parts, axis=axis), op, qp)
+    if kind == "Relu":
+        return _finish(rshift_round(jnp.maximum(xs[0], 0) * qp["m"], qp["r"], hu), op, qp, relu=True)
+    if kind in ("LeakyRelu", "PRelu"):
+        x = xs[0]
+        m, r = qp["m"], qp["r"]
+        if m.shape[0] > 1:  # per channel (PRelu slope)
+            shp = (1, -1) + (1,) * (x.ndim - 2)
+            m, r = m.reshape(shp), r.reshape(shp)
+        else:
+            m, r = m[0], r[0]
+        return _finish(jnp.where(x >= 0, x, rshift_round(x * m, r, hu)), op, qp)
+    if kind == "MaxPool":
+        x = xs[0]
+        kh, kw = op.attr("kernel_shape")
+        sh, sw = op.attr("strides", (1, 1))
+        y = lax.reduce_window(x, jnp.int32(-(2**31)), lax.max, (1, 1, kh, kw), (1, 1, sh, sw), _pool_pads(op))
+        return _finish(y, op, qp)
+    if kind in ("AvgPool", "GlobalAvgPool"):
+        return _avgpool(op, xs[0], qp)
+    if kind in LUT_OPS:
+        return _finish(jnp.take(qp["lut"], xs[0] - qp["lut_lo"], mode="clip"), op, qp)
+    raise ValueError(f"op {op.name!r}: type {op.type!r} has no BM1684 INT8 kernel")
+
+
+def _avgpool(op, x, qp):
+    if op_kind(op) == "GlobalAvgPool":
+        kh, kw = x.shape[2], x.shape[3]
+        sh, sw = 1, 1
+        pads = ((0, 0),) * 4
+        include_pad = True
+    else:
+        kh, kw = op.attr("kernel_shape")
+        sh, sw = op.attr("strides", (1, 1))
+        pads = _pool_pads(op)
+        include_pad = bool(op.attr("count_include_pad", False))
+    k = kh * kw
+    M, E = avgpool_multiplier_shift(k) if k <= 225 else (1, 0)
+    win, st = (1, 1, kh, kw), (1, 1, sh, sw)
+    s = lax.reduce_window(x, jnp.int32(0), lax.add, win, st, pads)
+    if include_pad or all(p == (0, 0) for p in pads):
+        total = s  # RHAZ(float32(float32(sum/k)*k)) == sum for these magnitudes
+    else:
+        cnt = _valid_counts(x.shape[2:], (kh, kw), (sh, sw), pads[2:])
+        # interpreter: avg = float32(sum / count) (valid elements), then sum' = RHAZ(avg * kh * kw)
+        avg = s.astype(F32) / jnp.asarray(cnt, F32)
+        total = round_to_int(avg * jnp.float32(k), Round.HALF_AWAY_FROM_ZERO).astype(I32)
+    return _finish(rshift_round(total * M, E, Round.HALF_UP), op, qp)
+
+
+def _valid_counts(hw, k, st, pads):
+    """Static numpy count of non-padding elements per pooling window, shape (1, 1, OH, OW)."""
+    ones = np.pad(np.ones(hw, np.int64), pads)
+    oh = (ones.shape[0] - k[0]) // st[0] + 1
+    ow = (ones.shape[1] - k[1]) // st[1] + 1
+    cnt = np.array(
+        [[ones[i * st[0] : i * st[0] + k[0], j * st[1] : j * st[1] + k[1]].sum() for j in range(ow)] for i in range(oh)]
+    )
+    return cnt.reshape(1, 1, oh, ow)
+
+
+# ------------------------------------------------------------------------------------------------ casts
+@x64
+def _inv_scale_f32(th, signed: bool):
+    s = jnp.asarray(th).astype(jnp.float64) / float(qmax_of(signed))
+    return (1.0 / s).astype(F32)
+
+
+@x64
+def _scale_f32(th, signed: bool):
+    return (jnp.asarray(th).astype(jnp.float64) / float(qmax_of(signed))).astype(F32)
+
+
+def quantize(x, th, signed: bool):
+    """FP32 -> INT8 cast: ``saturate(RHAZ(x * float32(1/s)))``, ``s = th/127`` (signed) or ``th/255``; int32 codes."""
+    lo, hi = qrange(signed)
+    v = jnp.asarray(x).astype(F32) * _inv_scale_f32(th, signed)
+    return jnp.clip(round_to_int(v, Round.HALF_AWAY_FROM_ZERO), lo, hi).astype(I32)
+
+
+def dequantize(q, th, signed: bool):
+    """INT8 -> FP32: ``q * float32(s)``."""
+    return jnp.asarray(q).astype(F32) * _scale_f32(th, signed)
+
+
+int8_op_jit = jax.jit(int8_op, static_argnums=(0,))

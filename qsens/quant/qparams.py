@@ -1,0 +1,304 @@
+"""Threshold-dependent INT8 parameters of one op (BM1684 lowering), as a pytree of dynamic jnp arrays.
+
+``qparams_for(op, weights, th_in, th_out, signed_in, signed_out)`` reproduces the TPU-MLIR BM1684
+``LoweringINT8`` of ``op``: shifts, multipliers, int8 weights, int16 biases, LUTs.  Thresholds may be traced
+(jit arguments): changing them never retraces.  Signedness is static (Python bools).
+
+Precision policy (see docs/bm1684.md): every value TPU-MLIR computes in ``double`` (``s = th/127``,
+``s_in/s_out``, ``2^r*s_in/s_out``, ...) is computed in float64 under ``jax.enable_x64`` (staged into the caller's
+jaxpr even when the caller is not in x64 mode), with the C++ evaluation order; every value C++ stores in a
+``float`` is rounded to float32 at the same point; weights are quantized as ``RHAZ(float32(W * float32(scale)))``.
+Thresholds are taken at the precision they arrive in (a float32 threshold is widened exactly).
+
+Every result dict holds:
+
+* ``lo``, ``hi``: int32 output code range (int8 or uint8 by ``signed_out``);
+* ``fallback``: bool scalar, True when BM1684 would lower this op to F32 for these thresholds (Conv
+  ``rshift < 0``, Add negative multiplier, Mul multiplier outside [0, 127], kernel area > 225, stride > 15); the
+  caller selects the float path with ``jnp.where(qp["fallback"], float_path, int8_path)``.  The int8 kernel
+  still runs (with clamped parameters) when ``fallback`` is True, its result is just meaningless.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from .chip import BM1684, ChipSpec
+from .numerics import (
+    Round,
+    avgpool_multiplier_shift,
+    cal_right_shift_num,
+    cal_right_shift_num_use_cblas,
+    get_scale_and_shift,
+    get_scale_and_shift_positive,
+    qmax_of,
+    qrange,
+    round_to_int,
+    x64,
+)
+
+F32, F64, I32 = jnp.float32, jnp.float64, jnp.int32
+
+OP_ALIASES = {
+    "ReLU": "Relu",
+    "LeakyReLU": "LeakyRelu",
+    "PReLU": "PRelu",
+    "FC": "MatMul",
+    "Gemm": "MatMul",
+    "Sigmoid": "Sigmoid",
+    "Silu": "SiLU",
+    "Swish": "SiLU",
+    "GlobalAveragePool": "GlobalAvgPool",
+    "AveragePool": "AvgPool",
+}
+LUT_OPS = ("Sigmoid", "SiLU", "HardSigmoid", "HardSwish", "Tanh")
+SUPPORTED = (
+    "Conv",
+    "MatMul",
+    "Add",
+    "Scale",
+    "Mul",
+    "MaxPool",
+    "AvgPool",
+    "GlobalAvgPool",
+    "Concat",
+    "Relu",
+    "LeakyRelu",
+    "PRelu",
+) + LUT_OPS
+
+
+def op_kind(op) -> str:
+    return OP_ALIASES.get(op.type, op.type)
+
+
+@x64
+def scale_of(th, signed: bool):
+    """``s = th/127`` (signed) or ``th/255`` (unsigned), float64 (MOD ``getScale``)."""
+    return jnp.asarray(th).astype(F64) / float(qmax_of(signed))
+
+
+def _tuple(x, n):
+    if isinstance(x, bool | np.bool_):
+        return (bool(x),) * n
+    x = tuple(bool(v) for v in x)
+    if len(x) != n:
+        raise ValueError(f"expected {n} signedness flags, got {len(x)}")
+    return x
+
+
+def _f32(x):
+    return jnp.asarray(x).astype(F32)
+
+
+def _rhaz_f32(x):
+    """RHAZ of a float32 value (returned as float64 for exact range checks)."""
+    return round_to_int(_f32(x), Round.HALF_AWAY_FROM_ZERO).astype(F64)
+
+
+def _to_int(x, lo, hi):
+    return jnp.clip(_rhaz_f32(x), lo, hi).astype(I32)
+
+
+def _pow2(r):
+    return jnp.ldexp(jnp.ones((), F64), jnp.asarray(r).astype(I32))  # exact (exp2 is not)
+
+
+def _bias_quant(b, s_out, r):
+    """``quantizeToInt16(b, scale=float(1.0*2^r/s_out))``: RHAZ(float32(b*scale)) -> (int16 codes, overflow)."""
+    bs = _f32(_pow2(r) / s_out)
+    q = _rhaz_f32(_f32(b) * bs)
+    over = (q > 32767) | (q < -32768)
+    return jnp.clip(q, -32768, 32767).astype(I32), over
+
+
+def _bias_backoff(b, s_out, r0, tol, axis_len: int | None):
+    """The ``while ratio > tol and r > 0: r -= 1`` loop, vectorised over all r in 0..31.
+
+    ``axis_len=None``: one ratio over the whole bias (Conv/MatMul, ``r0`` scalar);
+    otherwise per channel (Scale, ``len == 1`` so any overflow backs off; ``r0`` shape (C,)).
+    """
+    cand = jnp.arange(32, dtype=I32)
+    b = _f32(b)
+    if axis_len is None:
+        _, over = _bias_quant(b[None, :], s_out, cand[:, None])  # (32, O)
+        n_over = jnp.sum(over, axis=1).astype(F32)
+        ratio = n_over / jnp.float32(b.size)
+        ok = (ratio.astype(F64) <= tol) | (cand == 0)
+        best = jnp.max(jnp.where(ok & (cand <= r0), cand, 0))
+        return jnp.where(r0 > 0, best, r0).astype(I32)
+    _, over = _bias_quant(b[None, :], s_out, cand[:, None])  # (32, C)
+    ok = (~over) | (cand[:, None] == 0)  # ratio is 0 or 1 for len == 1
+    best = jnp.max(jnp.where(ok & (cand[:, None] <= r0[None, :]), cand[:, None], 0), axis=0)
+    return jnp.where(r0 > 0, best, r0).astype(I32)
+
+
+def _out_range(signed_out):
+    lo, hi = qrange(signed_out)
+    return {"lo": jnp.asarray(lo, I32), "hi": jnp.asarray(hi, I32)}
+
+
+def static_fallback(op, in_shapes: Sequence[tuple[int, ...]] | None = None, chip: ChipSpec = BM1684) -> str | None:
+    """Why BM1684 lowers ``op`` to F32 regardless of thresholds (None when it does not)."""
+    kind = op_kind(op)
+    if kind not in SUPPORTED:
+        return f"{op.type} has no BM1684 INT8 kernel here"
+    if kind == "Conv":
+        if any(s > chip.max_conv_stride for s in op.attr("strides", (1, 1))):
+            return "conv stride > 15"
+        if len(op.attr("kernel_shape", (1, 1))) != 2:
+            return "only 2-D conv is lowered to INT8"
+    if kind in ("AvgPool", "MaxPool"):
+        k = int(np.prod(op.attr("kernel_shape", (1, 1))))
+        if k > chip.max_pool_kernel:
+            return f"pool kernel area {k} > {chip.max_pool_kernel}"
+    if kind == "GlobalAvgPool" and in_shapes is not None:
+        k = int(np.prod(in_shapes[0][2:]))
+        if k > chip.max_pool_kernel:
+            return f"pool kernel area {k} > {chip.max_pool_kernel}"
+    return None
+
+
+@x64
+def qparams_for(
+    op,
+    weights: dict,
+    th_in: Sequence,
+    th_out,
+    signed_in,
+    signed_out: bool,
+    chip: ChipSpec = BM1684,
+    in_shapes: Sequence[tuple[int, ...]] | None = None,
+) -> dict:
+    """INT8 parameters of ``op`` for input thresholds ``th_in`` (one per activation input) and ``th_out``.
+
+    ``weights``: role -> float32 array (Conv/MatMul ``filter``/``bias``, Scale ``scale``/``bias``, PRelu ``slope``).
+    ``signed_in``: a bool or one bool per input; ``signed_out``: bool.  ``in_shapes`` (optional, static) lets
+    GlobalAvgPool detect the kernel-area fallback.  Returns a dict of jnp arrays (see module docstring).
+    """
+    kind = op_kind(op)
+    if kind not in SUPPORTED:
+        raise ValueError(f"op {op.name!r}: type {op.type!r} has no BM1684 INT8 kernel")
+    th_in = tuple(th_in) if isinstance(th_in, list | tuple) else (th_in,)
+    sig_in = _tuple(signed_in, len(th_in))
+    s_in = [scale_of(t, s) for t, s in zip(th_in, sig_in)]
+    s_out = scale_of(th_out, signed_out)
+    qp = _out_range(signed_out)
+    static_fb = static_fallback(op, in_shapes, chip) is not None
+    fb = jnp.asarray(static_fb)
+
+    if kind in ("Conv", "MatMul"):
+        w = _f32(weights["filter"])
+        if kind == "MatMul" and op.attr("transB", False):
+            w = w.T
+        r0 = cal_right_shift_num(jnp.max(jnp.abs(w)), s_in[0], s_out)
+        if kind == "Conv":
+            fb = fb | (r0 < 0)
+        r = jnp.maximum(r0, 0)
+        b = weights.get("bias")
+        if b is not None:
+            r = _bias_backoff(jnp.ravel(_f32(b)), s_out, r, chip.bias_overflow_tolerance, None)
+            qp["b16"], _ = _bias_quant(_f32(b), s_out, r)
+        else:
+            qp["b16"] = jnp.zeros((w.shape[0] if kind == "Conv" else w.shape[-1],), I32)
+        scale = _f32((_pow2(r) * s_in[0]) / s_out)
+        qp["w8"] = _to_int(_f32(w * scale), -128, 127)
+        qp["r"] = r.astype(I32)
+        qp["r0"] = r0.astype(I32)  # before the bias back-off (diagnostics)
+    elif kind == "Scale":
+        a = jnp.ravel(_f32(weights["scale"]))
+        b = jnp.ravel(_f32(weights["bias"])) if weights.get("bias") is not None else jnp.zeros_like(a)
+        r0 = cal_right_shift_num_use_cblas(a, s_in[0], s_out)
+        r = _bias_backoff(b, s_out, r0, chip.bias_overflow_tolerance, a.shape[0])
+        b16, _ = _bias_quant(b, s_out, r)
+        half = jnp.left_shift(1, jnp.clip(r - 1, 0, 30)).astype(I32)
+        shifted = b16 + half
+        shifted = ((shifted + 32768) & 0xFFFF) - 32768  # int16 wrap of (int16_t)(b16 + (1 << (r-1)))
+        b16 = jnp.where(r > 0, jnp.maximum(shifted, b16), b16)
+        qp["a8"] = _to_int(a * _f32((_pow2(r) * s_in[0]) / s_out), -128, 127)
+        qp["b16"] = b16.astype(I32)
+        qp["r"] = r.astype(I32)
+        mid_lo, mid_hi = qrange(signed_out, 16)
+        qp["mid_lo"], qp["mid_hi"] = jnp.asarray(mid_lo, I32), jnp.asarray(mid_hi, I32)
+    elif kind == "Add":
+        coeff = op.attr("coeff", None) or (1.0,) * len(th_in)
+        ms, rs = [], []
+        for k in range(len(th_in)):
+            c = jnp.asarray(float(coeff[k]))
+            r = jnp.maximum(cal_right_shift_num_use_cblas(c, s_in[k], s_out), 0)
+            m = _to_int(_f32(c) * _f32((_pow2(r) * s_in[k]) / s_out), -128, 127)
+            fb = fb | (m < 0)
+            ms.append(m)
+            rs.append(r)
+        qp["m"] = jnp.stack(ms).astype(I32)
+        qp["r"] = jnp.stack(rs).astype(I32)
+    elif kind == "Mul":
+        sc = jnp.asarray(1.0, F64)
+        for s in s_in:
+            sc = sc * s
+        sc = sc / s_out
+        m, r = get_scale_and_shift(sc, 8)
+        fb = fb | (m < chip.mul_multiplier_range[0]) | (m > chip.mul_multiplier_range[1])
+        qp["m"] = m
+        qp["r"] = jnp.clip(r, 0, 31).astype(I32)
+    elif kind == "Concat":
+        ms, rs = [], []
+        for k in range(len(th_in)):
+            m, r = get_scale_and_shift_positive(s_in[k] / s_out, 8)
+            same = (s_in[k] == s_out) & (sig_in[k] == signed_out)
+            ms.append(jnp.where(same, 1, m))
+            rs.append(jnp.where(same, 0, r))
+        qp["m"] = jnp.stack(ms).astype(I32)
+        qp["r"] = jnp.stack(rs).astype(I32)
+    elif kind == "Relu":
+        r = jnp.maximum(cal_right_shift_num_use_cblas(jnp.asarray(1.0), s_in[0], s_out), 0)
+        qp["m"] = _to_int(_f32(_f32(1.0) * _f32((_pow2(r) * s_in[0]) / s_out)), -128, 127)
+        qp["r"] = r.astype(I32)
+    elif kind in ("LeakyRelu", "PRelu"):
+        slope = weights.get("slope") if weights else None
+        alpha = jnp.ravel(_f32(slope)) if slope is not None else jnp.asarray([op.attr("alpha", 0.01)], F32)
+        m, r = get_scale_and_shift(alpha, 8)
+        qp["m"], qp["r"] = m.astype(I32), r.astype(I32)
+    elif kind in ("MaxPool", "AvgPool", "GlobalAvgPool"):
+        # BM1684 forces output qtype = input qtype (T2T §3.2); th_out / signed_out only set the saturation range.
+        pass
+    elif kind in LUT_OPS:
+        lo_in, hi_in = qrange(sig_in[0])
+        codes = jnp.arange(lo_in, hi_in + 1, dtype=F64)
+        x = codes * s_in[0]
+        y = _lut_fn(op, kind)(x) / s_out
+        y = round_to_int(y, chip.lut_round)
+        lo, hi = qrange(signed_out)
+        qp["lut"] = jnp.clip(y, lo, hi).astype(I32)
+        qp["lut_lo"] = jnp.asarray(lo_in, I32)
+    qp["fallback"] = jnp.asarray(fb, bool)
+    return qp
+
+
+def _lut_fn(op, kind):
+    if kind == "Sigmoid":
+        return lambda x: 1.0 / (1.0 + jnp.exp(-x))
+    if kind == "SiLU":
+        return lambda x: x / (1.0 + jnp.exp(-x))
+    if kind == "Tanh":
+        # XLA's f64 tanh is not exactly 1.0 where libm's is (|x| >~ 19), which moves 127/th ties; use exp there
+        def tanh(x):
+            ax = jnp.abs(x)
+            big = jnp.sign(x) * (1.0 - 2.0 / (jnp.exp(2.0 * jnp.minimum(ax, 40.0)) + 1.0))
+            return jnp.where(ax > 0.5, big, jnp.tanh(x))
+
+        return tanh
+    if kind == "HardSigmoid":
+        a, b = float(op.attr("alpha", 0.2)), float(op.attr("beta", 0.5))
+        return lambda x: jnp.clip(a * x + b, 0.0, 1.0)
+    if kind == "HardSwish":
+        return lambda x: x * jnp.clip(x / 6.0 + 0.5, 0.0, 1.0)
+    raise ValueError(kind)
+
+
+def avgpool_table(k: int) -> tuple[int, int]:
+    """Re-export of the AvgPool (multiplier, rshift) rule for a kernel area ``k``."""
+    return avgpool_multiplier_shift(k)
