@@ -194,7 +194,8 @@ def calibrate(model: Model, files: Sequence[str], pp, *, methods: Sequence[str] 
     t1 = time.perf_counter()
     g = model.graph
     untuned = {m: {t: calib.table_threshold(res[t].threshold(m)) for t in g.tensors} for m in methods}
-    tuned = {m: dict(v) for m, v in untuned.items()}
+    # thresholds as the tools downstream read them back from the %.7f tables (the tuner may refine KL/MSE)
+    tuned = {m: {t: round_table(v) for t, v in ths.items()} for m, ths in untuned.items()}
     tune_methods = ["kl"] if tune_methods is None else [parse_method(m) for m in tune_methods]
     n_tune = min(tune_num, len(files))
     if n_tune > 0 and any(m in tune_methods for m in methods):
@@ -202,7 +203,7 @@ def calibrate(model: Model, files: Sequence[str], pp, *, methods: Sequence[str] 
         for m in methods:
             if m not in tune_methods:
                 continue
-            start = {t: round_table(v) for t, v in untuned[m].items()}
+            start = tuned[m]
             amax = {t: (res[t].p99 if m == "percentile9999" else res[t].abs_max) for t in g.tensors}
             tuned[m] = tune(model, tune_in, start, amax, stats=stats, progress=progress)
     t2 = time.perf_counter()

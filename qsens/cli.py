@@ -151,6 +151,150 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def load_post_process(path: str | None):
+    if not path:
+        return None
+    import importlib.util
+
+    from .errors import SearchError
+
+    if not os.path.isfile(path):
+        raise SearchError(f"--post_process file '{path}' does not exist; pass a .py file that defines PostProcess(outputs)")
+    spec = importlib.util.spec_from_file_location("qsens_user_post_process", path)
+    mod = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(mod)
+    except Exception as e:  # noqa: BLE001
+        raise SearchError(f"--post_process file '{path}' failed to import ({type(e).__name__}: {e})") from None
+    fn = getattr(mod, "PostProcess", None)
+    if not callable(fn):
+        raise SearchError(f"--post_process file '{path}' defines no PostProcess(outputs) function")
+    return fn
+
+
+def parse_compare_layers(s: str | None):
+    from .errors import SearchError
+
+    if not s:
+        return None, None
+    names, weights = [], []
+    for part in s.split(","):
+        name, _, w = part.strip().partition(":")
+        names.append(name.strip())
+        weights.append(float(w) if w else None)
+    if all(w is None for w in weights):
+        return tuple(names), None
+    if any(w is None for w in weights) or abs(sum(weights) - 1.0) > 1e-9:
+        raise SearchError(f"--global_compare_layers weights must all be given and sum to 1, got {s!r}")
+    return tuple(names), tuple(weights)
+
+
+def ensure_out_dir(path: str) -> str:
+    from .errors import SearchError
+
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".qsens-write-test-{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("")
+        os.remove(probe)
+    except OSError as e:
+        raise SearchError(f"--out_dir '{path}' is not writable ({e.strerror}); choose another directory") from None
+    return path
+
+
+def run_search_from_args(args) -> int:
+    from .calibrate import calibrate, write_tables
+    from .data.dataset import select_files
+    from .engine import CompileStats, enable_compilation_cache
+    from .errors import SearchError
+    from .pipeline import load_inputs
+    from .search.run import SearchConfig, search
+    from .tables import CaliTable, check_table_matches, read_cali_table
+
+    t0 = time.time()
+    enable_compilation_cache()
+    out_dir = ensure_out_dir(args.out_dir)
+    post = load_post_process(args.post_process)
+    compare, cweights = parse_compare_layers(args.global_compare_layers)
+    cfg = SearchConfig(methods=tuple(args.methods.split(",")), max_float_layers=args.max_float_layers,
+                       expected_cos=args.expected_cos, strategy=args.strategy, method_batch=args.method_batch,
+                       compare_layers=compare, compare_weights=cweights, chip=args.chip)
+    fn, params = load_model_from_args(args)
+    g = fn.graph
+    if compare:
+        unknown = [c for c in compare if c not in g.tensors]
+        if unknown:
+            raise SearchError(f"--global_compare_layers names {unknown} which are not canonical tensors of the model (see `qsens ops`)")
+    dataset = args.dataset if (args.dataset or args.data_list) else None
+    cal_files = select_files(dataset=dataset, data_list=args.data_list, input_num=args.input_num, seed=args.seed)
+    pool = select_files(dataset=dataset, data_list=args.data_list, input_num=0, seed=args.seed)
+    if args.inference_num > len(pool):
+        raise SearchError(f"--inference_num {args.inference_num} but only {len(pool)} samples are available in "
+                          f"{args.dataset or args.data_list}; lower --inference_num or add images")
+    inf_files = pool[: args.inference_num]
+    pp = preprocess_from_args(args, g)
+    stats = CompileStats()
+    base = None
+    if args.calibration_table:
+        base = read_cali_table(args.calibration_table)
+        check_table_matches(base, g.tensors, args.calibration_table)
+    t_cal = time.time()
+    cal = calibrate(fn.model, cal_files, pp, methods=cfg.methods + (("kl",) if base is None and "kl" not in cfg.methods else ()),
+                    hist=args.hist, tune_num=args.tune_num, tune_methods=cfg.methods + ("kl",), progress=not args.quiet,
+                    stats=stats)
+    t_cal = time.time() - t_cal
+    if args.tune_num <= 0:
+        print("note: --tune_num 0: untuned method thresholds (TPU-MLIR's SL-old would crash here)", file=sys.stderr)
+    cali_path = os.path.join(out_dir, "cali_table")
+    if base is None:
+        base = CaliTable(cal.table_entries("kl", True))
+    inputs = load_inputs(inf_files, g, pp)
+
+    def extra_files():
+        if args.calibration_table:
+            return {}
+        return {"calibration_tables": write_tables(cal, cali_path, main_method="kl", mlir=args.model)}
+
+    res = search(fn.model, base, cal.tuned, inputs, cfg, out_dir=out_dir, qtable_path=args.quantize_table,
+                 resume=args.resume, post_process=post, progress=not args.quiet, extra_files=extra_files, stats=stats)
+    if res.early_exit:
+        return 0
+    s = res.summary
+    print(">>>run result:")
+    print(f"int8 outputs_cos:{s['int8']['similarity']:.6f} old")
+    print(f"mix model outputs_cos:{s['mix_new_table']['similarity']:.6f}")
+    print(f"  (plain cosine: INT8 {s['int8']['cosine']:.6f}, MIX original table {s['mix_original_table']['cosine']:.6f}, "
+          f"MIX new table {s['mix_new_table']['cosine']:.6f}; similarity = 0.5+0.5*cos)")
+    if "top1_agreement" in s["int8"]:
+        print(f"  top-1 agreement with FP32 on {s['n_images']} images: INT8 {s['int8']['top1_agreement']:.3f}, "
+              f"MIX original table {s['mix_original_table']['top1_agreement']:.3f}, MIX new table {s['mix_new_table']['top1_agreement']:.3f}")
+    print(f"float layers ({len(res.float_layers)}): {', '.join(res.float_layers)}")
+    print(f"Output mix quantization table to {res.files['qtable']}")
+    print(f"total time:{time.time() - t0}  (calibration {t_cal:.1f} s, search {res.timings['search_s']:.1f} s, "
+          f"{res.evaluated_ops} ops evaluated, compile {stats.first_call_s:.1f} s in {stats.traces} executables)")
+    print("success sensitive layer search")
+    return 0
+
+
+def cmd_search(args) -> int:
+    return run_search_from_args(args)
+
+
+def cmd_demo(args) -> int:
+    from .zoo import build_zoo
+
+    root = build_zoo(models=("efficientnet_lite0",), progress=True)
+    argv = [str(root / "efficientnet_lite0.onnx"), "--dataset", str(root / "images100"), "--input_num", "100",
+            "--inference_num", "30", "--expected_cos", "0.9999", "--out_dir", args.out_dir]
+    if args.quiet:
+        argv.append("--quiet")
+    sargs = build_parser().parse_args(["search"] + argv)
+    print(f"qsens demo: EfficientNet-Lite0, 100 calibration / 30 inference images of {root / 'images100'}, "
+          f"expected_cos 0.9999 -> {args.out_dir}")
+    return run_search_from_args(sargs)
+
+
 # ---------------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="qsens", description="INT8 sensitive-layer search for BM1684 (TPU-MLIR compatible)")
@@ -184,6 +328,34 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--calibration_table", default="cali_table", help="output table path")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_calibrate)
+
+    s = sub.add_parser("search", help="sensitive-layer search like run_sensitive_layer.py (writes a qtable)")
+    _add_model_args(s)
+    _add_data_args(s, input_num=10)
+    s.add_argument("--inference_num", type=int, default=10, help="evaluation images (a prefix of the shuffled list)")
+    s.add_argument("--max_float_layers", type=int, default=5)
+    s.add_argument("--expected_cos", type=float, default=0.99,
+                   help="TPU-MLIR scale 0.5+0.5*cos: 0.99 means a true cosine of 0.98")
+    s.add_argument("--post_process", default=None, help="python file defining PostProcess(outputs_dict)")
+    s.add_argument("--global_compare_layers", default=None, help="'a,b' or 'a:0.3,b:0.7' (canonical tensor names)")
+    s.add_argument("--calibration_table", default=None, help="existing table (else qsens calibrates: KL, tuned)")
+    s.add_argument("--chip", "--processor", dest="chip", default="bm1684")
+    s.add_argument("-o", "--quantize_table", default="qtable", help="qtable path (relative: inside --out_dir)")
+    s.add_argument("--methods", default="max,percentile9999,kl", help="candidate methods, in TPU-MLIR's order")
+    s.add_argument("--tune_num", type=int, default=5)
+    s.add_argument("--hist", choices=("v1", "v2"), default="v1")
+    s.add_argument("--out_dir", default=".")
+    s.add_argument("--resume", action="store_true", help="continue from <out_dir>/search.ckpt.json")
+    s.add_argument("--strategy", choices=("fast", "naive"), default="fast")
+    s.add_argument("--method_batch", choices=("loop", "concat"), default="loop",
+                   help="fast strategy: suffixes of the candidates one after another (loop) or stacked (concat)")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.set_defaults(fn=cmd_search)
+
+    s = sub.add_parser("demo", help="build the zoo, then calibrate + search EfficientNet-Lite0 on images100")
+    s.add_argument("--out_dir", default="qsens_demo")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.set_defaults(fn=cmd_demo)
 
     for extra in _EXTRA_VERBS:
         extra(sub)

@@ -20,6 +20,10 @@ Two adaptations that the backend API forces, and how they are handled:
   converter uses (each op's registry ``impl`` with ``xp=numpy``, or ``jax.numpy`` for ops that are not
   ``numpy_ok``), and :attr:`QsensRep.folded` records that this happened.
 
+* **Inputs with different leading dims.**  qsens binds the leading dim of every graph input to one batch;
+  when the (non-scalar) inputs of a node test disagree on it (broadcasting cases), each is fed as
+  ``(1, *shape)`` and reshaped back by an inserted ``Reshape`` (:func:`_lead_unit_dim`).
+
 ``supports_device`` is True for ``"CPU"`` only (CI is CPU-only).
 """
 
@@ -86,7 +90,8 @@ def _lead_unit_dim(m: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> No
         et = v.type.tensor_type.elem_type
         new_inputs.append(helper.make_tensor_value_info(v.name + _LEAD, et, (1,) + s))
         m.graph.initializer.append(numpy_helper.from_array(np.asarray(s, np.int64), v.name + _LEAD + "_shape"))
-        nodes.append(helper.make_node("Reshape", [v.name + _LEAD, v.name + _LEAD + "_shape"], [v.name]))
+        zero = {"allowzero": 1} if 0 in s and model_opset(m) >= 14 else {}
+        nodes.append(helper.make_node("Reshape", [v.name + _LEAD, v.name + _LEAD + "_shape"], [v.name], **zero))
     del m.graph.input[:]
     m.graph.input.extend(new_inputs)
     old = list(m.graph.node)

@@ -89,6 +89,7 @@ def run_graph(
     *,
     keep: Sequence[str] = (),
     op_fn=None,
+    mix_fn=None,
     channels_last: bool = True,
 ) -> dict[str, Any]:
     """Run ``graph.ops[start:stop]`` on the tensors in ``env`` (activations by canonical tensor name, NCHW).
@@ -96,6 +97,8 @@ def run_graph(
     Returns the new env holding only tensors still needed after ``stop`` (by liveness) plus ``keep``, all
     in the graph's own (ONNX, NCHW) layout.  ``op_fn(op, params, acts) -> outputs or None`` overrides the
     float op (the quantized model plugs in here; it gets and returns NCHW; ``None`` means "run it in float").
+    ``mix_fn(op, params, acts) -> None or (outputs, flag)`` computes an alternative (e.g. INT8) result in NCHW;
+    the op's output is ``where(flag, alternative, float)``, so a False flag gives the float result bit for bit.
     With ``channels_last`` 4-D activations are kept NHWC inside (:func:`layout_plan`).
     """
     from . import layout as L
@@ -118,6 +121,11 @@ def run_graph(
             out_nhwc = op_runs_nhwc(op, plan)
             weights = {r: params[k] for r, k in op.weights}
             outs = run_op_planned(op, weights, [cur[t] for t in op.inputs], [t in nhwc for t in op.inputs], out_nhwc)
+        if mix_fn is not None:
+            alt = mix_fn(op, params, [jnp.transpose(cur[t], L.TO_NCHW) if t in nhwc else cur[t] for t in op.inputs])
+            if alt is not None:
+                alt_outs, flag = alt
+                outs = [jnp.where(flag, jnp.transpose(a, L.TO_NHWC) if out_nhwc else a, f) for a, f in zip(alt_outs, outs)]
         for t, v in zip(op.outputs, outs):
             cur[t] = v
             if out_nhwc:

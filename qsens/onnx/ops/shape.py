@@ -183,4 +183,6 @@ def range_(xp, ins, attrs):
 def eyelike(xp, ins, attrs):
     x = ins[0]
     dt = onnx_dtype_to_np(attrs["dtype"]) if attrs.get("dtype") is not None else x.dtype
+    if xp is not np:  # JAX without x64 (documented): 64-bit types compute in 32 bits
+        dt = {np.dtype(np.float64): np.float32, np.dtype(np.int64): np.int32}.get(np.dtype(dt), dt)
     return [xp.eye(x.shape[0], x.shape[1], k=attrs.get("k", 0), dtype=dt)]

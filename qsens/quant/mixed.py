@@ -1,0 +1,196 @@
+"""The BM1684 mixed-precision model: every op INT8 or F32, chosen by a *dynamic* mask.
+
+``MixedModel.apply(params, inputs, thresholds, int8_mask) -> outputs`` is one jit-compiled function of
+
+* ``thresholds``: float array, one per canonical tensor (``graph.tensors`` order, Input first);
+* ``int8_mask``: bool array, one per canonical op (``graph.ops`` order, Input first).
+
+An op whose mask bit is set runs TPU-MLIR's BM1684 INT8 lowering: its float inputs are cast F32 -> INT8 with
+the input tensors' thresholds (:func:`qsens.quant.kernels.quantize`, round half away from zero), the INT8
+kernel runs on integer codes and its codes are cast back (dequantized).  Every tensor is carried as a float
+(an INT8 producer's output is its dequantized codes, which re-quantize exactly), which is TPU-MLIR's mixed
+lowering: casts are inserted exactly at INT8/F32 boundaries.  All-ones = the INT8 model; all-zeros = the
+float model (bit-identical to the float reference).  Changing thresholds or the mask never recompiles.
+
+Static per calibration table (a change recompiles, documented): the signedness of every tensor and the
+threshold *copy map* of TPU-MLIR's calibration post-processing (spec §3.2), applied as
+``effective = thresholds[copy_src]``:
+
+* outputs of Reshape/Flatten/Squeeze/Unsqueeze, Permute, Pad, Slice, MaxPool, AvgPool (BM1684) and standalone
+  Relu take their input's threshold and sign (forward copy);
+* an op with a fused ReLU (``do_relu``) has an unsigned output (uint8, ``s = th/255``);
+* Sigmoid and Softmax outputs are ``[0, 1]``: threshold 1, unsigned.
+
+Not reproduced (documented in docs/bm1684.md): the backward copies of §3.2 (Concat inputs, single-use ReLU /
+MaxPool inputs taking their consumer's range), which do not occur in the zoo models' canonical graphs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..errors import TableError
+from ..onnx.convert import run_graph, run_op_roles
+from ..onnx.ir import Graph, Op
+from .chip import BM1684, ChipSpec
+from .kernels import dequantize, int8_op, quantize
+from .qparams import qparams_for, static_fallback
+
+#: Data movement: INT8 codes pass through unchanged (output threshold = input threshold).
+PASS_THROUGH = {"Reshape", "Permute", "Pad", "Slice", "Tile", "Squeeze", "Unsqueeze", "Flatten", "Identity"}
+#: Output (min, max) copied from the input by TPU-MLIR's calibration post-processing on BM1684.
+FORWARD_COPY = PASS_THROUGH | {"MaxPool", "AvgPool", "Relu"}
+UNIT_RANGE = {"Sigmoid", "Softmax"}
+
+
+def int8_support(op: Op, graph: Graph) -> str | None:
+    """None when BM1684 has an INT8 form of ``op`` (kernel or pass-through), else the reason it stays F32."""
+    if op.type == "Input" or op.type in PASS_THROUGH:
+        return None
+    if op.type == "MatMul" and op.weight("filter") is None:
+        return "MatMul with an activation right operand is lowered to F32 on BM1684"
+    if op.type == "MatMul" and len(graph.tensor_shape(op.inputs[0])) != 2:
+        return "batched MatMul is lowered to F32 on BM1684 (only plain FC is INT8)"
+    if op.type in ("Add", "Mul", "Concat") and (op.weights or op.consts):
+        return f"{op.type} with a constant operand is not lowered to INT8 here"
+    if op.type == "Relu" and op.attr("relu_limit", -1.0) >= 0:
+        return None
+    return static_fallback(op, [graph.tensor_shape(t) for t in op.inputs], BM1684)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class QuantPlan:
+    """Static quantization facts of one graph + calibration table (signedness, copy map, F32 ops)."""
+
+    graph: Graph
+    tensor_index: dict[str, int]
+    copy_src: np.ndarray  # int32 (n_tensors,): effective threshold index
+    signed: dict[str, bool]
+    fixed_th: dict[str, float]  # Sigmoid/Softmax outputs: threshold 1
+    f32_reason: dict[str, str]  # op name -> why it stays F32 in the INT8 model
+
+    @property
+    def int8_ops(self) -> list[str]:
+        return [op.name for op in self.graph.ops if op.name not in self.f32_reason]
+
+    def effective(self, thresholds):
+        """Thresholds after the copy map (works on numpy and jax arrays, batched along axis 0 too)."""
+        xp = jnp if isinstance(thresholds, jax.Array) else np
+        th = xp.take(thresholds, xp.asarray(self.copy_src), axis=-1)
+        if self.fixed_th:
+            idx = np.array([self.tensor_index[t] for t in self.fixed_th])
+            val = np.array(list(self.fixed_th.values()), np.float32)
+            if xp is np:
+                th = np.array(th, copy=True)
+                th[..., idx] = val
+            else:
+                th = th.at[..., idx].set(val)
+        return th
+
+
+def make_plan(graph: Graph, table_min: Mapping[str, float] | None = None) -> QuantPlan:
+    """Signedness from the calibration table's ``min`` column (``min < 0`` -> signed int8, else uint8)."""
+    tensors = graph.tensors
+    index = {t: i for i, t in enumerate(tensors)}
+    src = np.arange(len(tensors), dtype=np.int32)
+    signed: dict[str, bool] = {}
+    fixed: dict[str, float] = {}
+    reasons: dict[str, str] = {}
+    for op in graph.ops:
+        why = int8_support(op, graph)
+        if why is not None:
+            reasons[op.name] = why
+        for t in op.outputs:
+            mn = None if table_min is None else table_min.get(t)
+            s = True if mn is None else bool(mn < 0)
+            if op.type in FORWARD_COPY and op.inputs:
+                src[index[t]] = src[index[op.inputs[0]]]
+                s = signed[op.inputs[0]]
+            if op.attr("do_relu"):
+                s = False
+            if op.type in UNIT_RANGE:
+                fixed[t] = 1.0
+                s = False
+            signed[t] = s
+    return QuantPlan(graph, index, src, signed, fixed, reasons)
+
+
+def plan_from_table(graph: Graph, table) -> QuantPlan:
+    """:func:`make_plan` from a :class:`qsens.tables.CaliTable` (every canonical tensor must be present)."""
+    from ..tables import check_table_matches
+
+    check_table_matches(table, graph.tensors, getattr(table, "path", None))
+    return make_plan(graph, {t: table[t].min for t in graph.tensors})
+
+
+def thresholds_from_table(graph: Graph, table) -> np.ndarray:
+    missing = [t for t in graph.tensors if t not in table]
+    if missing:
+        raise TableError(f"calibration table lacks {len(missing)} tensor(s) of the model, e.g. {missing[:3]}")
+    return np.array([table[t].threshold for t in graph.tensors], np.float32)
+
+
+def int8_core(plan: QuantPlan, op: Op, weights: Mapping[str, Any], acts: Sequence[Any], th_in: Sequence[Any], th_out,
+              chip: ChipSpec = BM1684) -> list:
+    """The INT8 form of ``op`` on float NCHW inputs: cast F32 -> INT8 with ``th_in`` (effective input
+    thresholds), the INT8 kernel with output threshold ``th_out``, cast back.  Ops without an INT8 form (see
+    ``plan.f32_reason``) return their float outputs; a threshold-dependent fallback selects the float result."""
+    if op.name in plan.f32_reason:
+        return run_op_roles(op, weights, acts)
+    if op.type == "Input":
+        s = plan.signed[op.outputs[0]]
+        return [dequantize(quantize(acts[0], th_out, s), th_out, s)]
+    ins = list(op.inputs)
+    sig_in = tuple(plan.signed[t] for t in ins)
+    q = [quantize(a, th, s) for a, th, s in zip(acts, th_in, sig_in)]
+    if op.type in PASS_THROUGH:
+        return run_op_roles(op, weights, [dequantize(x, th, s) for x, th, s in zip(q, th_in, sig_in)])
+    s_out = plan.signed[op.outputs[0]]
+    qp = qparams_for(op, dict(weights), tuple(th_in), th_out, sig_in, s_out, chip,
+                     in_shapes=[plan.graph.tensor_shape(t) for t in ins])
+    y = dequantize(int8_op(op, None, q, qp, chip), th_out, s_out)
+    fb = qp.get("fallback")
+    if fb is not None:
+        y = jnp.where(fb, run_op_roles(op, weights, acts)[0], y)
+    return [y]
+
+
+def int8_path(plan: QuantPlan, op: Op, weights: Mapping[str, Any], acts: Sequence[Any], th_eff, chip: ChipSpec = BM1684):
+    """:func:`int8_core` with the thresholds read from the effective threshold vector ``th_eff``."""
+    idx = plan.tensor_index
+    return int8_core(plan, op, weights, acts, [th_eff[idx[t]] for t in op.inputs], th_eff[idx[op.outputs[0]]], chip)
+
+
+class MixedModel:
+    """``apply(params, inputs, thresholds, int8_mask)``: the jit-compiled BM1684 mixed-precision model."""
+
+    def __init__(self, model, plan: QuantPlan, chip: ChipSpec = BM1684):
+        self.model, self.plan, self.chip = model, plan, chip
+        self.graph = plan.graph
+
+    def apply(self, params, inputs, thresholds, int8_mask):
+        g = self.model.graph_at(int(np.shape(next(iter(inputs.values())) if isinstance(inputs, Mapping) else inputs)[0]))
+        _, env = self.model.input_env(inputs)
+        th = self.plan.effective(jnp.asarray(thresholds, jnp.float32))
+        mask = jnp.asarray(int8_mask, bool)
+        index = {op.name: i for i, op in enumerate(g.ops)}
+        for op in g.ops:
+            if op.type == "Input":
+                t = op.outputs[0]
+                xq = int8_core(self.plan, op, {}, [env[t]], [], th[self.plan.tensor_index[t]], self.chip)[0]
+                env[t] = jnp.where(mask[index[op.name]], xq, env[t])
+
+        def mix_fn(op, params_, acts):
+            if op.name in self.plan.f32_reason:
+                return None
+            w = {r: params_[k] for r, k in op.weights}
+            return int8_path(self.plan, op, w, acts, th, self.chip), mask[index[op.name]]
+
+        env = run_graph(g, params, env, mix_fn=mix_fn)
+        return {name: env[t] for name, t in zip(g.output_names, g.outputs)}
