@@ -149,12 +149,23 @@ class Canonicalizer:
         self._graphs: dict[int, Graph] = {}
         known = {v.name for v in self.inputs} | {i.name for i in model.graph.initializer}
         self.nodes = _toposort(model.graph.node, known)
-        self.deploy_batch = self.deploy_shapes[0][0] if self.deploy_shapes and self.deploy_shapes[0] else 1
+        from .load import declared_shape
+
+        decl = [declared_shape(v) for v in self.inputs]
+        self.batch_dims = [not d or not isinstance(d[0], int) for d in decl]
+        self.deploy_batch = next((s[0] for s, b in zip(self.deploy_shapes, self.batch_dims) if s and b),
+                                 self.deploy_shapes[0][0] if self.deploy_shapes and self.deploy_shapes[0] else 1)
         self.graph(self.deploy_batch)  # validates the model, fills params
 
     # ---------------------------------------------------------------------------------------------
     def shapes_at(self, batch: int) -> list[tuple[int, ...]]:
-        return [(batch,) + s[1:] if s else s for s in self.deploy_shapes]
+        """Input shapes at ``batch``: only inputs whose declared leading dim is symbolic take the batch."""
+        if batch == self.deploy_batch:
+            return list(self.deploy_shapes)
+        if not any(self.batch_dims):
+            raise ModelError(f"'{self.path}' has fixed input shapes {self.deploy_shapes}; it cannot run at batch {batch} "
+                             "(re-export it with a dynamic batch dim)")
+        return [(batch,) + s[1:] if (s and b) else s for s, b in zip(self.deploy_shapes, self.batch_dims)]
 
     def graph(self, batch: int) -> Graph:
         if batch not in self._graphs:

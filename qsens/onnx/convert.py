@@ -166,8 +166,11 @@ class Model:
         missing = [n for n in g0.inputs if n not in inputs]
         if missing:
             raise ModelError(f"inputs {missing} missing; the model '{self.path}' takes {list(g0.inputs)}.")
-        x0 = inputs[g0.inputs[0]]
-        batch = int(np.shape(x0)[0]) if np.ndim(x0) else 1
+        batch = self.canon.deploy_batch
+        for name, flag in zip(g0.inputs, self.canon.batch_dims):
+            if flag and np.ndim(inputs[name]):
+                batch = int(np.shape(inputs[name])[0])
+                break
         g = self.graph_at(batch)
         for name, shp in zip(g.inputs, g.input_shapes):
             got = tuple(np.shape(inputs[name]))

@@ -132,7 +132,8 @@ def run_nhwc(op: Op, ins: list, weights: dict, consts: dict) -> list:
         pt, pl, pb, pr = a["canonical_pads"]
         win = ((1,) + tuple(k) + (1,), (1,) + tuple(s) + (1,), ((0, 0), (pt, pb), (pl, pr), (0, 0)))
         if t == "MaxPool":
-            return [lax.reduce_window(x, jnp.asarray(-jnp.inf, x.dtype), lax.max, *win)]
+            init = -jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
+            return [lax.reduce_window(x, jnp.asarray(init, x.dtype), lax.max, *win)]
         z = jnp.zeros((), x.dtype)
         total = lax.reduce_window(x, z, lax.add, *win)
         from .ops.conv import conv_pads
@@ -140,7 +141,8 @@ def run_nhwc(op: Op, ins: list, weights: dict, consts: dict) -> list:
         orig = conv_pads(a, x.shape[1:3], k, s, (1, 1))
         hw = x.shape[1:3]
         if a.get("count_include_pad", 0):
-            ones = jnp.pad(jnp.ones(hw, x.dtype), orig)
+            # explicit pads count, the ceil_mode extension does not
+            ones = jnp.ones((hw[0] + orig[0][0] + orig[0][1], hw[1] + orig[1][0] + orig[1][1]), x.dtype)
             pads2 = ((0, pb - orig[0][1]), (0, pr - orig[1][1]))
         else:
             ones = jnp.ones(hw, x.dtype)

@@ -63,12 +63,6 @@ def include_patterns() -> dict[str, str]:
 # Known gaps: regex (matched with re.search on the case name) -> reason.  xfail, never exclude.
 # Patterns match both the case name and the runner's ``<case>_cpu`` test name.
 XFAIL: dict[str, str] = {
-    # qsens/onnx/layout.py (NHWC fast path) pads the ones-array with zeros for count_include_pad, and the
-    # ceil_mode extension of an included pad is lost; ops/pool.py (NCHW) is right.  Fix in layout.py.
-    r"^test_averagepool_2d_(precomputed_pads|pads)_count_include_pad(_cpu)?$": "layout.py NHWC AveragePool count_include_pad",
-    r"^test_averagepool_2d_ceil_last_window_starts_on_pad(_cpu)?$": "layout.py NHWC AveragePool count_include_pad",
-    # qsens/onnx/layout.py NHWC MaxPool uses -inf as the init value for integer inputs.
-    r"^test_maxpool_2d_uint8(_cpu)?$": "layout.py NHWC MaxPool on integer dtypes",
     # MaxPool's optional Indices output is not implemented (inference models never read it).
     r"^test_maxpool_with_argmax_": "MaxPool Indices output not supported",
     # Training-mode BatchNormalization (running mean/var outputs): qsens is inference-only.
