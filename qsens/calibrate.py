@@ -24,16 +24,14 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from . import calib
 from .engine import CompileStats, Engine
 from .errors import QsensError
-from .onnx.convert import Model, op_runs_nhwc, run_op_planned
+from .onnx.convert import Model
 from .pipeline import iter_inputs
 
 METHODS = ("max", "percentile9999", "kl", "mse")
@@ -81,40 +79,56 @@ def _progress(total: int, desc: str, enabled: bool, unit: str = "img"):
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False)
 
 
-def _forward_batches(engine: Engine, files, pp, batch: int, keep: Sequence[str]):
-    """Yield (offset, {tensor: np.ndarray (n, ...)}) for consecutive batches (last one padded, then sliced)."""
-    off = 0
-    for inp in iter_inputs(files, engine.graph, pp, batch):
-        n = next(iter(inp.values())).shape[0]
-        if n < batch:
-            inp = {k: np.concatenate([v, np.repeat(v[-1:], batch - n, 0)]) for k, v in inp.items()}
-        env = engine.run(engine.input_env(inp), keep=keep)
-        yield off, {t: np.asarray(env[t])[:n] for t in keep}
-        off += n
+def _pad(inp: dict[str, np.ndarray], batch: int) -> tuple[dict[str, np.ndarray], int]:
+    n = next(iter(inp.values())).shape[0]
+    if n < batch:  # repeat the last sample (TPU-MLIR pads a short batch the same way); padding is sliced off
+        inp = {k: np.concatenate([v, np.repeat(v[-1:], batch - n, 0)]) for k, v in inp.items()}
+    return inp, n
 
 
-def collect_statistics(model: Model, files, pp, *, methods: Sequence[str], hist: str = "v1", batch: int = 16,
-                       progress: bool = True, stats: CompileStats | None = None) -> dict[str, calib.CalibResult]:
+def collect_statistics(model: Model, files, pp, *, methods: Sequence[str], hist: str = "v1", batch: int = 30,
+                       progress: bool = True, stats: CompileStats | None = None, tune_num: int = 0
+                       ) -> tuple[dict[str, calib.CalibResult], dict[str, np.ndarray]]:
+    """Statistics of every canonical tensor over ``files``, streamed op by op (only live tensors are kept).
+
+    Returns ``(results, tune_acts)``: ``tune_acts`` holds every tensor of the first ``tune_num`` samples
+    (engine layout) for the SimpleTuner.
+    """
     g = model.graph
     tensors = g.tensors
     op_index = {t: g.index(g.producer(t).name) for t in tensors}
     n = len(files)
-    batch = max(1, min(batch, n))
     engine = Engine(model, batch, stats=stats)
     state = calib.init(tensors, len(g.ops), n_samples=n, op_index=op_index, mode=hist,
                        absmax_mse=g.inputs, mse="mse" in methods)
+    tune_acts: dict[str, np.ndarray] = {}
     passes = 2 if hist == "v1" else 1
     for p in range(passes):
         bar = _progress(n, f"calibration pass {p + 1}/{passes}" if passes > 1 else "calibration", progress)
-        for off, acts in _forward_batches(engine, files, pp, batch, tensors):
-            state = calib.update(state, acts, off)
+        off = 0
+        for inp in iter_inputs(files, engine.graph, pp, batch):
+            inp, k = _pad(inp, batch)
+            box = {"state": state}
+
+            def consume(t, v, k=k, off=off, box=box, first=(p == 0 and off == 0)):
+                a = np.asarray(v)[:k]
+                if first and tune_num > 0:
+                    tune_acts[t] = a[:tune_num].copy()
+                box["state"] = calib.update(box["state"], {t: a}, off)
+
+            env = engine.input_env(inp)
+            for t in engine.graph.inputs:
+                consume(t, env[t])
+            engine.run(env, on_output=consume)
+            state = box["state"]
+            off += k
             if bar:
-                bar.update(next(iter(acts.values())).shape[0])
+                bar.update(k)
         if bar:
             bar.close()
         if hist == "v1" and p == 0:
             state = calib.begin_histograms(state)
-    return calib.finalize(state)
+    return calib.finalize(state), tune_acts
 
 
 def round_table(th: float) -> float:
@@ -122,16 +136,24 @@ def round_table(th: float) -> float:
     return float(f"{th:.7f}")
 
 
-def tune(model: Model, tune_inputs: dict[str, np.ndarray], table: dict[str, float], amax: dict[str, float], *,
-         stats: CompileStats | None = None, progress: bool = False) -> dict[str, float]:
-    """SimpleTuner (spec §2.6) over the canonical op list; returns the tuned table (thresholds only grow)."""
-    n = next(iter(tune_inputs.values())).shape[0]
-    engine = Engine(model, n, stats=stats)
+def fake_quant_np(x: np.ndarray, th: float) -> np.ndarray:
+    """The tuner's fake quantization on the host (numpy: round half to even, as TPU-MLIR's Python tuner)."""
+    scale = np.float32(127.0 / th)
+    return (np.clip(np.round(x * scale), -128, 127) / scale).astype(np.float32)
+
+
+def tune(model: Model, tune_acts: dict[str, np.ndarray], table: dict[str, float], amax: dict[str, float], *,
+         batch: int = 30, stats: CompileStats | None = None, progress: bool = False) -> dict[str, float]:
+    """SimpleTuner (spec §2.6) over the canonical op list; returns the tuned table (thresholds only grow).
+
+    Each op runs alone, in float, on its fake-quantized inputs for the 22 candidates x ``tune_num`` samples,
+    stacked along the batch and fed through the same float executables as the calibration forward
+    (``batch`` rows per call), so tuning compiles nothing new.
+    """
+    engine = Engine(model, batch, stats=stats)
     g = engine.graph
-    env_all = engine.run(engine.input_env(tune_inputs), keep=g.tensors)
     table = dict(table)
     tuned: set[str] = set()
-    cache: dict[tuple, Any] = {}
     bar = _progress(len(g.ops) - 1, "tuning", progress, unit="op")
     for i, op in enumerate(g.ops):
         if op.type == "Input":
@@ -141,43 +163,41 @@ def tune(model: Model, tune_inputs: dict[str, np.ndarray], table: dict[str, floa
         if not op.inputs:
             continue
         todo = [op.inputs[0]] if all(t in tuned for t in op.inputs) else [t for t in op.inputs if t not in tuned]
+        ref = tune_acts[op.outputs[0]]
+        n_t = ref.shape[0]
+        ref2 = ref.reshape(n_t, -1).astype(np.float64)
+        fn = engine.float_exe(i)
+        w = engine.weights(op)
         for t in todo:
             tuned.add(t)
             cands = calib.tune_candidates(table[t], amax[t])
             if cands.size == 0:
                 continue
-            fn = _tune_exe(engine, i, cache)
-            d = engine.call(fn, engine.weights(op), [env_all[x] for x in op.inputs], env_all[op.outputs[0]],
-                            jnp.asarray(cands, jnp.float32))
-            table[t] = float(calib.select(table[t], cands, np.asarray(d, np.float64), current=table[t]))
+            rows = [[fake_quant_np(tune_acts[x], float(c)) for x in op.inputs] for c in cands]
+            dists = np.empty(len(cands))
+            flat = [(ci, j) for ci in range(len(cands)) for j in range(n_t)]
+            per = np.empty(len(flat))
+            for s0 in range(0, len(flat), batch):
+                chunk = flat[s0 : s0 + batch]
+                acts = []
+                for k in range(len(op.inputs)):
+                    a = np.stack([rows[ci][k][j] for ci, j in chunk])
+                    if a.shape[0] < batch:
+                        a = np.concatenate([a, np.repeat(a[-1:], batch - a.shape[0], 0)])
+                    acts.append(a)
+                out = np.asarray(engine.call(fn, w, [jnp.asarray(a) for a in acts])[0])[: len(chunk)]
+                o2 = out.reshape(len(chunk), -1).astype(np.float64)
+                r2 = ref2[[j for _, j in chunk]]
+                per[s0 : s0 + len(chunk)] = np.linalg.norm(r2 - o2, axis=1) / np.sum(np.abs(r2), axis=1)
+            dists[:] = per.reshape(len(cands), n_t).mean(axis=1)
+            table[t] = float(calib.select(table[t], cands, dists, current=table[t]))
     if bar:
         bar.close()
     return table
 
 
-def _tune_exe(engine: Engine, i: int, cache: dict):
-    from .engine import op_signature
-
-    op = engine.graph.ops[i]
-    in_nhwc = tuple(bool(engine.plan.get(t)) for t in op.inputs)
-    out_nhwc = op_runs_nhwc(op, engine.plan)
-    key = ("tune",) + op_signature(op, engine.params, in_nhwc, out_nhwc)
-    fn = Engine._shared.get(key)
-    if fn is None:
-        def f(weights, acts, ref, cands, _op=op, _in=in_nhwc, _out=out_nhwc):
-            def one(c):
-                xs = [calib.fake_quant(a, c) for a in acts]
-                return calib.mean_distance(ref, run_op_planned(_op, weights, xs, _in, _out)[0])
-
-            return jax.vmap(one)(cands)
-
-        fn = jax.jit(f)
-        Engine._shared[key] = fn
-    return fn
-
-
 def calibrate(model: Model, files: Sequence[str], pp, *, methods: Sequence[str] = ("kl",), hist: str = "v1",
-              tune_num: int = 5, tune_methods: Sequence[str] | None = None, batch: int = 16,
+              tune_num: int = 5, tune_methods: Sequence[str] | None = None, batch: int | None = None,
               progress: bool = True, stats: CompileStats | None = None) -> Calibration:
     """Statistics over ``files`` and thresholds of ``methods``; SimpleTuner on the first ``tune_num`` samples.
 
@@ -190,22 +210,23 @@ def calibrate(model: Model, files: Sequence[str], pp, *, methods: Sequence[str] 
     if not files:
         raise QsensError("no calibration samples")
     t0 = time.perf_counter()
-    res = collect_statistics(model, files, pp, methods=methods, hist=hist, batch=batch, progress=progress, stats=stats)
+    batch = min(30, len(files)) if batch is None else batch
+    tune_methods = ["kl"] if tune_methods is None else [parse_method(m) for m in tune_methods]
+    n_tune = min(tune_num, len(files), batch) if any(m in tune_methods for m in methods) else 0
+    res, tune_acts = collect_statistics(model, files, pp, methods=methods, hist=hist, batch=batch, progress=progress,
+                                        stats=stats, tune_num=n_tune)
     t1 = time.perf_counter()
     g = model.graph
     untuned = {m: {t: calib.table_threshold(res[t].threshold(m)) for t in g.tensors} for m in methods}
     # thresholds as the tools downstream read them back from the %.7f tables (the tuner may refine KL/MSE)
     tuned = {m: {t: round_table(v) for t, v in ths.items()} for m, ths in untuned.items()}
-    tune_methods = ["kl"] if tune_methods is None else [parse_method(m) for m in tune_methods]
-    n_tune = min(tune_num, len(files))
-    if n_tune > 0 and any(m in tune_methods for m in methods):
-        tune_in = next(iter_inputs(files[:n_tune], g, pp, n_tune))
+    if n_tune > 0:
         for m in methods:
             if m not in tune_methods:
                 continue
             start = tuned[m]
             amax = {t: (res[t].p99 if m == "percentile9999" else res[t].abs_max) for t in g.tensors}
-            tuned[m] = tune(model, tune_in, start, amax, stats=stats, progress=progress)
+            tuned[m] = tune(model, tune_acts, start, amax, batch=batch, stats=stats, progress=progress)
     t2 = time.perf_counter()
     return Calibration(tuple(g.tensors), res, untuned, tuned, len(files), n_tune, hist,
                        {"statistics_s": t1 - t0, "tune_s": t2 - t1})

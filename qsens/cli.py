@@ -242,7 +242,7 @@ def run_search_from_args(args) -> int:
     t_cal = time.time()
     cal = calibrate(fn.model, cal_files, pp, methods=cfg.methods + (("kl",) if base is None and "kl" not in cfg.methods else ()),
                     hist=args.hist, tune_num=args.tune_num, tune_methods=cfg.methods + ("kl",), progress=not args.quiet,
-                    stats=stats)
+                    stats=stats, batch=len(inf_files))  # the search's batch: both share the compiled executables
     t_cal = time.time() - t_cal
     if args.tune_num <= 0:
         print("note: --tune_num 0: untuned method thresholds (TPU-MLIR's SL-old would crash here)", file=sys.stderr)
@@ -324,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--hist", choices=("v1", "v2"), default="v1",
                    help="v1: exact abs-max pass then one histogram width (docs era, order-independent); "
                    "v2: TPU-MLIR's current streaming merge")
-    s.add_argument("--batch", type=int, default=16, help="images per forward batch (memory only)")
+    s.add_argument("--batch", type=int, default=None, help="images per forward batch (default min(30, input_num))")
     s.add_argument("-o", "--calibration_table", default="cali_table", help="output table path")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_calibrate)

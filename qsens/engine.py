@@ -124,8 +124,11 @@ class Engine:
         return {n: self.to_plan(n, jnp.asarray(inputs[n])) for n in self.graph.inputs}
 
     def run(self, env: dict[str, Any], start: int = 0, stop: int | None = None, *, keep: Sequence[str] = (),
-            replace: Mapping[int, Any] | None = None) -> dict[str, Any]:
-        """Advance ``env`` (tensors in plan layout) through ops ``[start, stop)``; drop dead tensors."""
+            on_output=None) -> dict[str, Any]:
+        """Advance ``env`` (tensors in plan layout) through ops ``[start, stop)``; drop dead tensors.
+
+        ``on_output(tensor, value)`` is called for every tensor produced (streaming consumers such as the
+        calibration statistics), so nothing beyond the live set needs to be kept."""
         g = self.graph
         stop = len(g.ops) if stop is None else stop
         last = g.last_use
@@ -139,6 +142,8 @@ class Engine:
             outs = self.call(fn, self.weights(op), [env[t] for t in op.inputs])
             for t, v in zip(op.outputs, outs):
                 env[t] = v
+                if on_output is not None:
+                    on_output(t, v)
             for t in set(op.inputs):
                 if last.get(t, -1) <= i and t not in keep:
                     env.pop(t, None)

@@ -74,6 +74,13 @@ def _conv_fn(op):
     g = int(op.attr("group", 1))
 
     def fn(x, w, dt):
+        if dt == F32 and jax.default_backend() == "cpu" and x.ndim == 4:
+            # the float fast path (depthwise as shifted multiply-adds, 1x1 as a channel-last dot): every partial
+            # sum is an integer below 2^24 here (see _acc_mode), so any summation order is exact
+            from ..onnx.layout import TO_NCHW, TO_NHWC, conv2d_nhwc
+
+            y = conv2d_nhwc(jnp.transpose(x, TO_NHWC), w, None, strides=strides, pads=pads, dilations=dil, group=g)
+            return jnp.transpose(y, TO_NCHW)
         return lax.conv_general_dilated(
             x,
             w,

@@ -136,8 +136,27 @@ def thresholds_from_table(graph: Graph, table) -> np.ndarray:
     return np.array([table[t].threshold for t in graph.tensors], np.float32)
 
 
+def needs_qparams(plan: QuantPlan, op: Op) -> bool:
+    return op.name not in plan.f32_reason and op.type != "Input" and op.type not in PASS_THROUGH
+
+
+def host_qparams(plan: QuantPlan, op: Op, weights: Mapping[str, Any], th_in: Sequence[float], th_out: float,
+                 chip: ChipSpec = BM1684) -> dict:
+    """:func:`qparams_for` evaluated on the host with NumPy (bit-identical to the traced version, tested):
+    the search feeds these to a small compiled kernel instead of compiling the parameter maths per op."""
+    from .numerics import host_numpy
+
+    if not needs_qparams(plan, op):
+        return {}
+    sig_in = tuple(plan.signed[t] for t in op.inputs)
+    with host_numpy():
+        return qparams_for(op, {k: np.asarray(v) for k, v in weights.items()}, tuple(float(t) for t in th_in),
+                           float(th_out), sig_in, plan.signed[op.outputs[0]], chip,
+                           in_shapes=[plan.graph.tensor_shape(t) for t in op.inputs])
+
+
 def int8_core(plan: QuantPlan, op: Op, weights: Mapping[str, Any], acts: Sequence[Any], th_in: Sequence[Any], th_out,
-              chip: ChipSpec = BM1684) -> list:
+              chip: ChipSpec = BM1684, qp: Mapping[str, Any] | None = None) -> list:
     """The INT8 form of ``op`` on float NCHW inputs: cast F32 -> INT8 with ``th_in`` (effective input
     thresholds), the INT8 kernel with output threshold ``th_out``, cast back.  Ops without an INT8 form (see
     ``plan.f32_reason``) return their float outputs; a threshold-dependent fallback selects the float result."""
@@ -152,12 +171,13 @@ def int8_core(plan: QuantPlan, op: Op, weights: Mapping[str, Any], acts: Sequenc
     if op.type in PASS_THROUGH:
         return run_op_roles(op, weights, [dequantize(x, th, s) for x, th, s in zip(q, th_in, sig_in)])
     s_out = plan.signed[op.outputs[0]]
-    qp = qparams_for(op, dict(weights), tuple(th_in), th_out, sig_in, s_out, chip,
-                     in_shapes=[plan.graph.tensor_shape(t) for t in ins])
+    if qp is None:
+        qp = qparams_for(op, dict(weights), tuple(th_in), th_out, sig_in, s_out, chip,
+                         in_shapes=[plan.graph.tensor_shape(t) for t in ins])
     y = dequantize(int8_op(op, None, q, qp, chip), th_out, s_out)
     fb = qp.get("fallback")
-    if fb is not None:
-        y = jnp.where(fb, run_op_roles(op, weights, acts)[0], y)
+    if fb is not None:  # threshold-dependent F32 fallback, decided per threshold set (only one branch runs)
+        y = jax.lax.cond(jnp.asarray(fb, bool), lambda: run_op_roles(op, weights, acts)[0], lambda: y)
     return [y]
 
 

@@ -46,6 +46,8 @@ some ``k <= -29``, which cannot occur for 8-bit shifts).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import enum
 import functools
 from fractions import Fraction
@@ -87,6 +89,25 @@ def qmax_of(signed: bool) -> int:
     return 127 if signed else 255
 
 
+_BACKEND: contextvars.ContextVar = contextvars.ContextVar("qsens_quant_backend", default=jnp)
+
+
+def backend():
+    """The array module the quantization parameter maths runs on: ``jax.numpy`` (default, traceable) or
+    ``numpy`` (host, float64 natively) inside :func:`host_numpy`."""
+    return _BACKEND.get()
+
+
+@contextlib.contextmanager
+def host_numpy():
+    """Run the threshold -> parameter maths on the host with NumPy (same code, same float64/float32 steps)."""
+    tok = _BACKEND.set(np)
+    try:
+        yield
+    finally:
+        _BACKEND.reset(tok)
+
+
 def x64(fn):
     """Run ``fn`` with float64 enabled (works inside an outer non-x64 trace too)."""
 
@@ -123,7 +144,8 @@ def _round(xp, x, mode: Round):
 
 def round_to_int(x, mode: Round):
     """Round a float array to integral values (same float dtype) with ``mode`` (jnp, jit-able)."""
-    return _round(jnp, jnp.asarray(x), mode)
+    xp = backend()
+    return _round(xp, xp.asarray(x), mode)
 
 
 def round_to_int_np(x, mode: Round):
@@ -132,12 +154,13 @@ def round_to_int_np(x, mode: Round):
 
 def saturate(v, qtype: str, mode: Round = Round.HALF_AWAY_FROM_ZERO):
     """TPU-MLIR ``saturate``: round floats with ``mode`` (integers pass), clamp to ``qtype``; int32 result."""
+    xp = backend()
     lo, hi = QTYPE_RANGE[qtype]
-    v = jnp.asarray(v)
-    if jnp.issubdtype(v.dtype, jnp.floating):
-        v = jnp.clip(round_to_int(v, mode), lo, hi)
-        return v.astype(jnp.int32)
-    return jnp.clip(v, lo, hi).astype(jnp.int32)
+    v = xp.asarray(v)
+    if xp.issubdtype(v.dtype, xp.floating):
+        v = xp.clip(round_to_int(v, mode), lo, hi)
+        return v.astype(xp.int32)
+    return xp.clip(v, lo, hi).astype(xp.int32)
 
 
 def saturate_np(v, qtype: str, mode: Round = Round.HALF_AWAY_FROM_ZERO):
@@ -189,7 +212,7 @@ def _rshift_round(xp, v, r, mode: Round):
 
 def rshift_round(v, r, mode: Round = Round.HALF_UP):
     """C++ ``RightShiftRound(v, r, mode)`` on an int32/int64 jnp array; ``r`` broadcasts (may be traced)."""
-    return _rshift_round(jnp, v, r, mode)
+    return _rshift_round(backend(), v, r, mode)
 
 
 def rshift_round_np(v, r, mode: Round = Round.HALF_UP):
@@ -204,13 +227,14 @@ def mul_shift(v, m, r, mode: Round = Round.HALF_UP):
 
 # ------------------------------------------------------------------------------------------------ shift/multiplier search
 def _f64(x):
-    x = jnp.asarray(x)
-    return x.astype(jnp.float64)
+    xp = backend()
+    return xp.asarray(x).astype(xp.float64)
 
 
 def _as_f32_then_f64(x):
     """A C++ ``float`` parameter: the value is rounded to float32 first."""
-    return jnp.asarray(x).astype(jnp.float32).astype(jnp.float64)
+    xp = backend()
+    return xp.asarray(x).astype(xp.float32).astype(xp.float64)
 
 
 @x64
@@ -220,13 +244,14 @@ def cal_right_shift_num(max_w, s_in, s_out, bits: int = 8):
     ``d = (1.0*fmax*s_in)/s_out`` (double); ``m`` = number of doublings until ``d >= 127``;
     ``r = 31 if m > 32 else m - 1`` (``-1`` means F32 fallback for Conv); ``d <= 0`` gives 0.  Exact (no loop).
     """
+    xp = backend()
     qmax = float((1 << (bits - 1)) - 1)
     d = (_as_f32_then_f64(max_w) * _f64(s_in)) / _f64(s_out)
-    mant, e = jnp.frexp(jnp.where(d > 0, d, 1.0))
+    mant, e = xp.frexp(xp.where(d > 0, d, 1.0))
     qm, qe = np.frexp(qmax)
-    m = jnp.maximum(0, qe - e.astype(jnp.int32) + jnp.where(mant >= qm, 0, 1).astype(jnp.int32))
-    r = jnp.where(m > 32, 31, m - 1)
-    return jnp.where(d > 0, r, 0).astype(jnp.int32)
+    m = xp.maximum(0, qe - e.astype(xp.int32) + xp.where(mant >= qm, 0, 1).astype(xp.int32))
+    r = xp.where(m > 32, 31, m - 1)
+    return xp.where(d > 0, r, 0).astype(xp.int32)
 
 
 @x64
@@ -235,31 +260,33 @@ def cal_right_shift_num_use_cblas(a, s_in, s_out, bits: int = 8):
 
     Not clamped below (may be negative).  ``a == 0`` (log of inf in C++) gives 31.
     """
+    xp = backend()
     qmax = float((1 << (bits - 1)) - 1)
-    denom = (jnp.abs(_as_f32_then_f64(a)) * _f64(s_in)) / _f64(s_out)
-    y = qmax / jnp.where(denom > 0, denom, 1.0)
-    _, e = jnp.frexp(y)
-    m = e.astype(jnp.int32) - 1  # exact floor(log2(y))
-    m = jnp.where(denom > 0, m, 31)
-    return jnp.minimum(m, 31).astype(jnp.int32)
+    denom = (xp.abs(_as_f32_then_f64(a)) * _f64(s_in)) / _f64(s_out)
+    y = qmax / xp.where(denom > 0, denom, 1.0)
+    _, e = xp.frexp(y)
+    m = e.astype(xp.int32) - 1  # exact floor(log2(y))
+    m = xp.where(denom > 0, m, 31)
+    return xp.minimum(m, 31).astype(xp.int32)
 
 
 def _scale_and_shift(x, n_lo: int, bits: int):
     xf = _as_f32_then_f64(x)[..., None]
-    n = jnp.arange(n_lo, 31, dtype=jnp.int32)
-    p = jnp.ldexp(jnp.ones((), jnp.float64), n)  # exact powers of two (exp2 is not exact in XLA)
+    xp = backend()
+    n = xp.arange(n_lo, 31, dtype=xp.int32)
+    p = xp.ldexp(xp.ones((), xp.float64), n)  # exact powers of two (exp2 is not exact in XLA)
     m = round_to_int(xf * p, Round.HALF_AWAY_FROM_ZERO)
-    err = jnp.abs(m / p - xf).astype(jnp.float32)  # C++: float err = std::abs(double)
+    err = xp.abs(m / p - xf).astype(xp.float32)  # C++: float err = std::abs(double)
     m_limit = 2**31 - 1 if bits == 32 else 127  # CHAR_MAX for every bitwidth != 32
-    valid = (jnp.abs(m) < m_limit) & (err < np.finfo(np.float32).max)
-    errm = jnp.where(valid, err, jnp.inf)
-    # first minimum = C++ strict '<' scan (no jnp.argmin: its int64 index breaks under an outer non-x64 jit)
-    minv = jnp.min(errm, axis=-1, keepdims=True)
-    first = jnp.min(jnp.where(errm == minv, n, 99), axis=-1)
-    found = jnp.any(valid, axis=-1)
-    shift = jnp.where(found, first, 0)  # C++ leaves shift uninitialised when nothing is valid
-    scale = round_to_int(jnp.ldexp(xf[..., 0], shift), Round.HALF_AWAY_FROM_ZERO)
-    return scale.astype(jnp.int32), shift.astype(jnp.int32)
+    valid = (xp.abs(m) < m_limit) & (err < np.finfo(np.float32).max)
+    errm = xp.where(valid, err, xp.inf)
+    # first minimum = C++ strict '<' scan (no xp.argmin: its int64 index breaks under an outer non-x64 jit)
+    minv = xp.min(errm, axis=-1, keepdims=True)
+    first = xp.min(xp.where(errm == minv, n, 99), axis=-1)
+    found = xp.any(valid, axis=-1)
+    shift = xp.where(found, first, 0)  # C++ leaves shift uninitialised when nothing is valid
+    scale = round_to_int(xp.ldexp(xf[..., 0], shift), Round.HALF_AWAY_FROM_ZERO)
+    return scale.astype(xp.int32), shift.astype(xp.int32)
 
 
 @x64

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import jax.numpy as jnp
 import numpy as np
 
 from .chip import BM1684, ChipSpec
 from .numerics import (
     Round,
     avgpool_multiplier_shift,
+    backend,
     cal_right_shift_num,
     cal_right_shift_num_use_cblas,
     get_scale_and_shift,
@@ -40,7 +40,7 @@ from .numerics import (
     x64,
 )
 
-F32, F64, I32 = jnp.float32, jnp.float64, jnp.int32
+F32, F64, I32 = np.float32, np.float64, np.int32
 
 OP_ALIASES = {
     "ReLU": "Relu",
@@ -78,7 +78,8 @@ def op_kind(op) -> str:
 @x64
 def scale_of(th, signed: bool):
     """``s = th/127`` (signed) or ``th/255`` (unsigned), float64 (MOD ``getScale``)."""
-    return jnp.asarray(th).astype(F64) / float(qmax_of(signed))
+    xp = backend()
+    return xp.asarray(th).astype(F64) / float(qmax_of(signed))
 
 
 def _tuple(x, n):
@@ -91,7 +92,7 @@ def _tuple(x, n):
 
 
 def _f32(x):
-    return jnp.asarray(x).astype(F32)
+    return backend().asarray(x).astype(F32)
 
 
 def _rhaz_f32(x):
@@ -100,19 +101,21 @@ def _rhaz_f32(x):
 
 
 def _to_int(x, lo, hi):
-    return jnp.clip(_rhaz_f32(x), lo, hi).astype(I32)
+    return backend().clip(_rhaz_f32(x), lo, hi).astype(I32)
 
 
 def _pow2(r):
-    return jnp.ldexp(jnp.ones((), F64), jnp.asarray(r).astype(I32))  # exact (exp2 is not)
+    xp = backend()
+    return xp.ldexp(xp.ones((), F64), xp.asarray(r).astype(I32))  # exact (exp2 is not)
 
 
 def _bias_quant(b, s_out, r):
     """``quantizeToInt16(b, scale=float(1.0*2^r/s_out))``: RHAZ(float32(b*scale)) -> (int16 codes, overflow)."""
+    xp = backend()  # noqa: F841
     bs = _f32(_pow2(r) / s_out)
     q = _rhaz_f32(_f32(b) * bs)
     over = (q > 32767) | (q < -32768)
-    return jnp.clip(q, -32768, 32767).astype(I32), over
+    return xp.clip(q, -32768, 32767).astype(I32), over
 
 
 def _bias_backoff(b, s_out, r0, tol, axis_len: int | None):
@@ -121,24 +124,26 @@ def _bias_backoff(b, s_out, r0, tol, axis_len: int | None):
     ``axis_len=None``: one ratio over the whole bias (Conv/MatMul, ``r0`` scalar);
     otherwise per channel (Scale, ``len == 1`` so any overflow backs off; ``r0`` shape (C,)).
     """
-    cand = jnp.arange(32, dtype=I32)
+    xp = backend()
+    cand = xp.arange(32, dtype=I32)
     b = _f32(b)
     if axis_len is None:
         _, over = _bias_quant(b[None, :], s_out, cand[:, None])  # (32, O)
-        n_over = jnp.sum(over, axis=1).astype(F32)
-        ratio = n_over / jnp.float32(b.size)
+        n_over = xp.sum(over, axis=1).astype(F32)
+        ratio = n_over / xp.float32(b.size)
         ok = (ratio.astype(F64) <= tol) | (cand == 0)
-        best = jnp.max(jnp.where(ok & (cand <= r0), cand, 0))
-        return jnp.where(r0 > 0, best, r0).astype(I32)
+        best = xp.max(xp.where(ok & (cand <= r0), cand, 0))
+        return xp.where(r0 > 0, best, r0).astype(I32)
     _, over = _bias_quant(b[None, :], s_out, cand[:, None])  # (32, C)
     ok = (~over) | (cand[:, None] == 0)  # ratio is 0 or 1 for len == 1
-    best = jnp.max(jnp.where(ok & (cand[:, None] <= r0[None, :]), cand[:, None], 0), axis=0)
-    return jnp.where(r0 > 0, best, r0).astype(I32)
+    best = xp.max(xp.where(ok & (cand[:, None] <= r0[None, :]), cand[:, None], 0), axis=0)
+    return xp.where(r0 > 0, best, r0).astype(I32)
 
 
 def _out_range(signed_out):
     lo, hi = qrange(signed_out)
-    return {"lo": jnp.asarray(lo, I32), "hi": jnp.asarray(hi, I32)}
+    xp = backend()
+    return {"lo": xp.asarray(lo, I32), "hi": xp.asarray(hi, I32)}
 
 
 def static_fallback(op, in_shapes: Sequence[tuple[int, ...]] | None = None, chip: ChipSpec = BM1684) -> str | None:
@@ -179,6 +184,7 @@ def qparams_for(
     ``signed_in``: a bool or one bool per input; ``signed_out``: bool.  ``in_shapes`` (optional, static) lets
     GlobalAvgPool detect the kernel-area fallback.  Returns a dict of jnp arrays (see module docstring).
     """
+    xp = backend()
     kind = op_kind(op)
     if kind not in SUPPORTED:
         raise ValueError(f"op {op.name!r}: type {op.type!r} has no BM1684 INT8 kernel")
@@ -188,78 +194,78 @@ def qparams_for(
     s_out = scale_of(th_out, signed_out)
     qp = _out_range(signed_out)
     static_fb = static_fallback(op, in_shapes, chip) is not None
-    fb = jnp.asarray(static_fb)
+    fb = xp.asarray(static_fb)
 
     if kind in ("Conv", "MatMul"):
         w = _f32(weights["filter"])
         if kind == "MatMul" and op.attr("transB", False):
             w = w.T
-        r0 = cal_right_shift_num(jnp.max(jnp.abs(w)), s_in[0], s_out)
+        r0 = cal_right_shift_num(xp.max(xp.abs(w)), s_in[0], s_out)
         if kind == "Conv":
             fb = fb | (r0 < 0)
-        r = jnp.maximum(r0, 0)
+        r = xp.maximum(r0, 0)
         b = weights.get("bias")
         if b is not None:
-            r = _bias_backoff(jnp.ravel(_f32(b)), s_out, r, chip.bias_overflow_tolerance, None)
+            r = _bias_backoff(xp.ravel(_f32(b)), s_out, r, chip.bias_overflow_tolerance, None)
             qp["b16"], _ = _bias_quant(_f32(b), s_out, r)
         else:
-            qp["b16"] = jnp.zeros((w.shape[0] if kind == "Conv" else w.shape[-1],), I32)
+            qp["b16"] = xp.zeros((w.shape[0] if kind == "Conv" else w.shape[-1],), I32)
         scale = _f32((_pow2(r) * s_in[0]) / s_out)
         qp["w8"] = _to_int(_f32(w * scale), -128, 127)
         qp["r"] = r.astype(I32)
         qp["r0"] = r0.astype(I32)  # before the bias back-off (diagnostics)
     elif kind == "Scale":
-        a = jnp.ravel(_f32(weights["scale"]))
-        b = jnp.ravel(_f32(weights["bias"])) if weights.get("bias") is not None else jnp.zeros_like(a)
+        a = xp.ravel(_f32(weights["scale"]))
+        b = xp.ravel(_f32(weights["bias"])) if weights.get("bias") is not None else xp.zeros_like(a)
         r0 = cal_right_shift_num_use_cblas(a, s_in[0], s_out)
         r = _bias_backoff(b, s_out, r0, chip.bias_overflow_tolerance, a.shape[0])
         b16, _ = _bias_quant(b, s_out, r)
-        half = jnp.left_shift(1, jnp.clip(r - 1, 0, 30)).astype(I32)
+        half = xp.left_shift(1, xp.clip(r - 1, 0, 30)).astype(I32)
         shifted = b16 + half
         shifted = ((shifted + 32768) & 0xFFFF) - 32768  # int16 wrap of (int16_t)(b16 + (1 << (r-1)))
-        b16 = jnp.where(r > 0, jnp.maximum(shifted, b16), b16)
+        b16 = xp.where(r > 0, xp.maximum(shifted, b16), b16)
         qp["a8"] = _to_int(a * _f32((_pow2(r) * s_in[0]) / s_out), -128, 127)
         qp["b16"] = b16.astype(I32)
         qp["r"] = r.astype(I32)
         mid_lo, mid_hi = qrange(signed_out, 16)
-        qp["mid_lo"], qp["mid_hi"] = jnp.asarray(mid_lo, I32), jnp.asarray(mid_hi, I32)
+        qp["mid_lo"], qp["mid_hi"] = xp.asarray(mid_lo, I32), xp.asarray(mid_hi, I32)
     elif kind == "Add":
         coeff = op.attr("coeff", None) or (1.0,) * len(th_in)
         ms, rs = [], []
         for k in range(len(th_in)):
-            c = jnp.asarray(float(coeff[k]))
-            r = jnp.maximum(cal_right_shift_num_use_cblas(c, s_in[k], s_out), 0)
+            c = xp.asarray(float(coeff[k]))
+            r = xp.maximum(cal_right_shift_num_use_cblas(c, s_in[k], s_out), 0)
             m = _to_int(_f32(c) * _f32((_pow2(r) * s_in[k]) / s_out), -128, 127)
             fb = fb | (m < 0)
             ms.append(m)
             rs.append(r)
-        qp["m"] = jnp.stack(ms).astype(I32)
-        qp["r"] = jnp.stack(rs).astype(I32)
+        qp["m"] = xp.stack(ms).astype(I32)
+        qp["r"] = xp.stack(rs).astype(I32)
     elif kind == "Mul":
-        sc = jnp.asarray(1.0, F64)
+        sc = xp.asarray(1.0, F64)
         for s in s_in:
             sc = sc * s
         sc = sc / s_out
         m, r = get_scale_and_shift(sc, 8)
         fb = fb | (m < chip.mul_multiplier_range[0]) | (m > chip.mul_multiplier_range[1])
         qp["m"] = m
-        qp["r"] = jnp.clip(r, 0, 31).astype(I32)
+        qp["r"] = xp.clip(r, 0, 31).astype(I32)
     elif kind == "Concat":
         ms, rs = [], []
         for k in range(len(th_in)):
             m, r = get_scale_and_shift_positive(s_in[k] / s_out, 8)
             same = (s_in[k] == s_out) & (sig_in[k] == signed_out)
-            ms.append(jnp.where(same, 1, m))
-            rs.append(jnp.where(same, 0, r))
-        qp["m"] = jnp.stack(ms).astype(I32)
-        qp["r"] = jnp.stack(rs).astype(I32)
+            ms.append(xp.where(same, 1, m))
+            rs.append(xp.where(same, 0, r))
+        qp["m"] = xp.stack(ms).astype(I32)
+        qp["r"] = xp.stack(rs).astype(I32)
     elif kind == "Relu":
-        r = jnp.maximum(cal_right_shift_num_use_cblas(jnp.asarray(1.0), s_in[0], s_out), 0)
+        r = xp.maximum(cal_right_shift_num_use_cblas(xp.asarray(1.0), s_in[0], s_out), 0)
         qp["m"] = _to_int(_f32(_f32(1.0) * _f32((_pow2(r) * s_in[0]) / s_out)), -128, 127)
         qp["r"] = r.astype(I32)
     elif kind in ("LeakyRelu", "PRelu"):
         slope = weights.get("slope") if weights else None
-        alpha = jnp.ravel(_f32(slope)) if slope is not None else jnp.asarray([op.attr("alpha", 0.01)], F32)
+        alpha = xp.ravel(_f32(slope)) if slope is not None else xp.asarray([op.attr("alpha", 0.01)], F32)
         m, r = get_scale_and_shift(alpha, 8)
         qp["m"], qp["r"] = m.astype(I32), r.astype(I32)
     elif kind in ("MaxPool", "AvgPool", "GlobalAvgPool"):
@@ -267,35 +273,36 @@ def qparams_for(
         pass
     elif kind in LUT_OPS:
         lo_in, hi_in = qrange(sig_in[0])
-        codes = jnp.arange(lo_in, hi_in + 1, dtype=F64)
+        codes = xp.arange(lo_in, hi_in + 1, dtype=F64)
         x = codes * s_in[0]
         y = _lut_fn(op, kind)(x) / s_out
         y = round_to_int(y, chip.lut_round)
         lo, hi = qrange(signed_out)
-        qp["lut"] = jnp.clip(y, lo, hi).astype(I32)
-        qp["lut_lo"] = jnp.asarray(lo_in, I32)
-    qp["fallback"] = jnp.asarray(fb, bool)
+        qp["lut"] = xp.clip(y, lo, hi).astype(I32)
+        qp["lut_lo"] = xp.asarray(lo_in, I32)
+    qp["fallback"] = xp.asarray(fb, bool)
     return qp
 
 
 def _lut_fn(op, kind):
+    xp = backend()
     if kind == "Sigmoid":
-        return lambda x: 1.0 / (1.0 + jnp.exp(-x))
+        return lambda x: 1.0 / (1.0 + xp.exp(-x))
     if kind == "SiLU":
-        return lambda x: x / (1.0 + jnp.exp(-x))
+        return lambda x: x / (1.0 + xp.exp(-x))
     if kind == "Tanh":
         # XLA's f64 tanh is not exactly 1.0 where libm's is (|x| >~ 19), which moves 127/th ties; use exp there
         def tanh(x):
-            ax = jnp.abs(x)
-            big = jnp.sign(x) * (1.0 - 2.0 / (jnp.exp(2.0 * jnp.minimum(ax, 40.0)) + 1.0))
-            return jnp.where(ax > 0.5, big, jnp.tanh(x))
+            ax = xp.abs(x)
+            big = xp.sign(x) * (1.0 - 2.0 / (xp.exp(2.0 * xp.minimum(ax, 40.0)) + 1.0))
+            return xp.where(ax > 0.5, big, xp.tanh(x))
 
         return tanh
     if kind == "HardSigmoid":
         a, b = float(op.attr("alpha", 0.2)), float(op.attr("beta", 0.5))
-        return lambda x: jnp.clip(a * x + b, 0.0, 1.0)
+        return lambda x: xp.clip(a * x + b, 0.0, 1.0)
     if kind == "HardSwish":
-        return lambda x: x * jnp.clip(x / 6.0 + 0.5, 0.0, 1.0)
+        return lambda x: x * xp.clip(x / 6.0 + 0.5, 0.0, 1.0)
     raise ValueError(kind)
 
 

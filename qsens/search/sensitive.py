@@ -31,7 +31,7 @@ from ..engine import CompileStats, Engine, op_signature
 from ..metrics import plain_cosine, similarity
 from ..onnx.convert import op_runs_nhwc
 from ..onnx.layout import TO_NCHW, TO_NHWC
-from ..quant.mixed import QuantPlan, int8_core
+from ..quant.mixed import QuantPlan, host_qparams, int8_core
 from .analysis import best_method
 
 
@@ -56,9 +56,12 @@ class OpResult:
 
 
 def int8_exe(engine: Engine, plan: QuantPlan, i: int):
-    """Executable of op ``i``'s INT8 form for K output thresholds at once (vmapped), in plan layout.
+    """Executable of op ``i``'s INT8 form (quantize, INT8 kernel, dequantize) in the engine's layout plan.
 
-    ``f(weights, acts, th_in (n_inputs,), th_outs (K,)) -> (K, batch, ...)`` for the first output."""
+    ``f(weights, acts, th_in (n_inputs,), th_out (), qp) -> output``; ``qp`` are the INT8 parameters computed on
+    the host (:func:`qsens.quant.mixed.host_qparams`), so the compiled code holds only the kernel.  Candidates of one op are evaluated by calling
+    it once per output threshold: their int8 weights differ, so batching them buys nothing, and one variant per
+    op signature keeps compilation small."""
     op = engine.graph.ops[i]
     ins = op.inputs if op.type != "Input" else op.outputs  # the Input op quantizes its own tensor
     in_nhwc = tuple(bool(engine.plan.get(t)) for t in ins)
@@ -67,14 +70,10 @@ def int8_exe(engine: Engine, plan: QuantPlan, i: int):
     key = ("int8", op.name in plan.f32_reason, sig) + op_signature(op, engine.params, in_nhwc, out_nhwc)
     fn = Engine._shared.get(key)
     if fn is None:
-        def f(weights, acts, th_in, th_outs, _op=op, _in=in_nhwc, _out=out_nhwc):
+        def f(weights, acts, th_in, th_out, qp, _op=op, _in=in_nhwc, _out=out_nhwc):
             xs = [jnp.transpose(a, TO_NCHW) if n else a for a, n in zip(acts, _in)]
-
-            def one(th_out):
-                y = int8_core(plan, _op, weights, xs, [th_in[k] for k in range(len(xs))], th_out)[0]
-                return jnp.transpose(y, TO_NHWC) if _out else y
-
-            return jax.vmap(one)(th_outs)
+            y = int8_core(plan, _op, weights, xs, [th_in[k] for k in range(len(xs))], th_out, qp=qp)[0]
+            return jnp.transpose(y, TO_NHWC) if _out else y
 
         fn = jax.jit(f)
         Engine._shared[key] = fn
@@ -135,15 +134,25 @@ class SearchRunner:
             return {t: np.asarray(engine.to_nchw(t, env[t])) for t in self.compare}
         return {k: np.asarray(v) for k, v in engine.outputs(env).items()}
 
-    def _int8(self, engine: Engine, i: int, env, th_eff: np.ndarray, th_outs: Sequence[float]):
+    def _int8(self, engine: Engine, i: int, env, th_eff: np.ndarray, th_outs: Sequence[float]) -> list:
         op = self.g.ops[i]
         fn = int8_exe(engine, self.plan, i)
         idx = self.plan.tensor_index
         th_in = jnp.asarray([th_eff[idx[t]] for t in op.inputs] or [0.0], jnp.float32)
-        pad = list(th_outs) + [th_outs[-1]] * (self.K - len(th_outs))
         acts = [env[t] for t in op.inputs] if op.type != "Input" else [env[op.outputs[0]]]
-        y = engine.call(fn, engine.weights(op), acts, th_in, jnp.asarray(pad, jnp.float32))
-        return y[: len(th_outs)]
+        w = engine.weights(op)
+        tin = [float(v) for v in np.asarray(th_in)[: len(op.inputs)]]
+        out = []
+        for c in th_outs:
+            qp = host_qparams(self.plan, op, self._host_weights(op), tin, float(c))
+            out.append(engine.call(fn, w, acts, th_in, jnp.asarray(c, jnp.float32), qp))
+        return out
+
+    def _host_weights(self, op) -> dict[str, np.ndarray]:
+        hw = self.__dict__.setdefault("_hw", {})
+        if op.name not in hw:
+            hw[op.name] = {r: np.asarray(self.engine.params[k]) for r, k in op.weights}
+        return hw[op.name]
 
     # ----------------------------------------------------------------------------------------- mixed runs
     def run_mixed(self, th_table: np.ndarray, int8_ops: set[str]) -> dict[str, np.ndarray]:
@@ -217,7 +226,7 @@ class SearchRunner:
             if eng is None:
                 eng = self._suffix_engines[M] = Engine(self.model, self.n * M, stats=self.stats)
             env = {t: jnp.concatenate([v] * M, axis=0) for t, v in live.items()}
-            env[out_t] = ys.reshape((M * self.n,) + ys.shape[2:])
+            env[out_t] = jnp.concatenate(ys, axis=0)
             env = eng.run(env, i + 1, keep=keep)
             outs = self._outputs(eng, env)
             return [self.scorer.loss({k: v[m * self.n : (m + 1) * self.n] for k, v in outs.items()}) for m in range(M)]

@@ -1,0 +1,332 @@
+"""``qsens.calibrate`` and ``qsens calibrate`` (issue "Calibration", items 2 and 4).
+
+* EfficientNet-Lite0 on real images: the KL table covers every canonical tensor in canonical order; v1
+  histograms equal a NumPy recount of the raw activations (from ``to_jax`` with taps); the SimpleTuner only
+  raises KL thresholds; MAX = abs max; percentile <= max.
+* The CLI end to end on a generated model and tiny generated datasets: the tables written, parsed by the
+  independent reader of ``tests/tpu_mlir_parser.py``, reproducible bytes under ``SOURCE_DATE_EPOCH``, ``--hist v2``.
+* Bad inputs: exit 2 with one ``qsens: error:`` line naming the file (no traceback), ``--input_num`` too large,
+  a table naming unknown tensors, NaN activations.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import cv2
+import jax
+import numpy as np
+import pytest
+from onnx import helper
+
+from qsens.cli import main
+from qsens.errors import TableError
+from qsens.onnx import to_jax
+from tests.onnx_builders import conv_bn_relu_model, init, make_model, vi
+from tests.tpu_mlir_parser import cpp_import, python_parse
+
+METHODS = ("max", "percentile9999", "kl")
+
+
+# ------------------------------------------------------------------------------------------ Lite0, real images
+@pytest.fixture(scope="module")
+def lite0(zoo):
+    from qsens.calibrate import calibrate
+    from qsens.data.dataset import select_files
+    from qsens.pipeline import load_inputs, make_preprocess, preset_for_model
+
+    path = str(zoo / "efficientnet_lite0.onnx")
+    fn, params = to_jax(path)
+    g = fn.graph
+    pp = make_preprocess(g, preset=preset_for_model(path))
+    files = select_files(dataset=str(zoo / "images100"), input_num=16)
+    cal = calibrate(fn.model, files, pp, methods=("kl", "max", "percentile9999"), hist="v1", tune_num=5,
+                    progress=False)
+    x = load_inputs(files, g, pp)
+    # jit'd: the same XLA float computation per op as the calibration's engine (the un-jitted eager path
+    # rounds differently in the last bits, which moves values across bin edges)
+    _, acts = jax.jit(fn, static_argnames="taps")(params, x, taps=tuple(g.tensors))
+    return dict(path=path, g=g, cal=cal, acts={t: np.asarray(a, np.float32) for t, a in acts.items()})
+
+
+@pytest.mark.zoo
+def test_lite0_kl_table_covers_canonical_tensors(lite0, tmp_path):
+    from qsens.calibrate import write_tables
+
+    g, cal = lite0["g"], lite0["cal"]
+    assert cal.tensors == tuple(g.tensors)
+    out = str(tmp_path / "cali_table")
+    written = write_tables(cal, out, main_method="kl", mlir=lite0["path"], write_method_tables=False)
+    assert written == [out]
+    headers, rows = python_parse(out)
+    assert list(rows) == list(g.tensors)  # every canonical tensor, canonical order, nothing else
+    assert "# quantization threshold calculation method: kl" in headers
+    assert "# sample number: 16" in headers and "# tune number: 5" in headers
+    assert list(cpp_import(out)["int8"]) == list(g.tensors)
+    for t in g.tensors:
+        th, mn, mx = rows[t]
+        assert th == pytest.approx(cal.tuned["kl"][t], abs=5e-8)
+        assert (mn, mx) == pytest.approx((cal.stats[t].min, cal.stats[t].max), abs=5e-8)
+        assert 0 < th <= cal.stats[t].abs_max + 1e-6
+
+
+@pytest.mark.zoo
+def test_lite0_histograms_equal_numpy_recount(lite0):
+    """v1 histograms == ``np.bincount(floor(|a|/width + 0.5))`` over the non-zero activations (float32)."""
+    g, cal, acts = lite0["g"], lite0["cal"], lite0["acts"]
+    # every tensor, which includes the input, ReLU6 (uint8-range) outputs, signed Conv / Add outputs, AvgPool,
+    # the Reshape copy and the logits
+    assert {g.op(t).type for t in g.tensors} == {"Input", "Conv", "Add", "AvgPool", "Reshape", "MatMul"}
+    for t in g.tensors:
+        r = cal.stats[t]
+        a = acts[t]
+        assert a.shape[0] == 16
+        absmax = np.float32(np.abs(a).max())
+        assert np.float32(r.abs_max) == absmax, t
+        width = absmax / np.float32(2047)
+        assert np.float32(r.width) == width, t
+        v = np.abs(a).ravel()
+        v = v[v != 0]
+        k = np.floor(v / width + np.float32(0.5)).astype(np.int64)  # float32 arithmetic
+        want = np.bincount(k, minlength=2048)
+        assert want.size == 2048  # k <= 2047 because width is abs_max/2047
+        np.testing.assert_array_equal(r.histogram, want, err_msg=t)
+        assert r.histogram.sum() == np.count_nonzero(a)
+
+
+@pytest.mark.zoo
+def test_lite0_tuner_max_percentile(lite0):
+    from qsens.calibrate import round_table
+
+    g, cal, acts = lite0["g"], lite0["cal"], lite0["acts"]
+    raised = 0
+    for t in g.tensors:
+        r = cal.stats[t]
+        amax = float(np.abs(acts[t]).max())
+        # MAX threshold == abs max of the activations (untuned; MAX is never tuned)
+        assert cal.untuned["max"][t] == amax, t
+        assert cal.tuned["max"][t] == round_table(amax)
+        # percentile <= max (thresholds and the signed tails)
+        assert cal.untuned["percentile9999"][t] <= amax, t
+        assert r.min <= r.p99_min and r.p99_max <= r.max
+        # SimpleTuner: KL thresholds can only grow (from the %.7f value it reads back)
+        before = round_table(cal.untuned["kl"][t])
+        assert cal.tuned["kl"][t] >= before, t
+        assert cal.tuned["kl"][t] <= amax * (1 + 1e-6), t
+        raised += cal.tuned["kl"][t] > before
+    assert raised >= 1
+    print(f"\nLite0: tuner raised {raised} of {len(g.tensors)} KL thresholds")
+
+
+# ------------------------------------------------------------------------------------------ CLI, generated model
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """A generated model, a tiny image dataset and a tiny .npy dataset."""
+    d = tmp_path_factory.mktemp("cli")
+    model = d / "net.onnx"
+    model.write_bytes(conv_bn_relu_model(seed=3).SerializeToString())
+    rng = np.random.default_rng(0)
+    imgs = d / "imgs"
+    imgs.mkdir()
+    for i in range(5):
+        assert cv2.imwrite(str(imgs / f"im{i}.png"), rng.integers(0, 256, (10 + i, 12, 3), dtype=np.uint8))
+    npys = d / "npys"
+    npys.mkdir()
+    for i in range(4):
+        np.save(npys / f"s{i}.npy", rng.standard_normal((1, 3, 8, 8)).astype(np.float32))
+    fn, _ = to_jax(str(model))
+    return dict(dir=d, model=str(model), imgs=str(imgs), npys=str(npys), tensors=list(fn.graph.tensors))
+
+
+def run_cli(argv, capsys):
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_one_line_error(rc, err, *names):
+    assert rc == 2
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("qsens: error: "), err
+    for n in names:
+        assert str(n) in lines[0], (n, lines[0])
+    return lines[0]
+
+
+def table_files(out):
+    return [out] + [f"{out}_{m}{s}" for m in METHODS for s in (".1", "_tune")]
+
+
+def test_cli_calibrate_end_to_end(work, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    env = dict(os.environ, SOURCE_DATE_EPOCH="1700000000")
+    out1 = tmp_path / "a" / "cali_table"
+    args = ["calibrate", work["model"], "--dataset", work["imgs"], "--methods", "max,percentile9999,kl",
+            "--tune_num", "2", "--quiet"]
+    # run 1: a real process (entry point `python -m qsens`)
+    p = subprocess.run([sys.executable, "-m", "qsens", *args, "-o", str(out1)], capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "calibrated" in p.stdout and "Traceback" not in p.stderr
+    for f in table_files(str(out1)):
+        assert os.path.isfile(f), f
+        headers, rows = python_parse(f)
+        assert list(rows) == work["tensors"], f
+        imported = cpp_import(f)["int8"]
+        assert {k: list(v) for k, v in imported.items()} == rows, f
+        assert "# genetated time: 2023-11-14 22:13:20" in headers
+        assert "# sample number: 5" in headers
+        for th, mn, mx in rows.values():
+            assert th > 0 and mn <= mx
+    h_main = python_parse(str(out1))[0]
+    assert "# quantization threshold calculation method: kl" in h_main and "# tune number: 2" in h_main
+    assert "# tune number: 0" in python_parse(f"{out1}_max.1")[0]
+    _, mx = python_parse(f"{out1}_max_tune")
+    _, p99 = python_parse(f"{out1}_percentile9999_tune")
+    assert all(p99[t][0] <= mx[t][0] for t in mx)
+    _, kl1 = python_parse(f"{out1}_kl.1")
+    _, klt = python_parse(f"{out1}_kl_tune")
+    assert python_parse(str(out1))[1] == klt
+    assert all(klt[t][0] >= kl1[t][0] for t in kl1)
+
+    # run 2 (in-process): byte-identical tables
+    out2 = tmp_path / "b" / "cali_table"
+    rc, out, err = run_cli([*args, "-o", out2], capsys)
+    assert rc == 0, err
+    for f1, f2 in zip(table_files(str(out1)), table_files(str(out2))):
+        b1, b2 = open(f1, "rb").read(), open(f2, "rb").read()
+        assert b1 == b2, (f1, f2)
+
+    # --hist v2 on .npy samples: works, MAX (histogram-independent) agrees with a v1 run on the same samples
+    out3, out4 = tmp_path / "c" / "t", tmp_path / "d" / "t"
+    for o, h in ((out3, "v2"), (out4, "v1")):
+        rc, out, err = run_cli(["calibrate", work["model"], "--dataset", work["npys"], "--methods", "max,kl",
+                                "--hist", h, "--tune_num", "0", "-q", "-o", o], capsys)
+        assert rc == 0, err
+        assert f"({h} histograms" in out
+    _, v2 = python_parse(f"{out3}_max.1")
+    _, v1 = python_parse(f"{out4}_max.1")
+    assert list(v2) == work["tensors"] and v2 == v1
+    _, kl2 = python_parse(str(out3))
+    assert all(0 < kl2[t][0] <= v2[t][0] for t in kl2)
+
+
+# ------------------------------------------------------------------------------------------ bad inputs
+def _calibrate(work, dataset, capsys, out=None):
+    out = work["dir"] / "never_written" if out is None else out
+    return run_cli(["calibrate", work["model"], "--dataset", dataset, "--tune_num", "0", "-q", "-o", out], capsys)
+
+
+def test_bad_npz_keys_and_shapes(work, tmp_path, capsys):
+    d1 = tmp_path / "keys"
+    d1.mkdir()
+    bad = d1 / "two.npz"
+    np.savez(bad, a=np.zeros((1, 3, 8, 8), np.float32), b=np.zeros((1, 3, 8, 8), np.float32))
+    line = assert_one_line_error(*_calibrate(work, d1, capsys)[::2], bad)
+    assert "keys" in line
+    d2 = tmp_path / "shapes"
+    d2.mkdir()
+    bad = d2 / "s.npz"
+    np.savez(bad, x=np.zeros((1, 3, 5, 5), np.float32))
+    line = assert_one_line_error(*_calibrate(work, d2, capsys)[::2], bad)
+    assert "[1, 3, 5, 5]" in line and "[1, 3, 8, 8]" in line
+    assert not os.path.exists(work["dir"] / "never_written")
+
+
+def test_unreadable_image_empty_dir_mixed_kinds(work, tmp_path, capsys):
+    d = tmp_path / "corrupt"
+    d.mkdir()
+    cv2.imwrite(str(d / "good.png"), np.zeros((8, 8, 3), np.uint8))
+    (d / "broken.jpg").write_bytes(b"this is not a jpeg")
+    assert_one_line_error(*_calibrate(work, d, capsys)[::2], d / "broken.jpg")
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no samples here")
+    assert_one_line_error(*_calibrate(work, empty, capsys)[::2], empty)
+
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    cv2.imwrite(str(mixed / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    np.save(mixed / "b.npy", np.zeros((1, 3, 8, 8), np.float32))
+    line = assert_one_line_error(*_calibrate(work, mixed, capsys)[::2], mixed)
+    assert "a.png" in line and "b.npy" in line
+
+
+def test_input_num_larger_than_available_warns(work, tmp_path):
+    out = tmp_path / "t"
+    p = subprocess.run([sys.executable, "-m", "qsens", "calibrate", work["model"], "--dataset", work["npys"],
+                        "--input_num", "50", "--tune_num", "0", "-q", "-o", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "asked for 50 samples but only 4 found; using all 4" in p.stderr
+    assert "Traceback" not in p.stderr
+    assert "# sample number: 4" in python_parse(str(out))[0]
+
+
+def test_table_with_unknown_tensors(work, tmp_path, capsys):
+    from qsens.quant.mixed import plan_from_table
+    from qsens.tables import CaliTable, read_cali_table
+
+    out = tmp_path / "good"
+    rc, _, err = _calibrate(work, work["npys"], capsys, out)
+    assert rc == 0, err
+    good = read_cali_table(out)
+    entries = dict(good.entries)
+    entries["ghost_tensor"] = (1.0, -1.0, 1.0)
+    entries["phantom_Conv"] = (2.0, 0.0, 2.0)
+    bad_path = tmp_path / "bad_table"
+    bad_path.write_text(open(out).read() + "ghost_tensor 1.0000000 -1.0000000 1.0000000\n"
+                        "phantom_Conv 2.0000000 0.0000000 2.0000000\n")
+    fn, _ = to_jax(work["model"])
+    with pytest.raises(TableError, match="ghost_tensor") as ei:
+        plan_from_table(fn.graph, CaliTable(entries))
+    assert "phantom_Conv" in str(ei.value) and "not in the model: 2" in str(ei.value)
+
+    rc, _, err = run_cli(["search", work["model"], "--dataset", work["npys"], "--calibration_table", bad_path,
+                          "--input_num", "2", "--inference_num", "2", "--out_dir", tmp_path / "s", "-q"], capsys)
+    line = assert_one_line_error(rc, err, bad_path, "ghost_tensor", "phantom_Conv")
+    assert "not in the model" in line
+
+
+def log_model():
+    """x -> Log -> Conv 1x1: a negative input pixel gives NaN in the Log output."""
+    w = np.random.default_rng(0).standard_normal((2, 3, 1, 1)).astype(np.float32)
+    nodes = [helper.make_node("Log", ["x"], ["l"]), helper.make_node("Conv", ["l", "w"], ["y"])]
+    return make_model(nodes, [vi("x", ["N", 3, 4, 4])], [vi("y", ["N", 2, 4, 4])], [init("w", w)])
+
+
+def test_nan_activations(work, tmp_path, capsys):
+    from qsens.data.dataset import select_files
+
+    model = tmp_path / "log.onnx"
+    model.write_bytes(log_model().SerializeToString())
+    d = tmp_path / "pos"
+    d.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(5):
+        np.save(d / f"p{i}.npy", rng.uniform(0.5, 2.0, (1, 3, 4, 4)).astype(np.float32))
+    neg = np.load(d / "p3.npy")
+    neg[0, 1, 2, 2] = -1.0
+    np.save(d / "p3.npy", neg)
+    order = select_files(dataset=str(d))
+    k = order.index(str(d / "p3.npy"))
+    log_t = next(op.name for op in to_jax(str(model))[0].graph.ops if op.type == "Log")
+    rc, _, err = run_cli(["calibrate", model, "--dataset", d, "--tune_num", "0", "-q", "-o", tmp_path / "t"], capsys)
+    line = assert_one_line_error(rc, err, f"'{log_t}'", f"sample {k}")
+    assert "NaN" in line
+
+    # a NaN in the input sample itself: named as the input tensor
+    d2 = tmp_path / "nan_in"
+    d2.mkdir()
+    for i in range(3):
+        a = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
+        if i == 2:
+            a[0, 0, 0, 0] = np.nan
+        np.save(d2 / f"n{i}.npy", a)
+    k = select_files(dataset=str(d2)).index(str(d2 / "n2.npy"))
+    rc, _, err = _calibrate(work, d2, capsys)
+    assert_one_line_error(rc, err, "'x'", f"sample {k}", "NaN")
