@@ -215,6 +215,8 @@ def run_search_from_args(args) -> int:
     t0 = time.time()
     enable_compilation_cache()
     out_dir = ensure_out_dir(args.out_dir)
+    qpath = args.quantize_table if os.path.isabs(args.quantize_table) else os.path.join(out_dir, args.quantize_table)
+    ensure_out_dir(os.path.dirname(os.path.abspath(qpath)))
     post = load_post_process(args.post_process)
     compare, cweights = parse_compare_layers(args.global_compare_layers)
     cfg = SearchConfig(methods=tuple(args.methods.split(",")), max_float_layers=args.max_float_layers,
@@ -247,8 +249,12 @@ def run_search_from_args(args) -> int:
     if args.tune_num <= 0:
         print("note: --tune_num 0: untuned method thresholds (TPU-MLIR's SL-old would crash here)", file=sys.stderr)
     cali_path = os.path.join(out_dir, "cali_table")
-    if base is None:
-        base = CaliTable(cal.table_entries("kl", True))
+    if base is None:  # the table qsens writes to <out_dir>/cali_table, headers included
+        from .tables import cali_header_lines
+
+        base = CaliTable(cal.table_entries("kl", True), headers=tuple(cali_header_lines(
+            method="kl", mlir=args.model, histogram_bins=2048, sample_number=cal.n_samples,
+            tune_number=cal.tune_num)))
     inputs = load_inputs(inf_files, g, pp)
 
     def extra_files():
@@ -256,8 +262,15 @@ def run_search_from_args(args) -> int:
             return {}
         return {"calibration_tables": write_tables(cal, cali_path, main_method="kl", mlir=args.model)}
 
+    post_id = None
+    if args.post_process:
+        import hashlib
+
+        with open(args.post_process, "rb") as f:
+            post_id = hashlib.sha256(f.read()).hexdigest()
     res = search(fn.model, base, cal.tuned, inputs, cfg, out_dir=out_dir, qtable_path=args.quantize_table,
-                 resume=args.resume, post_process=post, progress=not args.quiet, extra_files=extra_files, stats=stats)
+                 resume=args.resume, post_process=post, progress=not args.quiet, extra_files=extra_files, stats=stats,
+                 post_process_id=post_id)
     if res.early_exit:
         return 0
     s = res.summary
@@ -365,9 +378,25 @@ def build_parser() -> argparse.ArgumentParser:
 _EXTRA_VERBS: list = []
 
 
+def logging_setup() -> None:
+    import logging
+
+    if not logging.getLogger("qsens").handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("qsens: %(levelname)s: %(message)s".replace("%(levelname)s", "warning")))
+        h.setLevel(logging.WARNING)
+        logging.getLogger("qsens").addHandler(h)
+        logging.getLogger("qsens").propagate = False
+
+
 def main(argv=None) -> int:
+    import warnings
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    # qsens logs its own warnings (one line each); don't repeat them as Python warnings with source lines
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"qsens\..*")
+    logging_setup()
     t0 = time.time()
     try:
         rc = args.fn(args)

@@ -331,8 +331,11 @@ def _body_lines(table: CaliTable, path) -> list[str]:
 
 
 def _write_text(path, lines: Iterable[str]) -> None:
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
+    """Atomic: a temp file in the same directory, then a rename (an interrupted write never looks complete)."""
+    tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
         f.write("".join(lines))
+    os.replace(tmp, path)
 
 
 def cali_header_lines(

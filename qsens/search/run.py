@@ -117,12 +117,13 @@ def search(model, base_table, method_thresholds: Mapping[str, Mapping[str, float
            config: SearchConfig = SearchConfig(), *, out_dir: str = ".", qtable_path: str = "qtable",
            resume: bool = False, post_process: Callable | None = None, progress: bool = True,
            echo: Callable[[str], None] | None = None, extra_files: Callable[[], dict[str, str]] | None = None,
-           stats: CompileStats | None = None) -> SearchResult:
+           stats: CompileStats | None = None, post_process_id: str | None = None) -> SearchResult:
     """Run the sensitive-layer search.
 
     ``base_table``: :class:`qsens.tables.CaliTable` (``--calibration_table``: the INT8 model, signedness, the
     thresholds that evolve op by op); ``method_thresholds[m][tensor]``: each method's (tuned) threshold;
-    ``inputs``: the inference images ``{input: (N, ...)}``.  ``extra_files()`` is called once the early exit is
+    ``inputs``: the inference images ``{input: (N, ...)}``; ``post_process_id`` identifies ``post_process`` in the
+    resume checkpoint (e.g. a hash of its file).  ``extra_files()`` is called once the early exit is
     ruled out (qsens writes its own calibration tables then, so an early exit writes nothing).
     """
     from ..tables import dump_cali_table, update_threshold, write_qtable
@@ -159,20 +160,21 @@ def search(model, base_table, method_thresholds: Mapping[str, Mapping[str, float
         return _run(model, g, plan, base_table, method_thresholds, cfg, methods, runner, th0, int8_sim, int8_cos,
                     out_dir, qtable_path, resume, progress, echo, log, files, stats, n,
                     {"float_reference_s": t_ref - t_start, "int8_model_s": t_int8 - t_ref}, t_start,
-                    dump_cali_table, update_threshold, write_qtable)
+                    dump_cali_table, update_threshold, write_qtable, post_process_id)
     finally:
         _close_logger(log)
 
 
 def _run(model, g, plan, base_table, method_thresholds, cfg, methods, runner, th0, int8_sim, int8_cos, out_dir,
          qtable_path, resume, progress, echo, log, files, stats, n, timings, t_start, dump_cali_table,
-         update_threshold, write_qtable) -> SearchResult:
+         update_threshold, write_qtable, post_id) -> SearchResult:
     idx = plan.tensor_index
     ckpt_path = os.path.join(out_dir, CKPT)
     key = _fingerprint({
         "model": g.op_names, "methods": methods, "table": th0.tolist(), "n": n, "strategy": cfg.strategy,
         "method_thresholds": {m: [method_thresholds[m][t] for t in g.tensors] for m in methods},
-        "compare": cfg.compare_layers,
+        "compare": cfg.compare_layers, "compare_weights": cfg.compare_weights, "post_process": post_id,
+        "method_batch": cfg.method_batch, "expected_cos": cfg.expected_cos,
     })
     done: list[OpResult] = []
     th = th0.copy()
@@ -221,7 +223,7 @@ def _run(model, g, plan, base_table, method_thresholds, cfg, methods, runner, th
         else:
             ul = runner.candidates_naive(i, th, reps)
         losses = [ul[w] for w in where]
-        same_as = [None if where.index(w) == k else methods[where.index(w)] for k, w in enumerate(where)]
+        same_as = [None if where.index(w) == k else SL_NAMES[methods[where.index(w)]] for k, w in enumerate(where)]
         for m, c, l in zip(methods, ths, losses):
             log.info(f"adjust layer {op.name} th, with method {SL_NAMES[m]}, and threshlod {c}")
             log.info(f"outputs_cos_los = {l}")
@@ -275,9 +277,10 @@ def _run(model, g, plan, base_table, method_thresholds, cfg, methods, runner, th
     log.info(f"int8 outputs_cos:{int8_sim:.6f} old")
     log.info(f"mix model outputs_cos:{mix_new[0]:.6f}")
     qpath = qtable_path if os.path.isabs(qtable_path) else os.path.join(out_dir, qtable_path)
-    write_qtable(qpath, [(name, "F32") for name in float_layers], sample_number=n, chip="bm1684", mix_mode="F32")
     ncal = os.path.join(out_dir, "new_cali_table.txt")
-    dump_cali_table(ncal, new_table)
+    dump_cali_table(ncal, new_table)  # the table first, the qtable last: a qtable never lacks its table
+    os.makedirs(os.path.dirname(os.path.abspath(qpath)), exist_ok=True)
+    write_qtable(qpath, [(name, "F32") for name in float_layers], sample_number=n, chip="bm1684", mix_mode="F32")
     log.info(f"Output mix quantization table to {qpath}")
     files.update({"qtable": qpath, "new_cali_table": ncal, "log": os.path.join(out_dir, LOG_NAME)})
     timings.update({"search_s": t_done - t_search, "summary_s": time.perf_counter() - t_done,
