@@ -30,20 +30,19 @@ def op_category(op) -> str:
 
 
 def time_split(fn, params, x, runs):
-    """Per-op times (each op jitted alone on its real input), summed per category."""
-    from qsens.onnx.convert import run_graph
+    """Per-op times (each op's own executable on its real input, as the search runs them), per category."""
+    from qsens.engine import Engine
 
-    g = fn.model.graph_at(x.shape[0])
-    env = run_graph(g, params, {g.inputs[0]: jnp.asarray(x)}, 0, 1)
+    e = Engine(fn.model, x.shape[0])
+    env = e.input_env({e.graph.inputs[0]: x})
     split: dict[str, float] = {}
-    for i, op in enumerate(g.ops):
+    for i, op in enumerate(e.graph.ops):
         if op.type == "Input":
             continue
-        step = jax.jit(lambda p, e, i=i: run_graph(g, p, e, i, i + 1))
-        ins = {t: env[t] for t in op.inputs}
-        t, _ = median_time(lambda: jax.block_until_ready(step(params, ins)), n=runs, warmup=1)
+        exe, w, acts = e.float_exe(i), e.weights(op), [env[t] for t in op.inputs]
+        t, _ = median_time(lambda exe=exe, w=w, acts=acts: jax.block_until_ready(exe(w, acts)), n=runs, warmup=1)
         split[op_category(op)] = split.get(op_category(op), 0.0) + t
-        env = run_graph(g, params, env, i, i + 1)
+        env = e.run(env, i, i + 1)
     return split
 
 

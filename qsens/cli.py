@@ -285,7 +285,7 @@ def run_search_from_args(args) -> int:
     print(f"float layers ({len(res.float_layers)}): {', '.join(res.float_layers)}")
     print(f"Output mix quantization table to {res.files['qtable']}")
     print(f"total time:{time.time() - t0}  (calibration {t_cal:.1f} s, search {res.timings['search_s']:.1f} s, "
-          f"{res.evaluated_ops} ops evaluated, compile {stats.first_call_s:.1f} s in {stats.traces} executables)")
+          f"{res.evaluated_ops} ops evaluated, XLA compile {stats.compile_s:.1f} s for {stats.traces} executables)")
     print("success sensitive layer search")
     return 0
 

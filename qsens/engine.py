@@ -58,15 +58,40 @@ def op_signature(op: Op, params: Mapping[str, Any], in_nhwc: Sequence[bool], out
     )
 
 
+_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                   "/jax/core/compile/backend_compile_duration")
+_compile_total = [0.0]
+_listening = [False]
+
+
+def _on_event(name: str, secs: float, **_kw) -> None:
+    if name in _COMPILE_EVENTS:
+        _compile_total[0] += secs
+
+
+def compile_seconds() -> float:
+    """Seconds JAX spent tracing, lowering and compiling (XLA) in this process since qsens started listening."""
+    if not _listening[0]:
+        jax.monitoring.register_event_duration_secs_listener(_on_event)
+        _listening[0] = True
+    return _compile_total[0]
+
+
 class CompileStats:
-    """Counts executables created (a first call that traces and compiles) and the time spent in them."""
+    """Executables created (first call per shape) and the compile time JAX reports (trace + lower + XLA)."""
 
     def __init__(self):
         self.traces = 0
         self.first_call_s = 0.0
+        self._c0 = compile_seconds()
+
+    @property
+    def compile_s(self) -> float:
+        return compile_seconds() - self._c0
 
     def as_dict(self) -> dict:
-        return {"traces": self.traces, "first_call_s": round(self.first_call_s, 3)}
+        return {"executables": self.traces, "compile_s": round(self.compile_s, 3),
+                "first_call_s": round(self.first_call_s, 3)}
 
 
 class Engine:
