@@ -25,11 +25,10 @@ import sys
 import time
 from collections.abc import Sequence
 
-import jax.numpy as jnp
 import numpy as np
 
 from . import calib
-from .engine import CompileStats, Engine
+from .engine import DEFAULT_CHUNK, CompileStats, Engine, to_device
 from .errors import QsensError
 from .onnx.convert import Model
 from .pipeline import iter_inputs
@@ -165,7 +164,7 @@ def tune(model: Model, tune_acts: dict[str, np.ndarray], table: dict[str, float]
         todo = [op.inputs[0]] if all(t in tuned for t in op.inputs) else [t for t in op.inputs if t not in tuned]
         ref = tune_acts[op.outputs[0]]
         n_t = ref.shape[0]
-        ref2 = ref.reshape(n_t, -1).astype(np.float64)
+        ref_l1 = np.abs(ref.reshape(n_t, -1)).sum(axis=1, dtype=np.float64)
         fn = engine.float_exe(i)
         w = engine.weights(op)
         for t in todo:
@@ -173,23 +172,22 @@ def tune(model: Model, tune_acts: dict[str, np.ndarray], table: dict[str, float]
             cands = calib.tune_candidates(table[t], amax[t])
             if cands.size == 0:
                 continue
-            rows = [[fake_quant_np(tune_acts[x], float(c)) for x in op.inputs] for c in cands]
-            dists = np.empty(len(cands))
+            # rows (candidate, sample), fake-quantized lazily one chunk at a time (memory: one chunk)
             flat = [(ci, j) for ci in range(len(cands)) for j in range(n_t)]
             per = np.empty(len(flat))
             for s0 in range(0, len(flat), batch):
                 chunk = flat[s0 : s0 + batch]
                 acts = []
-                for k in range(len(op.inputs)):
-                    a = np.stack([rows[ci][k][j] for ci, j in chunk])
+                for x in op.inputs:
+                    a = np.stack([fake_quant_np(tune_acts[x][j], float(cands[ci])) for ci, j in chunk])
                     if a.shape[0] < batch:
                         a = np.concatenate([a, np.repeat(a[-1:], batch - a.shape[0], 0)])
-                    acts.append(a)
-                out = np.asarray(engine.call(fn, w, [jnp.asarray(a) for a in acts])[0])[: len(chunk)]
-                o2 = out.reshape(len(chunk), -1).astype(np.float64)
-                r2 = ref2[[j for _, j in chunk]]
-                per[s0 : s0 + len(chunk)] = np.linalg.norm(r2 - o2, axis=1) / np.sum(np.abs(r2), axis=1)
-            dists[:] = per.reshape(len(cands), n_t).mean(axis=1)
+                    acts.append(to_device(a))
+                out = np.asarray(engine.call(fn, w, acts)[0])
+                for r, (_, j) in enumerate(chunk):  # ||ref - out||_2 / ||ref||_1, per sample, float64
+                    d = (ref[j].astype(np.float64) - out[r]).ravel()
+                    per[s0 + r] = np.sqrt(d @ d) / ref_l1[j]
+            dists = per.reshape(len(cands), n_t).mean(axis=1)
             table[t] = float(calib.select(table[t], cands, dists, current=table[t]))
     if bar:
         bar.close()
@@ -210,7 +208,7 @@ def calibrate(model: Model, files: Sequence[str], pp, *, methods: Sequence[str] 
     if not files:
         raise QsensError("no calibration samples")
     t0 = time.perf_counter()
-    batch = min(30, len(files)) if batch is None else batch
+    batch = min(DEFAULT_CHUNK, len(files)) if batch is None else batch
     tune_methods = ["kl"] if tune_methods is None else [parse_method(m) for m in tune_methods]
     n_tune = min(tune_num, len(files), batch) if any(m in tune_methods for m in methods) else 0
     res, tune_acts = collect_statistics(model, files, pp, methods=methods, hist=hist, batch=batch, progress=progress,

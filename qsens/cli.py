@@ -244,7 +244,7 @@ def run_search_from_args(args) -> int:
     t_cal = time.time()
     cal = calibrate(fn.model, cal_files, pp, methods=cfg.methods + (("kl",) if base is None and "kl" not in cfg.methods else ()),
                     hist=args.hist, tune_num=args.tune_num, tune_methods=cfg.methods + ("kl",), progress=not args.quiet,
-                    stats=stats, batch=len(inf_files))  # the search's batch: both share the compiled executables
+                    stats=stats, batch=args.batch)  # the search's chunk: both share the compiled executables
     t_cal = time.time() - t_cal
     if args.tune_num <= 0:
         print("note: --tune_num 0: untuned method thresholds (TPU-MLIR's SL-old would crash here)", file=sys.stderr)
@@ -268,7 +268,7 @@ def run_search_from_args(args) -> int:
 
         with open(args.post_process, "rb") as f:
             post_id = hashlib.sha256(f.read()).hexdigest()
-    res = search(fn.model, base, cal.tuned, inputs, cfg, out_dir=out_dir, qtable_path=args.quantize_table,
+    res = search(fn.model, base, cal.tuned, inputs, cfg, out_dir=out_dir, qtable_path=args.quantize_table, chunk=args.batch,
                  resume=args.resume, post_process=post, progress=not args.quiet, extra_files=extra_files, stats=stats,
                  post_process_id=post_id)
     if res.early_exit:
@@ -337,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--hist", choices=("v1", "v2"), default="v1",
                    help="v1: exact abs-max pass then one histogram width (docs era, order-independent); "
                    "v2: TPU-MLIR's current streaming merge")
-    s.add_argument("--batch", type=int, default=None, help="images per forward batch (default min(30, input_num))")
+    s.add_argument("--batch", type=int, default=None, help="images per compiled batch (default min(10, input_num))")
     s.add_argument("-o", "--calibration_table", default="cali_table", help="output table path")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_calibrate)
@@ -360,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out_dir", default=".")
     s.add_argument("--resume", action="store_true", help="continue from <out_dir>/search.ckpt.json")
     s.add_argument("--strategy", choices=("fast", "naive"), default="fast")
+    s.add_argument("--batch", type=int, default=10, help="images per compiled batch (memory; default 10)")
     s.add_argument("--method_batch", choices=("loop", "concat"), default="loop",
                    help="fast strategy: suffixes of the candidates one after another (loop) or stacked (concat)")
     s.add_argument("-q", "--quiet", action="store_true")

@@ -26,6 +26,17 @@ from .onnx.convert import Model, layout_plan, op_runs_nhwc, run_op_planned
 from .onnx.ir import Graph, Op
 from .onnx.layout import TO_NCHW, TO_NHWC
 
+#: Images per compiled batch for calibration and search: bounds memory (activations of one chunk) and lets
+#: calibration, tuner, search prefix, suffixes and mixed runs share one set of executables.
+DEFAULT_CHUNK = 10
+
+
+def to_device(x):
+    """Host array -> device array without compiling anything (``jnp.asarray`` eagerly compiles a 'stage')."""
+    if isinstance(x, jax.Array):
+        return x
+    return jax.device_put(np.asarray(x))
+
 
 def enable_compilation_cache(path: str | None = None) -> str:
     """Turn on JAX's persistent compilation cache in a user cache dir (``$QSENS_HOME/jax_cache``)."""
@@ -146,7 +157,8 @@ class Engine:
 
     # ------------------------------------------------------------------------------------------ running
     def input_env(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        return {n: self.to_plan(n, jnp.asarray(inputs[n])) for n in self.graph.inputs}
+        # device_put, not jnp.asarray: eager jnp.asarray of a host array compiles a small 'stage' program
+        return {n: self.to_plan(n, to_device(inputs[n])) for n in self.graph.inputs}
 
     def run(self, env: dict[str, Any], start: int = 0, stop: int | None = None, *, keep: Sequence[str] = (),
             on_output=None) -> dict[str, Any]:
@@ -164,7 +176,9 @@ class Engine:
             if op.type == "Input":
                 continue
             fn = self.float_exe(i)
-            outs = self.call(fn, self.weights(op), [env[t] for t in op.inputs])
+            # block per op: with asynchronous dispatch every output buffer of the whole graph would be
+            # allocated before the first op finishes (peak RSS = all activations instead of the live set)
+            outs = jax.block_until_ready(self.call(fn, self.weights(op), [env[t] for t in op.inputs]))
             for t, v in zip(op.outputs, outs):
                 env[t] = v
                 if on_output is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -151,7 +152,7 @@ class Model:
         self.path = path
         self.canon = Canonicalizer(proto, path, shapes, name_style)
         self.graph = self.canon.graph(self.canon.deploy_batch)
-        self.params = {k: jnp.asarray(v) for k, v in self.canon.params.items()}
+        self.params = {k: jax.device_put(v) for k, v in self.canon.params.items()}
 
     def graph_at(self, batch: int) -> Graph:
         return self.canon.graph(batch)

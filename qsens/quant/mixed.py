@@ -156,7 +156,7 @@ def host_qparams(plan: QuantPlan, op: Op, weights: Mapping[str, Any], th_in: Seq
 
 
 def int8_core(plan: QuantPlan, op: Op, weights: Mapping[str, Any], acts: Sequence[Any], th_in: Sequence[Any], th_out,
-              chip: ChipSpec = BM1684, qp: Mapping[str, Any] | None = None) -> list:
+              chip: ChipSpec = BM1684, qp: Mapping[str, Any] | None = None, fallback: bool = True) -> list:
     """The INT8 form of ``op`` on float NCHW inputs: cast F32 -> INT8 with ``th_in`` (effective input
     thresholds), the INT8 kernel with output threshold ``th_out``, cast back.  Ops without an INT8 form (see
     ``plan.f32_reason``) return their float outputs; a threshold-dependent fallback selects the float result."""
@@ -175,7 +175,7 @@ def int8_core(plan: QuantPlan, op: Op, weights: Mapping[str, Any], acts: Sequenc
         qp = qparams_for(op, dict(weights), tuple(th_in), th_out, sig_in, s_out, chip,
                          in_shapes=[plan.graph.tensor_shape(t) for t in ins])
     y = dequantize(int8_op(op, None, q, qp, chip), th_out, s_out)
-    fb = qp.get("fallback")
+    fb = qp.get("fallback") if fallback else None
     if fb is not None:  # threshold-dependent F32 fallback, decided per threshold set (only one branch runs)
         y = jax.lax.cond(jnp.asarray(fb, bool), lambda: run_op_roles(op, weights, acts)[0], lambda: y)
     return [y]

@@ -117,7 +117,8 @@ def search(model, base_table, method_thresholds: Mapping[str, Mapping[str, float
            config: SearchConfig = SearchConfig(), *, out_dir: str = ".", qtable_path: str = "qtable",
            resume: bool = False, post_process: Callable | None = None, progress: bool = True,
            echo: Callable[[str], None] | None = None, extra_files: Callable[[], dict[str, str]] | None = None,
-           stats: CompileStats | None = None, post_process_id: str | None = None) -> SearchResult:
+           stats: CompileStats | None = None, post_process_id: str | None = None, chunk: int | None = None
+           ) -> SearchResult:
     """Run the sensitive-layer search.
 
     ``base_table``: :class:`qsens.tables.CaliTable` (``--calibration_table``: the INT8 model, signedness, the
@@ -141,7 +142,8 @@ def search(model, base_table, method_thresholds: Mapping[str, Mapping[str, float
     th0 = thresholds_from_table(g, base_table)
     n = int(next(iter(inputs.values())).shape[0])
     runner = SearchRunner(model, plan, inputs, compare=cfg.compare_layers, compare_weights=cfg.compare_weights,
-                          post_process=post_process, n_methods=len(methods), stats=stats)
+                          post_process=post_process, n_methods=len(methods), stats=stats,
+                          **({"chunk": chunk} if chunk else {}))
     t_ref = time.perf_counter()
     all_ops = {op.name for op in g.ops}
     int8_sim, int8_cos, _ = runner.mixed_similarity(th0, all_ops)

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..engine import CompileStats, Engine, op_signature
+from ..engine import DEFAULT_CHUNK, CompileStats, Engine, op_signature, to_device
 from ..metrics import plain_cosine, similarity
 from ..onnx.convert import op_runs_nhwc
 from ..onnx.layout import TO_NCHW, TO_NHWC
@@ -72,7 +72,7 @@ def int8_exe(engine: Engine, plan: QuantPlan, i: int):
     if fn is None:
         def f(weights, acts, th_in, th_out, qp, _op=op, _in=in_nhwc, _out=out_nhwc):
             xs = [jnp.transpose(a, TO_NCHW) if n else a for a, n in zip(acts, _in)]
-            y = int8_core(plan, _op, weights, xs, [th_in[k] for k in range(len(xs))], th_out, qp=qp)[0]
+            y = int8_core(plan, _op, weights, xs, [th_in[k] for k in range(len(xs))], th_out, qp=qp, fallback=False)[0]
             return jnp.transpose(y, TO_NHWC) if _out else y
 
         fn = jax.jit(f)
@@ -107,24 +107,44 @@ class Scorer:
         return float(np.mean(np.asarray(plain_cosine(self.ref, self._post(outs), self.weights), np.float64)))
 
 
+def _cat(parts: Sequence[Mapping[str, np.ndarray]], counts: Sequence[int]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([np.asarray(p[k])[:c] for p, c in zip(parts, counts)]) for k in parts[0]}
+
+
 class SearchRunner:
-    """Evaluates candidates; shared by the fast and naive strategies and by the summary evaluations."""
+    """Evaluates candidates; shared by the fast and naive strategies and by the summary evaluations.
+
+    The ``N`` inference images are processed in chunks of ``chunk`` images (the last one padded by repeating
+    its last image, the padding sliced off): memory holds one chunk's activations beyond the float prefix,
+    and calibration, prefix, suffixes and mixed runs share one set of executables at that batch size.
+    """
 
     def __init__(self, model, plan: QuantPlan, inputs: Mapping[str, np.ndarray], *, compare: Sequence[str] | None = None,
                  compare_weights: Sequence[float] | None = None, post_process: Callable | None = None,
-                 n_methods: int = 3, stats: CompileStats | None = None):
+                 n_methods: int = 3, stats: CompileStats | None = None, chunk: int = DEFAULT_CHUNK):
         self.model, self.plan = model, plan
         self.n = int(next(iter(inputs.values())).shape[0])
+        self.chunk = max(1, min(chunk, self.n))
         self.stats = stats or CompileStats()
-        self.engine = Engine(model, self.n, stats=self.stats)
+        self.engine = Engine(model, self.chunk, stats=self.stats)
         self.g = self.engine.graph
-        self.inputs = inputs
+        self.chunks: list[dict[str, np.ndarray]] = []
+        self.counts: list[int] = []
+        for s0 in range(0, self.n, self.chunk):
+            part = {k: np.asarray(v)[s0 : s0 + self.chunk] for k, v in inputs.items()}
+            k = next(iter(part.values())).shape[0]
+            if k < self.chunk:
+                part = {n_: np.concatenate([v, np.repeat(v[-1:], self.chunk - k, 0)]) for n_, v in part.items()}
+            self.chunks.append(part)
+            self.counts.append(k)
         self.K = n_methods
         self.compare = tuple(compare) if compare else None
-        self.index = {op.name: i for i, op in enumerate(self.g.ops)}
         t0 = time.perf_counter()
-        env = self.engine.run(self.engine.input_env(inputs), keep=self.compare or ())
-        self.ref_outputs = self._outputs(self.engine, env)
+        outs = []
+        for part in self.chunks:
+            env = self.engine.run(self.engine.input_env(part), keep=self.compare or ())
+            outs.append(self._outputs(self.engine, env))
+        self.ref_outputs = _cat(outs, self.counts)
         self.float_s = time.perf_counter() - t0
         self.scorer = Scorer(self.ref_outputs, compare_weights, post_process)
 
@@ -138,15 +158,28 @@ class SearchRunner:
         op = self.g.ops[i]
         fn = int8_exe(engine, self.plan, i)
         idx = self.plan.tensor_index
-        th_in = jnp.asarray([th_eff[idx[t]] for t in op.inputs] or [0.0], jnp.float32)
+        th_in = to_device(np.asarray([th_eff[idx[t]] for t in op.inputs] or [0.0], np.float32))
         acts = [env[t] for t in op.inputs] if op.type != "Input" else [env[op.outputs[0]]]
         w = engine.weights(op)
         tin = [float(v) for v in np.asarray(th_in)[: len(op.inputs)]]
         out = []
         for c in th_outs:
-            qp = host_qparams(self.plan, op, self._host_weights(op), tin, float(c))
-            out.append(engine.call(fn, w, acts, th_in, jnp.asarray(c, jnp.float32), qp))
+            qp = self._qparams(op, tuple(tin), float(c))
+            if bool(np.asarray(qp.get("fallback", False))) and op.type != "Input":
+                # BM1684 lowers this op to F32 for these thresholds (e.g. Conv rshift < 0): its float output
+                out.append(engine.call(engine.float_exe(i), w, acts)[0])
+            else:
+                out.append(engine.call(fn, w, acts, th_in, to_device(np.float32(c)), qp))
         return out
+
+    def _qparams(self, op, tin: tuple, th_out: float) -> dict:
+        cache = self.__dict__.setdefault("_qp", {})
+        key = (op.name, tin, th_out)
+        if key not in cache:
+            if len(cache) > 4096:
+                cache.clear()
+            cache[key] = host_qparams(self.plan, op, self._host_weights(op), list(tin), th_out)
+        return cache[key]
 
     def _host_weights(self, op) -> dict[str, np.ndarray]:
         hw = self.__dict__.setdefault("_hw", {})
@@ -155,30 +188,34 @@ class SearchRunner:
         return hw[op.name]
 
     # ----------------------------------------------------------------------------------------- mixed runs
-    def run_mixed(self, th_table: np.ndarray, int8_ops: set[str]) -> dict[str, np.ndarray]:
-        """The mixed model (ops in ``int8_ops`` INT8 with ``th_table``) on all inference images, op by op."""
+    def _run_mixed_env(self, env, th_eff: np.ndarray, int8_ops: set[str], start: int = 0):
         e = self.engine
-        th_eff = self.plan.effective(np.asarray(th_table, np.float32))
-        env = e.input_env(self.inputs)
         last = self.g.last_use
         keep = set(self.compare or ())
-        for i, op in enumerate(self.g.ops):
+        for i in range(start, len(self.g.ops)):
+            op = self.g.ops[i]
             if op.type == "Input":
                 if op.name in int8_ops:
                     t = op.outputs[0]
                     env[t] = self._int8(e, i, env, th_eff, [th_eff[self.plan.tensor_index[t]]])[0]
                 continue
             if op.name in int8_ops and op.name not in self.plan.f32_reason:
-                y = self._int8(e, i, env, th_eff, [th_eff[self.plan.tensor_index[op.outputs[0]]]])[0]
-                outs = [y]
+                outs = [self._int8(e, i, env, th_eff, [th_eff[self.plan.tensor_index[op.outputs[0]]]])[0]]
             else:
                 outs = e.call(e.float_exe(i), e.weights(op), [env[t] for t in op.inputs])
+            outs = jax.block_until_ready(outs)
             for t, v in zip(op.outputs, outs):
                 env[t] = v
             for t in set(op.inputs):
                 if last.get(t, -1) <= i and t not in keep:
                     env.pop(t, None)
         return self._outputs(e, env)
+
+    def run_mixed(self, th_table: np.ndarray, int8_ops: set[str]) -> dict[str, np.ndarray]:
+        """The mixed model (ops in ``int8_ops`` INT8 with ``th_table``) on all inference images, op by op."""
+        th_eff = self.plan.effective(np.asarray(th_table, np.float32))
+        outs = [self._run_mixed_env(self.engine.input_env(part), th_eff, int8_ops) for part in self.chunks]
+        return _cat(outs, self.counts)
 
     def mixed_similarity(self, th_table: np.ndarray, int8_ops: set[str]) -> tuple[float, float, np.ndarray]:
         outs = self.run_mixed(th_table, int8_ops)
@@ -196,11 +233,11 @@ class SearchRunner:
         return losses
 
     def fast_begin(self):
-        self._env = self.engine.input_env(self.inputs)
+        self._envs = [self.engine.input_env(part) for part in self.chunks]
         self._suffix_engines: dict[int, Engine] = {}
 
     def fast_advance(self, i: int):
-        self._env = self.engine.run(self._env, i, i + 1, keep=self.compare or ())
+        self._envs = [self.engine.run(env, i, i + 1, keep=self.compare or ()) for env in self._envs]
 
     def candidates_fast(self, i: int, th_table: np.ndarray, cands: Sequence[float], method_batch: str = "loop") -> list[float]:
         """Losses of op ``i`` in INT8 (all else float) for each output threshold in ``cands`` (distinct)."""
@@ -215,28 +252,29 @@ class SearchRunner:
             th = np.array(th_table, np.float32)
             th[idx[op.outputs[0]]] = c
             eff_c.append(float(self.plan.effective(th)[idx[op.outputs[0]]]))
-        ys = self._int8(e, i, self._env, th_eff, eff_c)  # (M, n, ...)
         last = g.last_use
         keep = set(self.compare or ())
-        live = {t: v for t, v in self._env.items() if (last.get(t, -1) > i or t in keep) and t not in op.outputs}
         out_t = op.outputs[0]
         M = len(cands)
-        if method_batch == "concat" and M > 1:
-            eng = self._suffix_engines.get(M)
-            if eng is None:
-                eng = self._suffix_engines[M] = Engine(self.model, self.n * M, stats=self.stats)
-            env = {t: jnp.concatenate([v] * M, axis=0) for t, v in live.items()}
-            env[out_t] = jnp.concatenate(ys, axis=0)
-            env = eng.run(env, i + 1, keep=keep)
-            outs = self._outputs(eng, env)
-            return [self.scorer.loss({k: v[m * self.n : (m + 1) * self.n] for k, v in outs.items()}) for m in range(M)]
-        losses = []
-        for m in range(M):
-            env = dict(live)
-            env[out_t] = ys[m]
-            env = e.run(env, i + 1, keep=keep)
-            losses.append(self.scorer.loss(self._outputs(e, env)))
-        return losses
+        per_cand: list[list[dict]] = [[] for _ in range(M)]
+        for env0 in self._envs:
+            ys = self._int8(e, i, env0, th_eff, eff_c)
+            live = {t: v for t, v in env0.items() if (last.get(t, -1) > i or t in keep) and t not in op.outputs}
+            if method_batch == "concat" and M > 1:
+                eng = self._suffix_engines.get(M)
+                if eng is None:
+                    eng = self._suffix_engines[M] = Engine(self.model, self.chunk * M, stats=self.stats)
+                env = {t: jnp.concatenate([v] * M, axis=0) for t, v in live.items()}
+                env[out_t] = jnp.concatenate(ys, axis=0)
+                outs = self._outputs(eng, eng.run(env, i + 1, keep=keep))
+                for m in range(M):
+                    per_cand[m].append({k: v[m * self.chunk : (m + 1) * self.chunk] for k, v in outs.items()})
+            else:
+                for m in range(M):
+                    env = dict(live)
+                    env[out_t] = ys[m]
+                    per_cand[m].append(self._outputs(e, e.run(env, i + 1, keep=keep)))
+        return [self.scorer.loss(_cat(parts, self.counts)) for parts in per_cand]
 
 
 def distinct(values: Sequence[float]) -> tuple[list[float], list[int]]:
