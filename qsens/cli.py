@@ -268,7 +268,10 @@ def run_search_from_args(args) -> int:
 
         with open(args.post_process, "rb") as f:
             post_id = hashlib.sha256(f.read()).hexdigest()
+    from .zoo import labels_if_known
+
     res = search(fn.model, base, cal.tuned, inputs, cfg, out_dir=out_dir, qtable_path=args.quantize_table, chunk=args.batch,
+                 labels=labels_if_known(inf_files),
                  resume=args.resume, post_process=post, progress=not args.quiet, extra_files=extra_files, stats=stats,
                  post_process_id=post_id)
     if res.early_exit:
@@ -282,6 +285,13 @@ def run_search_from_args(args) -> int:
     if "top1_agreement" in s["int8"]:
         print(f"  top-1 agreement with FP32 on {s['n_images']} images: INT8 {s['int8']['top1_agreement']:.3f}, "
               f"MIX original table {s['mix_original_table']['top1_agreement']:.3f}, MIX new table {s['mix_new_table']['top1_agreement']:.3f}")
+    if "labelled" in s:
+        lab = s["labelled"]
+        print(f"  labelled images ({lab['fp32']['n']}): top-1 / top-5 FP32 {lab['fp32']['top1']:.3f} / {lab['fp32']['top5']:.3f}, "
+              f"INT8 {lab['int8']['top1']:.3f} / {lab['int8']['top5']:.3f}, MIX new table "
+              f"{lab['mix_new_table']['top1']:.3f} / {lab['mix_new_table']['top5']:.3f}")
+    if s.get("f32_ops"):
+        print("  ops BM1684 keeps in F32 inside the INT8 model: " + "; ".join(f"{k} ({v})" for k, v in s["f32_ops"].items()))
     print(f"float layers ({len(res.float_layers)}): {', '.join(res.float_layers)}")
     print(f"Output mix quantization table to {res.files['qtable']}")
     print(f"total time:{time.time() - t0}  (calibration {t_cal:.1f} s, search {res.timings['search_s']:.1f} s, "

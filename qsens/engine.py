@@ -24,7 +24,7 @@ import numpy as np
 
 from .onnx.convert import Model, layout_plan, op_runs_nhwc, run_op_planned
 from .onnx.ir import Graph, Op
-from .onnx.layout import TO_NCHW, TO_NHWC
+from .onnx.layout import TO_NCHW, TO_NHWC, per_op_executable
 
 #: Images per compiled batch for calibration and search: bounds memory (activations of one chunk) and lets
 #: calibration, tuner, search prefix, suffixes and mixed runs share one set of executables.
@@ -134,7 +134,8 @@ class Engine:
         fn = Engine._shared.get(key)
         if fn is None:
             def f(weights, acts, _op=op, _in=in_nhwc, _out=out_nhwc):
-                return run_op_planned(_op, weights, acts, _in, _out)
+                with per_op_executable():
+                    return run_op_planned(_op, weights, acts, _in, _out)
 
             fn = jax.jit(f)
             Engine._shared[key] = fn

@@ -770,6 +770,22 @@ def labels(image_path: Path | str, dest: Path | str | None = None):
     return ents[rel]["label"]
 
 
+def labels_if_known(paths) -> list | None:
+    """Labels of ``paths`` when they are zoo images with labels (never builds anything), else ``None``."""
+    root = _zoo_dir(None)
+    manifest = _read_manifest(root) if root.exists() else {}
+    ents = {e["file"]: e.get("label") for e in manifest.get("images", [])}
+    out = []
+    for p in paths:
+        p = Path(p)
+        try:
+            rel = p.resolve().relative_to(root.resolve()).as_posix()
+        except ValueError:
+            return None
+        out.append(ents.get(rel))
+    return out if any(v is not None for v in out) else None
+
+
 def _main() -> None:  # python -m qsens.zoo [--force]
     try:
         build_zoo(force="--force" in sys.argv[1:])

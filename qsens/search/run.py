@@ -117,8 +117,8 @@ def search(model, base_table, method_thresholds: Mapping[str, Mapping[str, float
            config: SearchConfig = SearchConfig(), *, out_dir: str = ".", qtable_path: str = "qtable",
            resume: bool = False, post_process: Callable | None = None, progress: bool = True,
            echo: Callable[[str], None] | None = None, extra_files: Callable[[], dict[str, str]] | None = None,
-           stats: CompileStats | None = None, post_process_id: str | None = None, chunk: int | None = None
-           ) -> SearchResult:
+           stats: CompileStats | None = None, post_process_id: str | None = None, chunk: int | None = None,
+           labels: Sequence | None = None) -> SearchResult:
     """Run the sensitive-layer search.
 
     ``base_table``: :class:`qsens.tables.CaliTable` (``--calibration_table``: the INT8 model, signedness, the
@@ -162,14 +162,14 @@ def search(model, base_table, method_thresholds: Mapping[str, Mapping[str, float
         return _run(model, g, plan, base_table, method_thresholds, cfg, methods, runner, th0, int8_sim, int8_cos,
                     out_dir, qtable_path, resume, progress, echo, log, files, stats, n,
                     {"float_reference_s": t_ref - t_start, "int8_model_s": t_int8 - t_ref}, t_start,
-                    dump_cali_table, update_threshold, write_qtable, post_process_id)
+                    dump_cali_table, update_threshold, write_qtable, post_process_id, labels)
     finally:
         _close_logger(log)
 
 
 def _run(model, g, plan, base_table, method_thresholds, cfg, methods, runner, th0, int8_sim, int8_cos, out_dir,
          qtable_path, resume, progress, echo, log, files, stats, n, timings, t_start, dump_cali_table,
-         update_threshold, write_qtable, post_id) -> SearchResult:
+         update_threshold, write_qtable, post_id, labels) -> SearchResult:
     idx = plan.tensor_index
     ckpt_path = os.path.join(out_dir, CKPT)
     key = _fingerprint({
@@ -275,6 +275,11 @@ def _run(model, g, plan, base_table, method_thresholds, cfg, methods, runner, th
         for k, outs in (("int8", int8_out[next(iter(int8_out))]), ("mix_original_table", mix_old[2]),
                         ("mix_new_table", mix_new[2])):
             summary[k]["top1_agreement"] = float(np.mean(top(outs) == top(ref)))
+        if labels is not None:
+            summary["labelled"] = {k: label_accuracy(o, labels) for k, o in (
+                ("fp32", ref), ("int8", int8_out[next(iter(int8_out))]), ("mix_original_table", mix_old[2]),
+                ("mix_new_table", mix_new[2]))}
+    summary["f32_ops"] = dict(plan.f32_reason)
     log.info(">>>run result:")
     log.info(f"int8 outputs_cos:{int8_sim:.6f} old")
     log.info(f"mix model outputs_cos:{mix_new[0]:.6f}")
@@ -300,6 +305,21 @@ def _run(model, g, plan, base_table, method_thresholds, cfg, methods, runner, th
     if os.path.exists(ckpt_path):
         os.remove(ckpt_path)
     return result
+
+
+def label_accuracy(logits, labels) -> dict:
+    """Top-1 / top-5 accuracy over the samples that have a label (an int or a list of acceptable ints)."""
+    logits = np.asarray(logits)
+    top5 = np.argsort(-logits, axis=1)[:, :5]
+    n = c1 = c5 = 0
+    for row, lab in zip(top5, labels):
+        if lab is None:
+            continue
+        ok = set(lab) if isinstance(lab, list | tuple) else {int(lab)}
+        n += 1
+        c1 += int(row[0]) in ok
+        c5 += bool(ok & set(int(v) for v in row))
+    return {"n": n, "top1": c1 / n if n else None, "top5": c5 / n if n else None}
 
 
 def plot_losses(result: SearchResult, path: str, methods: Sequence[str]) -> None:

@@ -30,7 +30,7 @@ import numpy as np
 from ..engine import DEFAULT_CHUNK, CompileStats, Engine, op_signature, to_device
 from ..metrics import plain_cosine, similarity
 from ..onnx.convert import op_runs_nhwc
-from ..onnx.layout import TO_NCHW, TO_NHWC
+from ..onnx.layout import TO_NCHW, TO_NHWC, per_op_executable
 from ..quant.mixed import QuantPlan, host_qparams, int8_core
 from .analysis import best_method
 
@@ -72,7 +72,9 @@ def int8_exe(engine: Engine, plan: QuantPlan, i: int):
     if fn is None:
         def f(weights, acts, th_in, th_out, qp, _op=op, _in=in_nhwc, _out=out_nhwc):
             xs = [jnp.transpose(a, TO_NCHW) if n else a for a, n in zip(acts, _in)]
-            y = int8_core(plan, _op, weights, xs, [th_in[k] for k in range(len(xs))], th_out, qp=qp, fallback=False)[0]
+            with per_op_executable():
+                y = int8_core(plan, _op, weights, xs, [th_in[k] for k in range(len(xs))], th_out, qp=qp,
+                              fallback=False)[0]
             return jnp.transpose(y, TO_NHWC) if _out else y
 
         fn = jax.jit(f)
