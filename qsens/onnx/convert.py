@@ -21,21 +21,27 @@ def run_op(op: Op, params: Mapping[str, Any], acts: Sequence[Any]) -> list:
     return run_op_roles(op, {r: params[k] for r, k in op.weights}, acts)
 
 
-def run_op_roles(op: Op, weights: Mapping[str, Any], acts: Sequence[Any]) -> list:
-    """:func:`run_op` with the weights given by role (``{"filter": W, ...}``): shareable between ops."""
-    d = registry.OPS[op.onnx_type]
+def onnx_inputs(op: Op, weights: Mapping[str, Any], acts: Sequence[Any], const_fn=None) -> list:
+    """The ONNX positional inputs of ``op``'s main node: activations, weights (by role), constants, ``None``.
+    ``const_fn`` maps weights and constants (e.g. a layout permutation)."""
     consts = dict(op.consts)
+    f = const_fn or (lambda v: v)
     ins = []
     for kind, ref in op.slots:
         if kind == "act":
             ins.append(acts[ref])
         elif kind == "weight":
-            ins.append(weights[ref])
+            ins.append(f(weights[ref]))
         elif kind == "const":
-            ins.append(consts[ref])
+            ins.append(f(consts[ref]))
         else:
             ins.append(None)
-    outs = d.impl(jnp, ins, dict(op.attrs))
+    return ins
+
+
+def run_op_roles(op: Op, weights: Mapping[str, Any], acts: Sequence[Any]) -> list:
+    """:func:`run_op` with the weights given by role (``{"filter": W, ...}``): shareable between ops."""
+    outs = registry.OPS[op.onnx_type].impl(jnp, onnx_inputs(op, weights, acts), dict(op.attrs))
     if op.type != "Relu":
         outs = [_relu(op, outs[0])] + list(outs[1:])
     return list(outs)

@@ -207,20 +207,8 @@ def run_nhwc(op: Op, ins: list, weights: dict, consts: dict) -> list:
     if t == "Concat":
         axis = a["axis"] % 4
         return [jnp.concatenate(ins, axis=TO_NHWC.index(axis))]
-    # element-wise: same ONNX implementation, operands permuted
-    d = registry.OPS[t]
-    wmap = dict(op.weights)
-    cmap = dict(op.consts)
-    full = []
-    for kind, ref in op.slots:
-        if kind == "act":
-            full.append(ins[ref])
-        elif kind == "weight":
-            full.append(_perm_const(weights[ref], True))
-        elif kind == "const":
-            v = consts[ref]
-            full.append(v if t == "Clip" else _perm_const(v, True))
-        else:
-            full.append(None)
-    del wmap, cmap
-    return list(d.impl(jnp, full, a))
+    # element-wise: same ONNX implementation, operands permuted (Clip bounds are scalars: left alone)
+    from .convert import onnx_inputs
+
+    perm = (lambda v: v) if t == "Clip" else (lambda v: _perm_const(v, True))
+    return list(registry.OPS[t].impl(jnp, onnx_inputs(op, weights, ins, perm), a))
