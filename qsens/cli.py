@@ -381,12 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(fn=cmd_demo)
 
-    for extra in _EXTRA_VERBS:
-        extra(sub)
     return p
-
-
-_EXTRA_VERBS: list = []
 
 
 def logging_setup() -> None:

@@ -95,15 +95,13 @@ def run_graph(
     stop: int | None = None,
     *,
     keep: Sequence[str] = (),
-    op_fn=None,
     mix_fn=None,
     channels_last: bool = True,
 ) -> dict[str, Any]:
     """Run ``graph.ops[start:stop]`` on the tensors in ``env`` (activations by canonical tensor name, NCHW).
 
     Returns the new env holding only tensors still needed after ``stop`` (by liveness) plus ``keep``, all
-    in the graph's own (ONNX, NCHW) layout.  ``op_fn(op, params, acts) -> outputs or None`` overrides the
-    float op (the quantized model plugs in here; it gets and returns NCHW; ``None`` means "run it in float").
+    in the graph's own (ONNX, NCHW) layout.
     ``mix_fn(op, params, acts) -> None or (outputs, flag)`` computes an alternative (e.g. INT8) result in NCHW;
     the op's output is ``where(flag, alternative, float)``, so a False flag gives the float result bit for bit.
     With ``channels_last`` 4-D activations are kept NHWC inside (:func:`layout_plan`).
@@ -120,14 +118,9 @@ def run_graph(
         op = graph.ops[i]
         if op.type == "Input":
             continue
-        outs = None
-        if op_fn is not None:
-            outs = op_fn(op, params, [jnp.transpose(cur[t], L.TO_NCHW) if t in nhwc else cur[t] for t in op.inputs])
-        out_nhwc = False
-        if outs is None:
-            out_nhwc = op_runs_nhwc(op, plan)
-            weights = {r: params[k] for r, k in op.weights}
-            outs = run_op_planned(op, weights, [cur[t] for t in op.inputs], [t in nhwc for t in op.inputs], out_nhwc)
+        out_nhwc = op_runs_nhwc(op, plan)
+        weights = {r: params[k] for r, k in op.weights}
+        outs = run_op_planned(op, weights, [cur[t] for t in op.inputs], [t in nhwc for t in op.inputs], out_nhwc)
         if mix_fn is not None:
             alt = mix_fn(op, params, [jnp.transpose(cur[t], L.TO_NCHW) if t in nhwc else cur[t] for t in op.inputs])
             if alt is not None:
