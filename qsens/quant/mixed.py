@@ -21,8 +21,9 @@ threshold *copy map* of TPU-MLIR's calibration post-processing (spec §3.2), app
 * an op with a fused ReLU (``do_relu``) has an unsigned output (uint8, ``s = th/255``);
 * Sigmoid and Softmax outputs are ``[0, 1]``: threshold 1, unsigned.
 
-Not reproduced (documented in docs/bm1684.md): the backward copies of §3.2 (Concat inputs, single-use ReLU /
-MaxPool inputs taking their consumer's range), which do not occur in the zoo models' canonical graphs.
+and, applied first (last op first), the backward copies of §3.2: a single-use input of a standalone Relu,
+MaxPool, DepthToSpace or Abs takes the op's output range; of PRelu / LeakyRelu only its threshold; the inputs of
+a Concat/Min/Max that only it (or MaxPools) uses and that share a sign take the output's range.
 """
 
 from __future__ import annotations
@@ -94,11 +95,43 @@ class QuantPlan:
         return th
 
 
+#: §3.2 step 4: a single-use input of these ops takes the op's output (min, max) ...
+BACKWARD_FULL = {"Relu", "MaxPool", "DepthToSpace", "Abs"}
+#: ... or only its max (threshold), keeping its own min (sign)
+BACKWARD_MAX = {"PRelu", "LeakyRelu"}
+#: §3.2 step 3: inputs used only by this op (or also by MaxPools) with one sign take the output's (min, max)
+BACKWARD_MULTI = {"Concat", "Min", "Max"}
+
+
 def make_plan(graph: Graph, table_min: Mapping[str, float] | None = None) -> QuantPlan:
-    """Signedness from the calibration table's ``min`` column (``min < 0`` -> signed int8, else uint8)."""
+    """Signedness from the calibration table's ``min`` column (``min < 0`` -> signed int8, else uint8), after
+    TPU-MLIR's calibration post-processing (spec §3.2): backward copies (steps 3-4, last op first), then forward
+    copies (step 6) and the fixed ranges; the result is a static threshold copy map plus signedness."""
     tensors = graph.tensors
     index = {t: i for i, t in enumerate(tensors)}
     src = np.arange(len(tensors), dtype=np.int32)
+    mins = {t: (-1.0 if table_min is None or table_min.get(t) is None else float(table_min[t])) for t in tensors}
+    outs = set(graph.outputs)
+
+    def users(t):
+        return [c for c in graph.consumers(t)] + ([None] if t in outs else [])
+
+    for op in reversed(graph.ops):
+        if not op.inputs or not op.outputs:
+            continue
+        out = op.outputs[0]
+        if op.type in BACKWARD_FULL | BACKWARD_MAX and len(op.inputs) == 1 and users(op.inputs[0]) == [op]:
+            t_in = op.inputs[0]
+            src[index[t_in]] = src[index[out]]
+            if op.type in BACKWARD_FULL:
+                mins[t_in] = mins[out]
+        elif op.type in BACKWARD_MULTI:
+            ok = all(all(u is op or (u is not None and u.type == "MaxPool") for u in users(t)) for t in op.inputs)
+            same_sign = len({mins[t] < 0 for t in op.inputs}) == 1
+            if ok and same_sign and len(set(op.inputs)) == len(op.inputs):
+                for t in op.inputs:
+                    src[index[t]] = src[index[out]]
+                    mins[t] = mins[out]
     signed: dict[str, bool] = {}
     fixed: dict[str, float] = {}
     reasons: dict[str, str] = {}
@@ -107,8 +140,7 @@ def make_plan(graph: Graph, table_min: Mapping[str, float] | None = None) -> Qua
         if why is not None:
             reasons[op.name] = why
         for t in op.outputs:
-            mn = None if table_min is None else table_min.get(t)
-            s = True if mn is None else bool(mn < 0)
+            s = mins[t] < 0
             if op.type in FORWARD_COPY and op.inputs:
                 src[index[t]] = src[index[op.inputs[0]]]
                 s = signed[op.inputs[0]]

@@ -248,19 +248,18 @@ class SearchRunner:
         if op.name in self.plan.f32_reason and op.type != "Input":
             return [self.scorer.loss(self.ref_outputs)] * len(cands)
         idx = self.plan.tensor_index
-        th_eff = self.plan.effective(np.asarray(th_table, np.float32))
-        eff_c = []
-        for c in cands:  # each candidate's *effective* output threshold (copy map applied)
+        effs = []  # each candidate's effective thresholds (copy map applied: the candidate can also set the
+        for c in cands:  # threshold of an input, e.g. a PRelu output that a single MaxPool consumes)
             th = np.array(th_table, np.float32)
             th[idx[op.outputs[0]]] = c
-            eff_c.append(float(self.plan.effective(th)[idx[op.outputs[0]]]))
+            effs.append(self.plan.effective(th))
         last = g.last_use
         keep = set(self.compare or ())
         out_t = op.outputs[0]
         M = len(cands)
         per_cand: list[list[dict]] = [[] for _ in range(M)]
         for env0 in self._envs:
-            ys = self._int8(e, i, env0, th_eff, eff_c)
+            ys = [self._int8(e, i, env0, eff, [float(eff[idx[op.outputs[0]]])])[0] for eff in effs]
             live = {t: v for t, v in env0.items() if (last.get(t, -1) > i or t in keep) and t not in op.outputs}
             if method_batch == "concat" and M > 1:
                 eng = self._suffix_engines.get(M)
