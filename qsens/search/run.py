@@ -127,8 +127,6 @@ def search(model, base_table, method_thresholds: Mapping[str, Mapping[str, float
     resume checkpoint (e.g. a hash of its file).  ``extra_files()`` is called once the early exit is
     ruled out (qsens writes its own calibration tables then, so an early exit writes nothing).
     """
-    from ..tables import dump_cali_table, update_threshold, write_qtable
-
     t_start = time.perf_counter()
     echo = echo or (lambda s: print(s, flush=True))
     stats = stats or CompileStats()
@@ -162,14 +160,16 @@ def search(model, base_table, method_thresholds: Mapping[str, Mapping[str, float
         return _run(model, g, plan, base_table, method_thresholds, cfg, methods, runner, th0, int8_sim, int8_cos,
                     out_dir, qtable_path, resume, progress, echo, log, files, stats, n,
                     {"float_reference_s": t_ref - t_start, "int8_model_s": t_int8 - t_ref}, t_start,
-                    dump_cali_table, update_threshold, write_qtable, post_process_id, labels, int8_first)
+                    post_process_id, labels, int8_first)
     finally:
         _close_logger(log)
 
 
 def _run(model, g, plan, base_table, method_thresholds, cfg, methods, runner, th0, int8_sim, int8_cos, out_dir,
-         qtable_path, resume, progress, echo, log, files, stats, n, timings, t_start, dump_cali_table,
-         update_threshold, write_qtable, post_id, labels, int8_first) -> SearchResult:
+         qtable_path, resume, progress, echo, log, files, stats, n, timings, t_start, post_id, labels,
+         int8_first) -> SearchResult:
+    from ..tables import dump_cali_table, update_threshold, write_qtable
+
     idx = plan.tensor_index
     ckpt_path = os.path.join(out_dir, CKPT)
     key = _fingerprint({
