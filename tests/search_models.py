@@ -6,22 +6,9 @@ import os
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 
-
-def make_model(nodes, inputs, outputs, inits=(), opset=18, name="g"):
-    g = helper.make_graph(nodes, name, inputs, outputs, initializer=list(inits))
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
-    m.ir_version = 8
-    return m
-
-
-def vi(name, shape, dtype=TensorProto.FLOAT):
-    return helper.make_tensor_value_info(name, dtype, shape)
-
-
-def init(name, arr):
-    return numpy_helper.from_array(np.asarray(arr), name)
+from tests.onnx_builders import init, make_model, vi  # noqa: F401  (shared ONNX helpers)
 
 
 def resnet_ish(blocks: int = 2, hw: int = 12, channels: int = 6, classes: int = 7, seed: int = 0, batch="N"):

@@ -114,25 +114,17 @@ def where(xp, ins, attrs):
     return [xp.where(ins[0], ins[1], ins[2])]
 
 
-@register("Max")
-def max_(xp, ins, attrs):
-    out = ins[0]
-    for x in ins[1:]:
-        out = xp.maximum(out, x)
-    return [out]
+def _variadic(op_type, fn):
+    @register(op_type)
+    def impl(xp, ins, attrs, _fn=fn):
+        out = ins[0]
+        for x in ins[1:]:
+            out = _fn(xp, out, x)
+        return [out]
+
+    return impl
 
 
-@register("Min")
-def min_(xp, ins, attrs):
-    out = ins[0]
-    for x in ins[1:]:
-        out = xp.minimum(out, x)
-    return [out]
-
-
-@register("Sum")
-def sum_(xp, ins, attrs):
-    out = ins[0]
-    for x in ins[1:]:
-        out = out + x
-    return [out]
+_variadic("Max", lambda xp, a, b: xp.maximum(a, b))
+_variadic("Min", lambda xp, a, b: xp.minimum(a, b))
+_variadic("Sum", lambda xp, a, b: a + b)
