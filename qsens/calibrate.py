@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import calib
-from .engine import DEFAULT_CHUNK, CompileStats, Engine, to_device
+from .engine import DEFAULT_CHUNK, CompileStats, Engine, pad_batch, to_device
 from .errors import QsensError
 from .onnx.convert import Model
 from .pipeline import iter_inputs
@@ -78,13 +78,6 @@ def _progress(total: int, desc: str, enabled: bool, unit: str = "img"):
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False)
 
 
-def _pad(inp: dict[str, np.ndarray], batch: int) -> tuple[dict[str, np.ndarray], int]:
-    n = next(iter(inp.values())).shape[0]
-    if n < batch:  # repeat the last sample (TPU-MLIR pads a short batch the same way); padding is sliced off
-        inp = {k: np.concatenate([v, np.repeat(v[-1:], batch - n, 0)]) for k, v in inp.items()}
-    return inp, n
-
-
 def collect_statistics(model: Model, files, pp, *, methods: Sequence[str], hist: str = "v1", batch: int = 30,
                        progress: bool = True, stats: CompileStats | None = None, tune_num: int = 0
                        ) -> tuple[dict[str, calib.CalibResult], dict[str, np.ndarray]]:
@@ -106,7 +99,7 @@ def collect_statistics(model: Model, files, pp, *, methods: Sequence[str], hist:
         bar = _progress(n, f"calibration pass {p + 1}/{passes}" if passes > 1 else "calibration", progress)
         off = 0
         for inp in iter_inputs(files, engine.graph, pp, batch):
-            inp, k = _pad(inp, batch)
+            inp, k = pad_batch(inp, batch)
             box = {"state": state}
 
             def consume(t, v, k=k, off=off, box=box, first=(p == 0 and off == 0)):
@@ -180,9 +173,7 @@ def tune(model: Model, tune_acts: dict[str, np.ndarray], table: dict[str, float]
                 acts = []
                 for x in op.inputs:
                     a = np.stack([fake_quant_np(tune_acts[x][j], float(cands[ci])) for ci, j in chunk])
-                    if a.shape[0] < batch:
-                        a = np.concatenate([a, np.repeat(a[-1:], batch - a.shape[0], 0)])
-                    acts.append(to_device(a))
+                    acts.append(to_device(pad_batch({"a": a}, batch)[0]["a"]))
                 out = np.asarray(engine.call(fn, w, acts)[0])
                 for r, (_, j) in enumerate(chunk):  # ||ref - out||_2 / ||ref||_1, per sample, float64
                     d = (ref[j].astype(np.float64) - out[r]).ravel()

@@ -31,6 +31,15 @@ from .onnx.layout import TO_NCHW, TO_NHWC, per_op_executable
 DEFAULT_CHUNK = 10
 
 
+def pad_batch(inputs: Mapping[str, np.ndarray], batch: int) -> tuple[dict[str, np.ndarray], int]:
+    """Pad a short batch to ``batch`` rows by repeating its last sample (as TPU-MLIR pads a short batch);
+    returns the padded arrays and the real row count, so callers slice the padding off again."""
+    n = next(iter(inputs.values())).shape[0]
+    if n >= batch:
+        return dict(inputs), n
+    return {k: np.concatenate([v, np.repeat(v[-1:], batch - n, 0)]) for k, v in inputs.items()}, n
+
+
 def to_device(x):
     """Host array -> device array without compiling anything (``jnp.asarray`` eagerly compiles a 'stage')."""
     if isinstance(x, jax.Array):

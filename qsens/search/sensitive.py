@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..engine import DEFAULT_CHUNK, CompileStats, Engine, op_signature, to_device
+from ..engine import DEFAULT_CHUNK, CompileStats, Engine, op_signature, pad_batch, to_device
 from ..metrics import plain_cosine, similarity
 from ..onnx.convert import op_runs_nhwc
 from ..onnx.layout import TO_NCHW, TO_NHWC, per_op_executable
@@ -133,10 +133,7 @@ class SearchRunner:
         self.chunks: list[dict[str, np.ndarray]] = []
         self.counts: list[int] = []
         for s0 in range(0, self.n, self.chunk):
-            part = {k: np.asarray(v)[s0 : s0 + self.chunk] for k, v in inputs.items()}
-            k = next(iter(part.values())).shape[0]
-            if k < self.chunk:
-                part = {n_: np.concatenate([v, np.repeat(v[-1:], self.chunk - k, 0)]) for n_, v in part.items()}
+            part, k = pad_batch({n_: np.asarray(v)[s0 : s0 + self.chunk] for n_, v in inputs.items()}, self.chunk)
             self.chunks.append(part)
             self.counts.append(k)
         self.K = n_methods
