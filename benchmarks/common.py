@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+import qsens  # noqa: F401  (first: its host-memory policy must precede XLA's threads; qsens/hostmem.py)
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -26,8 +28,11 @@ def machine() -> dict:
         pass
     import jax
 
+    from qsens.hostmem import keep_freed_memory
+
     dev = jax.devices()[0]
     return {
+        "malloc_keep_freed": keep_freed_memory(),
         "cpu": cpu,
         "cores": os.cpu_count(),
         "device": f"{dev.platform}:{getattr(dev, 'device_kind', '')}",

@@ -1,27 +1,40 @@
 #!/usr/bin/env bash
-# GPU check, prepared for the lent GPU machine (one short run; writes under $OUT when set, else benchmarks/results).
-#   bash benchmarks/gpu.sh
-# Installs jax[cuda], builds the zoo, runs the search benchmark (cold + warm + naive) and the float forward on the
-# GPU with deterministic XLA ops, then compares the per-(op, method) losses with the committed CPU run.
-set -euo pipefail
+# GPU checks, one short run on the lent GPU machine (no network there; its python3 has jax[cuda], onnx,
+# onnxruntime, opencv, matplotlib, tqdm, pytest, hypothesis).  The zoo travels in .gpuzoo/ (git-ignored):
+#   mkdir -p .gpuzoo/zoo && cp -r ~/.cache/qsens/zoo/{efficientnet_lite0.onnx,images,images100,manifest.json} .gpuzoo/zoo/
+#   (device tool) run: bash benchmarks/gpu.sh   carry: [".gpuzoo"]
+# Steps (each bounded by `timeout`, all logged; one failing does not stop the others):
+#   1. the INT8 / mixed-precision / search / calibration tests on the GPU backend (bit-exact integer paths);
+#   2. benchmarks/forward.py (native convolutions on GPU, whole batch per step);
+#   3. benchmarks/search.py (cold, warm, concat, naive), then the per-(op, method) losses against the committed
+#      CPU run.
+# Results land in $OUT (else benchmarks/results/gpu_out).
+set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-benchmarks/results}
+OUT=${OUT:-benchmarks/results/gpu_out}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 QSENS_HOME="$PWD/.gpuzoo"
 export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_deterministic_ops=true"
-python3 -m venv .venv-gpu && . .venv-gpu/bin/activate
-pip install -q torch==2.13.0 && pip install -q -e '.[experiments,test]' && pip install -q --no-deps facenet-pytorch foolbox
-pip install -q "jax[cuda12]"
-python - <<'PY'
-import jax; print(jax.devices())
-PY
-python benchmarks/forward.py --no-split | tee "$OUT/gpu_forward.txt"
-python benchmarks/search.py | tee "$OUT/gpu_search.txt"
-python - "$OUT" <<'PY'
-import json, sys, pathlib
+PY=${PY:-python3}
+log="$OUT/gpu_log.txt"
+step() { local t=$1; shift; echo "=== $* (limit ${t}s)" | tee -a "$log"; timeout "$t" "$@" 2>&1 | tee -a "$log"; echo "=== rc ${PIPESTATUS[0]}" | tee -a "$log"; }
+
+step 60 nvidia-smi -L
+step 60 $PY -c "import jax, jaxlib, onnx, onnxruntime; print(jax.__version__, jaxlib.__version__, onnx.__version__, onnxruntime.__version__, jax.devices())"
+step 200 $PY -m pytest -q -x -p no:cacheprovider tests/quant tests/test_mixed.py tests/test_search.py tests/calib -n 4
+step 90 $PY benchmarks/forward.py --no-split
+step 240 $PY benchmarks/search.py
+$PY - "$OUT" <<'PY' 2>&1 | tee -a "$log"
+import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
-gpu = json.loads((pathlib.Path("benchmarks/results") / "search_gpu.json").read_text())
-cpu = json.loads((pathlib.Path("benchmarks/results") / "search_cpu.json").read_text())
+res = pathlib.Path("benchmarks/results")
+gpu = json.loads((res / "search_gpu.json").read_text())
+cpu = json.loads((res / "search_cpu.json").read_text())
 d = max(abs(a - b) for (_, la), (_, lb) in zip(gpu["warm"]["ops"], cpu["warm"]["ops"]) for a, b in zip(la, lb))
 same = gpu["warm"]["float_layers"] == cpu["warm"]["float_layers"]
 print(f"CPU vs GPU: max |loss difference| {d:.2e}; same float layers: {same}")
-(out / "gpu_vs_cpu.json").write_text(json.dumps({"max_loss_diff": d, "same_float_layers": same}, indent=1))
+(out / "gpu_vs_cpu.json").write_text(json.dumps({"max_loss_diff": d, "same_float_layers": same,
+                                                  "gpu": gpu["warm"]["float_layers"], "cpu": cpu["warm"]["float_layers"]}, indent=1))
 PY
+cp benchmarks/results/*_gpu.json "$OUT"/ 2>/dev/null
+ls -la "$OUT"

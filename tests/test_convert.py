@@ -190,10 +190,11 @@ def test_chunked_forward_equals_whole_batch_with_padding_and_taps():
     np.testing.assert_allclose(np.asarray(t1["c2_Conv"]), np.asarray(t0["c2_Conv"]), rtol=1e-6, atol=1e-6)
     (r,) = ort_run(m, {"x": x})
     assert np.abs(np.asarray(o1["y"]) - r).max() / np.abs(r).max() < 1e-5
-    # the default on CPU is CPU_CHUNK (8): batch 11 runs as 2 chunks
+    # the default on CPU is at most CPU_CHUNK (8) per step, steps evened out: 11 -> 2 steps of 6, 32 -> 4 of 8
     from qsens.onnx.convert import CPU_CHUNK
 
-    assert fn.model.chunk_for(11) == CPU_CHUNK == 8
+    assert CPU_CHUNK == 8 and fn.model.chunk_for(11) == 6 and fn.model.chunk_for(32) == 8
+    assert fn.model.chunk_for(10, 4) == 4 and fn.model.chunk_for(9, 4) == 3 and fn.model.chunk_for(8) == 0
 
 
 def _softmax_model(axis):

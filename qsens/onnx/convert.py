@@ -211,7 +211,7 @@ class Model:
         return g, env
 
     def chunk_for(self, batch: int, chunk: int | None = None) -> int:
-        """Samples per step for a forward at ``batch`` (0: the whole batch at once).
+        """Samples per step for a forward at ``batch`` (0: the whole batch at once); ``chunk`` is the most per step.
 
         ``chunk=None`` picks :data:`CPU_CHUNK` on the CPU backend and 0 elsewhere (GPU/TPU want the whole batch).
         Chunking needs a batch-rebindable model whose graph is :func:`batch_separable`; otherwise it is 0.
@@ -222,6 +222,7 @@ class Model:
             chunk = CPU_CHUNK if jax.default_backend() == "cpu" else 0
         if not chunk or batch <= chunk or not all(self.canon.batch_dims):
             return 0
+        chunk = -(-batch // -(-batch // chunk))  # as many steps as `chunk` needs, evened out: 10 -> 5+5, not 8+8
         key = (batch, chunk)
         if key not in self._separable:
             try:
