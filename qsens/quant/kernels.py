@@ -13,9 +13,13 @@ Exact integer accumulation (Conv / MatMul): with ``K`` = reduction length (``Cin
   integer below 2^24, hence exact in any summation order;
 * ``K*16*128 < 2^24`` (``K <= 8191``): the input is split into nibbles ``q = 16*hi + lo`` (``|hi|, lo <= 15``),
   two float32 convs, combined in int32 (exact);
-* otherwise an int32 conv/dot with ``preferred_element_type=int32``.
+* otherwise, on CPU, an int32 conv/dot with ``preferred_element_type=int32``;
+* on GPU/TPU (cuDNN has no int32 convolution: XLA answers UNIMPLEMENTED, seen on an H200), both operands are
+  split into nibbles (``w = 16*wh + wl``, ``|wh| <= 8``, ``wl <= 15``): four float32 contractions whose partial
+  sums stay below ``K*15*15 < 2^24``, combined in int32 -- exact for ``K*255*128 < 2^31`` (``K <= 65793``,
+  beyond which int32 itself would overflow).
 
-``ACCUMULATE`` (module global: "auto" | "f32" | "split" | "int32") forces a path (tests).
+``ACCUMULATE`` (module global: "auto" | "f32" | "split" | "split4" | "int32") forces a path (tests).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ..errors import QsensError
 from .chip import BM1684, ChipSpec
 from .numerics import (
     Round,
@@ -44,14 +49,19 @@ ACCUMULATE = "auto"
 _F32_EXACT = 2**24
 
 
-def _acc_mode(K: int) -> str:
+def _acc_mode(K: int, backend: str | None = None) -> str:
     if ACCUMULATE != "auto":
         return ACCUMULATE
     if K * 255 * 128 < _F32_EXACT:
         return "f32"
     if K * 16 * 128 < _F32_EXACT:
         return "split"
-    return "int32"
+    if (backend or jax.default_backend()) == "cpu":
+        return "int32"
+    if K * 255 * 128 < 2**31:
+        return "split4"
+    raise QsensError(f"an INT8 contraction of length K={K} cannot be accumulated exactly in int32 "
+                     f"(K*255*128 >= 2^31); split the layer or run it in float")
 
 
 def _exact(fn, x, w, K: int):
@@ -62,8 +72,17 @@ def _exact(fn, x, w, K: int):
     wf = w.astype(F32)
     if mode == "f32":
         return fn(x.astype(F32), wf, F32).astype(I32)
-    hi = jnp.right_shift(x, 4)
+    hi = jnp.right_shift(x, 4)  # arithmetic shift: x = 16*hi + lo, lo in [0, 15]
     lo = jnp.bitwise_and(x, 15)
+    if mode == "split4":
+        wi = w.astype(I32)
+        wh, wl = jnp.right_shift(wi, 4).astype(F32), jnp.bitwise_and(wi, 15).astype(F32)
+        hf, lf = hi.astype(F32), lo.astype(F32)
+
+        def part(a, b):
+            return fn(a, b, F32).astype(I32)
+
+        return 256 * part(hf, wh) + 16 * (part(hf, wl) + part(lf, wh)) + part(lf, wl)
     return 16 * fn(hi.astype(F32), wf, F32).astype(I32) + fn(lo.astype(F32), wf, F32).astype(I32)
 
 

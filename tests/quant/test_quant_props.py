@@ -5,11 +5,13 @@ from collections import Counter
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import quant_oracle as O
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import qsens.quant.kernels as K
+from qsens.errors import QsensError
 from qsens.onnx.ir import Op, freeze_attrs
 from qsens.quant import int8_op, qparams_for, quantize
 
@@ -276,9 +278,43 @@ def test_accumulation_paths_agree(monkeypatch):
     qp = qparams_for(op, w, (1.0,), 40.0, False, True)
     x = jnp.asarray(rng.integers(0, 256, (1, 80, 4, 4)), jnp.int32)
     res = {}
-    for mode in ("auto", "f32", "split", "int32"):
+    cpu = jax.default_backend() == "cpu"  # int32 convolutions exist on CPU only (cuDNN: UNIMPLEMENTED)
+    for mode in ("auto", "f32", "split", "split4") + (("int32",) if cpu else ()):
         monkeypatch.setattr(K, "ACCUMULATE", mode)
         res[mode] = np.asarray(int8_op(op, None, [x], qp))
-    assert np.array_equal(res["auto"], res["int32"]) and np.array_equal(res["split"], res["int32"])
+    ref = res["int32" if cpu else "split4"]
+    assert np.array_equal(res["auto"], ref) and np.array_equal(res["split"], ref) and np.array_equal(res["split4"], ref)
     monkeypatch.setattr(K, "ACCUMULATE", "auto")
-    assert K._acc_mode(514) == "f32" and K._acc_mode(515) == "split" and K._acc_mode(8192) == "int32"
+    assert K._acc_mode(514) == "f32" and K._acc_mode(515) == "split" and K._acc_mode(8192, "cpu") == "int32"
+    # GPU/TPU: no int32 convolution in cuDNN -> four float32 nibble products, exact up to K = 65793
+    assert K._acc_mode(8192, "gpu") == "split4" and K._acc_mode(65793, "gpu") == "split4"
+    with pytest.raises(QsensError, match="K=65794"):
+        K._acc_mode(65794, "gpu")
+
+
+def test_split4_accumulation_is_exact_where_float32_alone_is_not():
+    # worst-case codes: K*255*128 = 3.3e8 >> 2^24, so a single float32 dot would round; split4 must not
+    rng = np.random.default_rng(7)
+    k = 10000
+    x = np.where(rng.random((3, k)) < 0.5, 255, 253).astype(np.int64)
+    w = np.where(rng.random((k, 5)) < 0.5, -128, -127).astype(np.int64)  # one sign: no cancellation, |sum| ~ 3e8
+    exact = x @ w
+
+    def dot(a, b, dt):
+        return jax.lax.dot_general(a, b, (((1,), (0,)), ((), ())), precision=jax.lax.Precision.HIGHEST,
+                                   preferred_element_type=dt)
+
+    xi, wi = jnp.asarray(x, jnp.int32), jnp.asarray(w, jnp.int32)
+    got = np.asarray(_with_mode("split4", lambda: K._exact(dot, xi, wi, k)))
+    assert got.tolist() == exact.tolist()
+    f32 = np.asarray(dot(jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32), jnp.float32)).astype(np.int64)
+    assert not np.array_equal(f32, exact)  # the case really needs the split
+
+
+def _with_mode(mode, fn):
+    old = K.ACCUMULATE
+    K.ACCUMULATE = mode
+    try:
+        return fn()
+    finally:
+        K.ACCUMULATE = old
