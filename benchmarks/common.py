@@ -43,6 +43,8 @@ def machine() -> dict:
 
 
 def _git() -> str:
+    if os.environ.get("QSENS_GIT_REV"):  # a copied working tree whose .git is not the source's (the GPU machine)
+        return os.environ["QSENS_GIT_REV"]
     try:
         return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
                                        cwd=Path(__file__).parent).strip()

@@ -13,7 +13,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results/gpu_out}
 mkdir -p "$OUT"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 QSENS_HOME="$PWD/.gpuzoo"
+export QSENS_GIT_REV="${QSENS_GIT_REV:-}" PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 QSENS_HOME="$PWD/.gpuzoo"
 export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_deterministic_ops=true"
 PY=${PY:-python3}
 log="$OUT/gpu_log.txt"
