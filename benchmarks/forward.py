@@ -84,6 +84,8 @@ def main(argv=None):
             t0 = time.perf_counter()
             g()
             times[k].append(time.perf_counter() - t0)
+    # and each runner on its own, back to back (its caches warm from its own previous call), for the record
+    alone = {k: median_time(g, n=args.runs, warmup=1)[0] for k, g in runners.items()}
     q_t, o_t = float(np.median(times["qsens"])), float(np.median(times["onnxruntime"]))
     q_all, o_all = times["qsens"], times["onnxruntime"]
     w_t = float(np.median(times["qsens_whole_batch"])) if chunk else None
@@ -94,6 +96,8 @@ def main(argv=None):
     ratio = float(np.median(round_ratios))
     print(f"EfficientNet-Lite0 batch {args.batch}: qsens {q_t * 1e3:.1f} ms, onnxruntime {o_t * 1e3:.1f} ms, "
           f"ratio {ratio:.2f}x (median of {args.runs} interleaved rounds; bar 2.0x, stretch 1.5x); max rel err {err:.1e}")
+    print(f"  each on its own ({args.runs} calls in a row): qsens {alone['qsens'] * 1e3:.1f} ms, onnxruntime "
+          f"{alone['onnxruntime'] * 1e3:.1f} ms, ratio {alone['qsens'] / alone['onnxruntime']:.2f}x")
     if w_t is not None:
         print(f"  qsens runs the batch in chunks of {chunk} (Model.chunk_for); whole batch in one step: {w_t * 1e3:.1f} ms")
     split = {} if args.no_split else time_split(fn, params, x, max(3, args.runs // 2))
@@ -105,6 +109,7 @@ def main(argv=None):
         "batch": args.batch, "qsens_s": q_t, "onnxruntime_s": o_t, "ratio": ratio, "qsens_runs_s": q_all,
         "qsens_chunk": chunk, "qsens_whole_batch_s": w_t,
         "ratio_per_round": round_ratios, "ratio_of_medians": q_t / o_t,
+        "standalone_s": alone, "standalone_ratio": alone["qsens"] / alone["onnxruntime"],
         "onnxruntime_runs_s": o_all, "ort_intra_op_threads": 2, "max_rel_err": err,
         "split_s": split, "machine": machine(),
     })

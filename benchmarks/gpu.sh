@@ -2,7 +2,7 @@
 # GPU checks, one short run on the lent GPU machine (no network there; its python3 has jax[cuda], onnx,
 # onnxruntime, opencv, matplotlib, tqdm, pytest, hypothesis).  The zoo travels in .gpuzoo/ (git-ignored):
 #   mkdir -p .gpuzoo/zoo && cp -r ~/.cache/qsens/zoo/{efficientnet_lite0.onnx,images,images100,manifest.json} .gpuzoo/zoo/
-#   (device tool) run: bash benchmarks/gpu.sh   carry: [".gpuzoo"]
+#   (device tool) run: QSENS_GIT_REV=<commit> bash benchmarks/gpu.sh   carry: [".gpuzoo"]   (STEPS=tests,forward,search)
 # Steps (each bounded by `timeout`, all logged; one failing does not stop the others):
 #   1. the INT8 / mixed-precision / search / calibration tests on the GPU backend (bit-exact integer paths);
 #   2. benchmarks/forward.py (native convolutions on GPU, whole batch per step);
@@ -15,14 +15,17 @@ OUT=${OUT:-benchmarks/results/gpu_out}
 mkdir -p "$OUT"
 export QSENS_GIT_REV="${QSENS_GIT_REV:-}" PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 QSENS_HOME="$PWD/.gpuzoo"
 export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_deterministic_ops=true"
+export XLA_PYTHON_CLIENT_PREALLOCATE=false  # 4 pytest workers share the GPU (75 % preallocation each -> OOM)
+STEPS=${STEPS:-tests,forward,search}
 PY=${PY:-python3}
 log="$OUT/gpu_log.txt"
 step() { local t=$1; shift; echo "=== $* (limit ${t}s)" | tee -a "$log"; timeout "$t" "$@" 2>&1 | tee -a "$log"; echo "=== rc ${PIPESTATUS[0]}" | tee -a "$log"; }
 
 step 60 nvidia-smi -L
 step 60 $PY -c "import jax, jaxlib, onnx, onnxruntime; print(jax.__version__, jaxlib.__version__, onnx.__version__, onnxruntime.__version__, jax.devices())"
-step 200 $PY -m pytest -q -x -p no:cacheprovider tests/quant tests/test_mixed.py tests/test_search.py tests/calib -n 4
-step 90 $PY benchmarks/forward.py --no-split
+[[ $STEPS == *tests* ]] && step 200 $PY -m pytest -q -x -p no:cacheprovider tests/quant tests/test_mixed.py tests/test_search.py tests/calib -n 4
+[[ $STEPS == *forward* ]] && step 90 $PY benchmarks/forward.py --no-split
+if [[ $STEPS == *search* ]]; then
 step 240 $PY benchmarks/search.py
 $PY - "$OUT" <<'PY' 2>&1 | tee -a "$log"
 import json, pathlib, sys
@@ -36,5 +39,6 @@ print(f"CPU vs GPU: max |loss difference| {d:.2e}; same float layers: {same}")
 (out / "gpu_vs_cpu.json").write_text(json.dumps({"max_loss_diff": d, "same_float_layers": same,
                                                   "gpu": gpu["warm"]["float_layers"], "cpu": cpu["warm"]["float_layers"]}, indent=1))
 PY
+fi
 cp benchmarks/results/*_gpu.json "$OUT"/ 2>/dev/null
 ls -la "$OUT"
