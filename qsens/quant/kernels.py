@@ -86,6 +86,33 @@ def _exact(fn, x, w, K: int):
     return 16 * fn(hi.astype(F32), wf, F32).astype(I32) + fn(lo.astype(F32), wf, F32).astype(I32)
 
 
+def _conv_as_dots(x, w, strides, pads, dil, g):
+    """NCHW conv as a sum over the kh*kw taps of channel contractions (GEMMs), float32, Precision.HIGHEST.
+
+    For the exact integer paths off CPU: cuDNN may pick Winograd/FFT algorithms, whose transforms round, and
+    integer codes then come back off by one (seen on an H200: 3x3 conv, K=720).  GEMMs multiply and add the
+    integers themselves, so every partial sum stays an exact integer (the bounds of ``_acc_mode``)."""
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    pt, pl, pb, pr = pads
+    sh, sw = strides
+    dh, dw = dil
+    xp = jnp.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    ho = (h + pt + pb - (kh - 1) * dh - 1) // sh + 1
+    wo = (wd + pl + pr - (kw - 1) * dw - 1) // sw + 1
+    terms = []
+    for i in range(kh):
+        for j in range(kw):
+            xs = lax.slice(xp, (0, 0, i * dh, j * dw), (n, c, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1),
+                           (1, 1, sh, sw)).reshape(n, g, cg, ho, wo)
+            wt = w[:, :, i, j].reshape(g, o // g, cg)
+            terms.append(jnp.einsum("ngchw,goc->ngohw", xs, wt, precision=lax.Precision.HIGHEST,
+                                    preferred_element_type=F32).reshape(n, o, ho, wo))
+    from ..onnx.layout import tree_sum
+
+    return tree_sum(terms)
+
+
 def _conv_fn(op):
     strides = tuple(op.attr("strides", (1, 1)))
     pads = tuple(op.attr("pads", (0, 0, 0, 0)))
@@ -100,6 +127,8 @@ def _conv_fn(op):
 
             y = conv2d_nhwc(jnp.transpose(x, TO_NHWC), w, None, strides=strides, pads=pads, dilations=dil, group=g)
             return jnp.transpose(y, TO_NCHW)
+        if dt == F32 and x.ndim == 4:
+            return _conv_as_dots(x, w, strides, pads, dil, g)
         return lax.conv_general_dilated(
             x,
             w,

@@ -318,3 +318,29 @@ def _with_mode(mode, fn):
         return fn()
     finally:
         K.ACCUMULATE = old
+
+
+@pytest.mark.parametrize("c,o,g,k,s,p,d", [
+    (8, 6, 1, 3, 1, (1, 1, 1, 1), (1, 1)),
+    (8, 8, 8, 5, 2, (1, 2, 2, 1), (1, 1)),
+    (12, 6, 3, 3, 2, (0, 0, 1, 1), (2, 2)),
+    (80, 3, 1, 3, 1, (1, 1, 1, 1), (1, 1)),
+])
+def test_conv_as_dots_is_exact_on_integer_codes(c, o, g, k, s, p, d):
+    # the off-CPU exact conv (no cuDNN: its Winograd/FFT algorithms round) against an int64 NumPy reference
+    rng = np.random.default_rng(c * 7 + k)
+    x = rng.integers(0, 256, (2, c, 9, 11)).astype(np.int64)
+    w = rng.integers(-128, 128, (o, c // g, k, k)).astype(np.int64)
+    xp = np.pad(x, ((0, 0), (0, 0), (p[0], p[2]), (p[1], p[3])))
+    ho = (9 + p[0] + p[2] - (k - 1) * d[0] - 1) // s + 1
+    wo = (11 + p[1] + p[3] - (k - 1) * d[1] - 1) // s + 1
+    ref = np.zeros((2, o, ho, wo), np.int64)
+    cg, og = c // g, o // g
+    for i in range(k):
+        for j in range(k):
+            xs = xp[:, :, i * d[0]: i * d[0] + (ho - 1) * s + 1: s, j * d[1]: j * d[1] + (wo - 1) * s + 1: s]
+            for gi in range(g):
+                ref[:, gi * og:(gi + 1) * og] += np.einsum("nchw,oc->nohw", xs[:, gi * cg:(gi + 1) * cg],
+                                                           w[gi * og:(gi + 1) * og, :, i, j])
+    got = K._conv_as_dots(jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32), (s, s), p, d, g)
+    assert np.asarray(got).astype(np.int64).tolist() == ref.tolist()
