@@ -86,3 +86,16 @@ def test_lite0_canonical_op_list(zoo):
     assert g.op_names[:4] == ("input", "hardtanh_Clip", "hardtanh_1_Clip", "getitem_6_Conv")
     assert g.op_names[-3:] == ("mean_ReduceMean", "view_Reshape", "logits_Gemm")
     assert sum(1 for op in g.ops if op.attr("do_relu") and op.attr("relu_limit") == 6.0) == 33
+
+
+def test_lite0_chunked_forward_equals_whole_batch(zoo):
+    # the default CPU forward of 12 images runs as 2 chunks of 6 (lax.map); same logits as the whole batch
+    fn, params = to_jax(zoo / "efficientnet_lite0.onnx")
+    assert fn.model.chunk_for(12) == (6 if jax.default_backend() == "cpu" else 0)
+    assert fn.model.chunk_for(12, 4) == 4 and fn.model.chunk_for(12, 0) == 0
+    x = _real_inputs(zoo, fn.graph, "efficientnet_lite0")
+    f = jax.jit(fn, static_argnames="chunk")
+    a = np.asarray(f(params, x, chunk=4)["logits"])
+    b = np.asarray(f(params, x, chunk=0)["logits"])
+    assert np.abs(a - b).max() / np.abs(b).max() <= 1e-6
+    np.testing.assert_array_equal(a.argmax(1), b.argmax(1))
