@@ -12,7 +12,9 @@ own arena allocator.  :func:`keep_freed_memory` gives the same effect with three
   would still ``mmap``).
 
 Peak RSS is unchanged (the process keeps what it once needed, no more).  qsens applies it when imported, on
-glibc Linux only; set ``QSENS_MALLOC=system`` to keep the C library's defaults.
+glibc Linux only; set ``QSENS_MALLOC=system`` to keep the C library's defaults.  Import qsens before JAX runs its
+first computation: XLA's worker threads take their malloc arenas then, and arenas already taken stay (qsens
+warns once when it finds JAX's CPU backend already started).
 """
 
 from __future__ import annotations
@@ -47,4 +49,17 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     _applied = bool(ok)
+    if _applied and _jax_cpu_started():
+        import warnings
+
+        warnings.warn("qsens was imported after JAX started its CPU backend: XLA's threads keep their own malloc "
+                      "arenas, so CPU forwards may run up to ~30% slower (page faults on every call); import qsens "
+                      "before the first JAX computation (see qsens/hostmem.py)", RuntimeWarning, stacklevel=3)
     return _applied
+
+
+def _jax_cpu_started() -> bool:
+    """Whether JAX already created its CPU client (private JAX state; False when it cannot be read)."""
+    xb = sys.modules.get("jax._src.xla_bridge")
+    backends = getattr(xb, "_backends", None) if xb is not None else None
+    return bool(backends) and "cpu" in backends

@@ -272,3 +272,11 @@ def test_host_memory_policy_is_on_by_default_and_can_be_turned_off():
     off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout.strip()
     assert off == "False"
     assert on == ("True" if sys.platform.startswith("linux") else "False")
+    # imported after JAX's first computation: the policy cannot reach XLA's threads any more, and says so
+    late = subprocess.run([sys.executable, "-W", "always", "-c", "import jax.numpy as jnp; jnp.ones(2) + 1; import qsens"],
+                          capture_output=True, text=True, check=True)
+    if on == "True":
+        assert "qsens was imported after JAX started its CPU backend" in late.stderr
+    early = subprocess.run([sys.executable, "-W", "always", "-c", "import jax; import qsens"],
+                           capture_output=True, text=True, check=True)
+    assert "imported after JAX" not in early.stderr
