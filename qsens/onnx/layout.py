@@ -111,6 +111,33 @@ def tree_sum(terms: list):
     return terms[0]
 
 
+def conv_out_size(n: int, pad0: int, pad1: int, k: int, dilation: int, stride: int) -> int:
+    """Output length of a convolution along one spatial dim."""
+    return (n + pad0 + pad1 - (k - 1) * dilation - 1) // stride + 1
+
+
+def shifted_taps(x, axes, pads, kernel, strides, dilations):
+    """The kh*kw strided windows of a convolution, in (i, j) order: ``x`` zero-padded once on its two spatial
+    ``axes`` (``pads`` = ((top, bottom), (left, right))), window (i, j) = the input under kernel tap (i, j) for
+    every output position.  Returns ``(taps, ho, wo)``.  Shared by the depthwise, im2col and per-tap-GEMM convs."""
+    (ah, aw), ((pt, pb), (pl, pr)) = axes, pads
+    (kh, kw), (sh, sw), (dh, dw) = kernel, strides, dilations
+    ho = conv_out_size(x.shape[ah], pt, pb, kh, dh, sh)
+    wo = conv_out_size(x.shape[aw], pl, pr, kw, dw, sw)
+    if pt or pb or pl or pr:
+        cfg = [(0, 0)] * x.ndim
+        cfg[ah], cfg[aw] = (pt, pb), (pl, pr)
+        x = jnp.pad(x, cfg)
+    taps = []
+    for i in range(kh):
+        for j in range(kw):
+            start, limit, step = [0] * x.ndim, list(x.shape), [1] * x.ndim
+            start[ah], limit[ah], step[ah] = i * dh, i * dh + (ho - 1) * sh + 1, sh
+            start[aw], limit[aw], step[aw] = j * dw, j * dw + (wo - 1) * sw + 1, sw
+            taps.append(lax.slice(x, start, limit, step))
+    return taps, ho, wo
+
+
 def _dw_taps(w):
     """Depthwise filter (C, 1, kh, kw) as a contiguous (kh, kw, C) array, one C-vector per tap.
 
@@ -147,8 +174,7 @@ def conv2d_nhwc(x, w, b, *, strides, pads, dilations, group):
     if not native and group == c == o and cg == 1 and _pad_products(_DW_PRODUCTS.get(), strides):
         # depthwise, strided, op on its own (the Engine's executables; see _pad_products): one shifted product
         # per tap, each zero-padded to the output size, summed in the same tree order as the branch below.
-        ho = (h + pt + pb - (kh - 1) * dh - 1) // sh + 1
-        wo = (wd + pl + pr - (kw - 1) * dw - 1) // sw + 1
+        ho, wo = conv_out_size(h, pt, pb, kh, dh, sh), conv_out_size(wd, pl, pr, kw, dw, sw)
         wt = _dw_taps(w)  # (kh, kw, C)
 
         def valid(n_in, n_out, stride, off):
@@ -174,28 +200,15 @@ def conv2d_nhwc(x, w, b, *, strides, pads, dilations, group):
         y = tree_sum(terms) if terms else jnp.zeros((n, ho, wo, c), x.dtype)
     elif not native and group == c == o and cg == 1:
         # depthwise: pad the input once, k*k shifted multiply-adds, tree-summed
-        xp_ = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0))) if (pt or pb or pl or pr) else x
-        ho = (h + pt + pb - (kh - 1) * dh - 1) // sh + 1
-        wo = (wd + pl + pr - (kw - 1) * dw - 1) // sw + 1
-        wt = _dw_taps(w)  # (kh, kw, C)
-        terms = []
-        for i in range(kh):
-            for j in range(kw):
-                patch = lax.slice(
-                    xp_, (0, i * dh, j * dw, 0), (n, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, c),
-                    (1, sh, sw, 1),
-                )
-                terms.append(patch * wt[i, j])
+        taps, _, _ = shifted_taps(x, (1, 2), ((pt, pb), (pl, pr)), (kh, kw), (sh, sw), (dh, dw))
+        wt = _dw_taps(w).reshape(kh * kw, c)
+        terms = [t * wt[k] for k, t in enumerate(taps)]
         y = tree_sum(terms)  # same tree as the per-op branch (they differ only in where XLA contracts to FMA)
     elif not native and group == 1 and c <= 4 and (kh, kw) != (1, 1):
         # a first layer on an image (C <= 4): im2col + one dot.  XLA-CPU's convolution with 3 input channels runs
         # far below the dot's rate: Lite0's stem (8x224x224x3 -> 32, 3x3/2) 4.9-5.4 ms native vs 1.8-3.4 ms
         # im2col; for C >= 8 the native convolution wins (8x112x112x8 -> 16: 1.5 vs 2.8 ms), so only here.
-        xp_ = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0))) if (pt or pb or pl or pr) else x
-        ho = (h + pt + pb - (kh - 1) * dh - 1) // sh + 1
-        wo = (wd + pl + pr - (kw - 1) * dw - 1) // sw + 1
-        cols = [lax.slice(xp_, (0, i * dh, j * dw, 0), (n, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, c),
-                          (1, sh, sw, 1)) for i in range(kh) for j in range(kw)]
+        cols, ho, wo = shifted_taps(x, (1, 2), ((pt, pb), (pl, pr)), (kh, kw), (sh, sw), (dh, dw))
         patches = jnp.concatenate(cols, axis=-1).reshape(-1, kh * kw * c)  # (i, j, c) order
         wm = jnp.transpose(w, (2, 3, 1, 0)).reshape(kh * kw * c, o)
         y = jnp.dot(patches, wm, precision=lax.Precision.HIGHEST).reshape(n, ho, wo, o)

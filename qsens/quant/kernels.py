@@ -92,24 +92,17 @@ def _conv_as_dots(x, w, strides, pads, dil, g):
     For the exact integer paths off CPU: cuDNN may pick Winograd/FFT algorithms, whose transforms round, and
     integer codes then come back off by one (seen on an H200: 3x3 conv, K=720).  GEMMs multiply and add the
     integers themselves, so every partial sum stays an exact integer (the bounds of ``_acc_mode``)."""
-    n, c, h, wd = x.shape
+    from ..onnx.layout import shifted_taps, tree_sum
+
+    n = x.shape[0]
     o, cg, kh, kw = w.shape
     pt, pl, pb, pr = pads
-    sh, sw = strides
-    dh, dw = dil
-    xp = jnp.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
-    ho = (h + pt + pb - (kh - 1) * dh - 1) // sh + 1
-    wo = (wd + pl + pr - (kw - 1) * dw - 1) // sw + 1
+    taps, ho, wo = shifted_taps(x, (2, 3), ((pt, pb), (pl, pr)), (kh, kw), strides, dil)
     terms = []
-    for i in range(kh):
-        for j in range(kw):
-            xs = lax.slice(xp, (0, 0, i * dh, j * dw), (n, c, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1),
-                           (1, 1, sh, sw)).reshape(n, g, cg, ho, wo)
-            wt = w[:, :, i, j].reshape(g, o // g, cg)
-            terms.append(jnp.einsum("ngchw,goc->ngohw", xs, wt, precision=lax.Precision.HIGHEST,
-                                    preferred_element_type=F32).reshape(n, o, ho, wo))
-    from ..onnx.layout import tree_sum
-
+    for k, xs in enumerate(taps):
+        wt = w[:, :, k // kw, k % kw].reshape(g, o // g, cg)
+        terms.append(jnp.einsum("ngchw,goc->ngohw", xs.reshape(n, g, cg, ho, wo), wt, precision=lax.Precision.HIGHEST,
+                                preferred_element_type=F32).reshape(n, o, ho, wo))
     return tree_sum(terms)
 
 

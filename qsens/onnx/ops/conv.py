@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ..layout import tree_sum
+from ..layout import shifted_taps, tree_sum
 from ..registry import register
 from ._util import ints
 
@@ -58,19 +58,8 @@ def conv2d(x, w, b, *, strides, pads, dilations, group):
     native = _use_native()
     if not native and group == c == o and cg == 1:
         # depthwise: k*k shifted multiply-adds
-        xp_ = jnp.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr))) if (pt or pb or pl or pr) else x
-        ho = (h + pt + pb - (kh - 1) * dh - 1) // sh + 1
-        wo = (wd + pl + pr - (kw - 1) * dw - 1) // sw + 1
-        terms = []
-        for i in range(kh):
-            for j in range(kw):
-                patch = lax.slice(
-                    xp_,
-                    (0, 0, i * dh, j * dw),
-                    (n, c, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1),
-                    (1, 1, sh, sw),
-                )
-                terms.append(patch * w[:, 0, i, j][None, :, None, None])
+        taps, _, _ = shifted_taps(x, (2, 3), ((pt, pb), (pl, pr)), (kh, kw), (sh, sw), (dh, dw))
+        terms = [t * w[:, 0, k // kw, k % kw][None, :, None, None] for k, t in enumerate(taps)]
         y = tree_sum(terms)  # the NHWC path's order (qsens/onnx/layout.py)
     elif not native and kh == kw == 1 and group == 1 and sh == sw == 1 and not (pt or pb or pl or pr):
         y = jnp.einsum("oc,nchw->nohw", w[:, :, 0, 0], x, preferred_element_type=x.dtype)
