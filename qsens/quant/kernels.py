@@ -49,7 +49,7 @@ ACCUMULATE = "auto"
 _F32_EXACT = 2**24
 
 
-def _acc_mode(K: int, backend: str | None = None) -> str:
+def _acc_mode(K: int, backend: str | None = None, op_name: str = "") -> str:
     if ACCUMULATE != "auto":
         return ACCUMULATE
     if K * 255 * 128 < _F32_EXACT:
@@ -60,13 +60,13 @@ def _acc_mode(K: int, backend: str | None = None) -> str:
         return "int32"
     if K * 255 * 128 < 2**31:
         return "split4"
-    raise QsensError(f"an INT8 contraction of length K={K} cannot be accumulated exactly in int32 "
-                     f"(K*255*128 >= 2^31); split the layer or run it in float")
+    raise QsensError(f"op '{op_name}': an INT8 contraction of length K={K} cannot be accumulated exactly in int32 "
+                     f"(K*255*128 >= 2^31); keep it in float (qtable) or split the layer")
 
 
-def _exact(fn, x, w, K: int):
+def _exact(fn, x, w, K: int, op_name: str = ""):
     """``fn(x, w)`` (a linear integer contraction) computed exactly; int32 result."""
-    mode = _acc_mode(K)
+    mode = _acc_mode(K, op_name=op_name)
     if mode == "int32":
         return fn(x.astype(I32), w.astype(I32), I32)
     wf = w.astype(F32)
@@ -166,14 +166,14 @@ def int8_op(op, weights, q_inputs: Sequence, qp: dict, chip: ChipSpec = BM1684):
         x = xs[0]
         w8 = qp["w8"]
         K = int(np.prod(w8.shape[1:]))
-        acc = _exact(_conv_fn(op), x, w8, K) + qp["b16"].reshape(1, -1, 1, 1)
+        acc = _exact(_conv_fn(op), x, w8, K, op.name) + qp["b16"].reshape(1, -1, 1, 1)
         return _finish(rshift_round(acc, qp["r"], hu), op, qp)
     if kind == "MatMul":
         x = xs[0]
         w8 = qp["w8"]
         if op.attr("transB", False) and w8.shape[0] != x.shape[-1]:
             w8 = w8.T
-        acc = _exact(_dot_fn, x, w8, int(w8.shape[0])) + qp["b16"]
+        acc = _exact(_dot_fn, x, w8, int(w8.shape[0]), op.name) + qp["b16"]
         return _finish(rshift_round(acc, qp["r"], hu), op, qp)
     if kind == "Scale":
         x = xs[0]
