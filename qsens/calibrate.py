@@ -92,7 +92,8 @@ def collect_statistics(model: Model, files, pp, *, methods: Sequence[str], hist:
     n = len(files)
     engine = Engine(model, batch, stats=stats)
     state = calib.init(tensors, len(g.ops), n_samples=n, op_index=op_index, mode=hist,
-                       absmax_mse=g.inputs, mse="mse" in methods)
+                       absmax_mse=g.inputs, mse="mse" in methods,
+                       mse_tail=[(t, g.producer(t).type in ("Conv", "MatMul")) for t in tensors[-5:][::-1]])
     tune_acts: dict[str, np.ndarray] = {}
     passes = 2 if hist == "v1" else 1
     for p in range(passes):
@@ -102,10 +103,11 @@ def collect_statistics(model: Model, files, pp, *, methods: Sequence[str], hist:
             inp, k = pad_batch(inp, batch)
             box = {"state": state}
 
-            def consume(t, v, k=k, off=off, box=box, first=(p == 0 and off == 0)):
+            def consume(t, v, k=k, off=off, box=box, take=(min(k, tune_num - off) if p == 0 else 0)):
                 a = np.asarray(v)[:k]
-                if first and tune_num > 0:
-                    tune_acts[t] = a[:tune_num].copy()
+                if take > 0:  # the tuner's samples: the first tune_num, whatever the batch size
+                    part = a[:take].copy()
+                    tune_acts[t] = part if t not in tune_acts else np.concatenate([tune_acts[t], part])
                 box["state"] = calib.update(box["state"], {t: a}, off)
 
             env = engine.input_env(inp)
@@ -201,7 +203,7 @@ def calibrate(model: Model, files: Sequence[str], pp, *, methods: Sequence[str] 
     t0 = time.perf_counter()
     batch = min(DEFAULT_CHUNK, len(files)) if batch is None else batch
     tune_methods = ["kl"] if tune_methods is None else [parse_method(m) for m in tune_methods]
-    n_tune = min(tune_num, len(files), batch) if any(m in tune_methods for m in methods) else 0
+    n_tune = min(tune_num, len(files)) if any(m in tune_methods for m in methods) else 0
     res, tune_acts = collect_statistics(model, files, pp, methods=methods, hist=hist, batch=batch, progress=progress,
                                         stats=stats, tune_num=n_tune)
     t1 = time.perf_counter()

@@ -163,6 +163,21 @@ def percentile_from_tails(lo: np.ndarray, hi: np.ndarray, n: int, per: float) ->
     return float(max(abs(v_max), abs(v_min))), float(v_min), float(v_max)
 
 
+def percentile_abs_from_tails(lo: np.ndarray, hi: np.ndarray, n: int, per: float) -> float:
+    """KLD-mid / v1 percentile (TPU-MLIR 1.23 ``activation_collect_and_calc_th``, the sensitive-layer search's
+    per-method tables): the top ``L`` of ``|a|`` over all ``n`` values, ascending, float64;
+    ``th = res[0] + ratio*(res[1]-res[0])``.  The ``L`` largest ``|a|`` all lie in the signed tails (the ``L``
+    most negative or the ``L`` most positive values), so the streaming state of the v2 form serves both."""
+    length = percentile_tail_len(n, per)
+    cand = np.concatenate([np.abs(np.asarray(lo, np.float32)), np.abs(np.asarray(hi, np.float32))])
+    if n < 2 * length:  # tails overlap: each value once (only tiny tensors)
+        cand = np.abs(np.asarray(hi, np.float32))
+    res = np.sort(cand.astype(np.float64))[-length:]
+    r = per / 100 * (n - 1)
+    ratio = r - int(r)
+    return float(res[0] + ratio * (res[1] - res[0])) if length != 1 else float(res[0])
+
+
 def percentile(samples, op_index: int, n_ops: int) -> tuple[float, float, float]:
     """One-shot percentile9999 over a sequence of samples (each one image) -> (th, v_min, v_max)."""
     samples = [np.asarray(s, np.float32) for s in samples]

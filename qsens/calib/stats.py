@@ -42,6 +42,8 @@ class CalibConfig(NamedTuple):
     absmax_mse: frozenset[str]  # tensors whose MSE threshold is abs_max (TPU-MLIR: network inputs)
     halve: bool  # halve histograms longer than 131072 bins before KL (KLD-new)
     mse: bool = True  # collect the per-sample MSE (costly: ~half of the statistics time); False => mse = abs_max
+    #: TPU-MLIR's last-five rule for MSE: (tensor, is Conv/MatMul) of the last five tensors, last first (see finalize)
+    mse_tail: tuple[tuple[str, bool], ...] = ()
 
 
 class TensorStats(NamedTuple):
@@ -78,6 +80,7 @@ def init(
     absmax_mse: Collection[str] = (),
     halve: bool = True,
     mse: bool = True,
+    mse_tail: Sequence[tuple[str, bool]] = (),
 ) -> CalibState:
     """Fresh state for ``tensor_names``.
 
@@ -97,7 +100,8 @@ def init(
     if missing:
         raise ValueError(f"op_index has no entry for tensor(s) {missing[:3]}")
     cfg = CalibConfig(
-        names, n_ops_for_percentile, idx, n_samples, mode, n_bins, kl_bins, frozenset(absmax_mse), halve, mse
+        names, n_ops_for_percentile, idx, n_samples, mode, n_bins, kl_bins, frozenset(absmax_mse), halve, mse,
+        tuple(mse_tail),
     )
     empty = TensorStats(
         np.float32(np.inf), np.float32(-np.inf), 0, 0, 0, 0, _EMPTY, _EMPTY, 0.0, H.empty_state()
@@ -223,13 +227,31 @@ def finalize(state: CalibState) -> dict[str, CalibResult]:
         hists.append(hp)
         widths.append(wp)
     kls = K.kl_thresholds(hists, widths, bins=cfg.kl_bins)
+    # TPU-MLIR 1.23 (kld_calibrator activation_collect_and_calc_th_new, use_mse): walk the last five tensors from the
+    # end; while a tensor's percentile of |a| equals its abs-max, its MSE threshold is that value; stop after the
+    # first Conv/MatMul (or at the first tensor where they differ).
+    mse_tail: dict[str, float] = {}
+    if cfg.mse:
+        for n, stop in cfg.mse_tail:
+            t = state.tensors.get(n)
+            if t is None or not t.n_seen:
+                break
+            pabs = M.percentile_abs_from_tails(t.lo, t.hi, t.n_seen * t.size, M.percentile_level(cfg.op_index[n], cfg.n_ops))
+            if pabs != float(_abs_max(t)):
+                break
+            mse_tail[n] = pabs
+            if stop:
+                break
     out = {}
     for n, kl in zip(names, kls, strict=True):
         t = state.tensors[n]
         abs_max = float(_abs_max(t))
         per = M.percentile_level(cfg.op_index[n], cfg.n_ops)
-        p99, p_min, p_max = M.percentile_from_tails(t.lo, t.hi, t.n_seen * t.size, per)
-        mse = abs_max if (n in cfg.absmax_mse or not cfg.mse) else t.mse_sum / t.n_seen
+        if cfg.mode == "v1":  # KLD-mid: top-L of |a|, table min/max = the raw running min/max
+            p99, p_min, p_max = M.percentile_abs_from_tails(t.lo, t.hi, t.n_seen * t.size, per), float(t.min), float(t.max)
+        else:
+            p99, p_min, p_max = M.percentile_from_tails(t.lo, t.hi, t.n_seen * t.size, per)
+        mse = abs_max if (n in cfg.absmax_mse or not cfg.mse) else mse_tail.get(n, t.mse_sum / t.n_seen)
         hist = t.hist.hist if t.hist.hist.size else np.zeros(cfg.n_bins, np.int64)
         r = CalibResult(
             min=float(t.min),

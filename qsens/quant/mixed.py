@@ -22,8 +22,12 @@ threshold *copy map* of TPU-MLIR's calibration post-processing (spec §3.2), app
 * Sigmoid and Softmax outputs are ``[0, 1]``: threshold 1, unsigned.
 
 and, applied first (last op first), the backward copies of §3.2: a single-use input of a standalone Relu,
-MaxPool, DepthToSpace or Abs takes the op's output range; of PRelu / LeakyRelu only its threshold; the inputs of
+MaxPool, DepthToSpace or Abs takes the op's output range; the inputs of
 a Concat/Min/Max that only it (or MaxPools) uses and that share a sign take the output's range.
+
+The rules are TPU-MLIR 1.23's as its own lowering shows them (``reference/tpu_mlir/run.py`` dumps the scale of
+every tensor of the INT8 model; ``tests/test_tpu_mlir_oracle.py`` compares): PRelu and LeakyRelu *outputs* take
+their input's range (forward copy) and their inputs keep their own threshold.
 """
 
 from __future__ import annotations
@@ -46,7 +50,9 @@ from .qparams import qparams_for, static_fallback
 #: Data movement: INT8 codes pass through unchanged (output threshold = input threshold).
 PASS_THROUGH = {"Reshape", "Permute", "Pad", "Slice", "Tile", "Squeeze", "Unsqueeze", "Flatten", "Identity"}
 #: Output (min, max) copied from the input by TPU-MLIR's calibration post-processing on BM1684.
-FORWARD_COPY = PASS_THROUGH | {"MaxPool", "AvgPool", "Relu"}
+#: PRelu / LeakyRelu included: TPU-MLIR 1.23 gives their output the input's scale (tests/fixtures/tpu_mlir, the
+#: lowered INT8 models of MTCNN PNet and the generated nets), and leaves their input's own threshold alone.
+FORWARD_COPY = PASS_THROUGH | {"MaxPool", "AvgPool", "Relu", "PRelu", "LeakyRelu"}
 UNIT_RANGE = {"Sigmoid", "Softmax"}
 
 
@@ -97,8 +103,10 @@ class QuantPlan:
 
 #: §3.2 step 4: a single-use input of these ops takes the op's output (min, max) ...
 BACKWARD_FULL = {"Relu", "MaxPool", "DepthToSpace", "Abs"}
-#: ... or only its max (threshold), keeping its own min (sign)
-BACKWARD_MAX = {"PRelu", "LeakyRelu"}
+#: ... or only its max (threshold), keeping its own min (sign). The spec's §3.2 step 4 lists PRelu/LeakyRelu
+#: here, but TPU-MLIR 1.23 does not do it (PNet: conv2d_Conv keeps 13.6356 though its only user, prelu_PRelu,
+#: has 11.8225 in the table; the lowered model's PRelu takes the conv's scale): empty on purpose.
+BACKWARD_MAX: set[str] = set()
 #: §3.2 step 3: inputs used only by this op (or also by MaxPools) with one sign take the output's (min, max)
 BACKWARD_MULTI = {"Concat", "Min", "Max"}
 
@@ -226,7 +234,9 @@ class MixedModel:
         self.model, self.plan, self.chip = model, plan, chip
         self.graph = plan.graph
 
-    def apply(self, params, inputs, thresholds, int8_mask):
+    def apply(self, params, inputs, thresholds, int8_mask, *, taps: Sequence[str] = ()):
+        """Network outputs by name; with ``taps`` (canonical tensor names) also ``{tensor: value}`` of those
+        tensors (dequantized floats for INT8 producers), returned as ``(outputs, tapped)``."""
         g = self.model.graph_at(int(np.shape(next(iter(inputs.values())) if isinstance(inputs, Mapping) else inputs)[0]))
         _, env = self.model.input_env(inputs)
         th = self.plan.effective(jnp.asarray(thresholds, jnp.float32))
@@ -244,5 +254,7 @@ class MixedModel:
             w = {r: params_[k] for r, k in op.weights}
             return int8_path(self.plan, op, w, acts, th, self.chip), mask[index[op.name]]
 
-        env = run_graph(g, params, env, mix_fn=mix_fn)
-        return {name: env[t] for name, t in zip(g.output_names, g.outputs)}
+        taps = tuple(taps)
+        env = run_graph(g, params, env, mix_fn=mix_fn, keep=taps)
+        outs = {name: env[t] for name, t in zip(g.output_names, g.outputs)}
+        return (outs, {t: env[t] for t in taps}) if taps else outs

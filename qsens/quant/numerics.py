@@ -301,6 +301,24 @@ def get_scale_and_shift(x, bits: int = 8):
     return _scale_and_shift(x, -32, bits)
 
 
+def rshift_from_qscale(qscale, max_multiplier: int = 127):
+    """TPU-MLIR ``getRShiftAndMultiplierFromQScale`` (non-QDM, MathUtils.cpp): the smallest ``r`` in 0..62 with
+    ``qscale * 2^(r+1) >= max_multiplier`` (``r = 0`` when ``qscale > max_multiplier`` or none is found); float64."""
+    xp = backend()
+    q = _f64(qscale)
+    r = xp.arange(63, dtype=np.float64)
+    ok = q * xp.exp2(r + 1) >= max_multiplier
+    first = xp.argmax(ok)
+    return xp.where((q > max_multiplier) | ~xp.any(ok), 0, first).astype(np.int32)
+
+
+def multiplier_i8_from_qscale(qscale, r):
+    """TPU-MLIR ``getMultiplierI8FromQScaleAndRShift``: ``(int8)(uint32)(qscale * 2^r)``, i.e. truncation toward
+    zero (the values it is used for fit in int8)."""
+    xp = backend()
+    return xp.trunc(_f64(qscale) * xp.exp2(_f64(r))).astype(np.int32)
+
+
 # ------------------------------------------------------------------------------------------------ AvgPool table
 @functools.cache
 def avgpool_multiplier_shift(k: int) -> tuple[int, int]:

@@ -34,9 +34,11 @@ from .numerics import (
     cal_right_shift_num_use_cblas,
     get_scale_and_shift,
     get_scale_and_shift_positive,
+    multiplier_i8_from_qscale,
     qmax_of,
     qrange,
     round_to_int,
+    rshift_from_qscale,
     x64,
 )
 
@@ -263,9 +265,16 @@ def qparams_for(
         r = xp.maximum(cal_right_shift_num_use_cblas(xp.asarray(1.0), s_in[0], s_out), 0)
         qp["m"] = _to_int(_f32(_f32(1.0) * _f32((_pow2(r) * s_in[0]) / s_out)), -128, 127)
         qp["r"] = r.astype(I32)
-    elif kind in ("LeakyRelu", "PRelu"):
-        slope = weights.get("slope") if weights else None
-        alpha = xp.ravel(_f32(slope)) if slope is not None else xp.asarray([op.attr("alpha", 0.01)], F32)
+    elif kind == "PRelu":
+        # BM1684 PRelu lowering (TopToTpu/BM1684/PRelu.cpp): ONE rshift for the layer from max|slope|
+        # (getRShiftAndMultiplierFromQScale), int8 slopes truncated toward zero; no in/out rescale (the output
+        # takes the input's threshold, §3.2). Checked against TPU-MLIR 1.23's interpreter (tests/fixtures/tpu_mlir).
+        slope = xp.ravel(_f32(weights["slope"]))
+        r = rshift_from_qscale(xp.max(xp.abs(slope)))
+        qp["m"] = multiplier_i8_from_qscale(slope, r).astype(I32)
+        qp["r"] = xp.broadcast_to(r, qp["m"].shape).astype(I32)
+    elif kind == "LeakyRelu":
+        alpha = xp.asarray([op.attr("alpha", 0.01)], F32)
         m, r = get_scale_and_shift(alpha, 8)
         qp["m"], qp["r"] = m.astype(I32), r.astype(I32)
     elif kind in ("MaxPool", "AvgPool", "GlobalAvgPool"):

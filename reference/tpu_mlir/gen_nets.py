@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""Small generated ONNX nets that exercise BM1684 INT8 kernels and TPU-MLIR's calibration post-processing.
+
+    python reference/tpu_mlir/gen_nets.py OUT_DIR
+
+Deterministic (seeded weights, byte-identical files). Each net takes a 1x3x16x16 image
+(``--resize_dims 16,16 --mean 127.5,127.5,127.5 --scale 0.0078125,0.0078125,0.0078125``).
+
+* ``gen_act``: Conv -> PRelu whose output has two consumers (MaxPool and a strided Conv), a Conv output
+  with two consumers (LeakyRelu and Add), LeakyRelu -> Conv, Add with fused Relu, Concat of two branches,
+  GlobalAveragePool -> Flatten -> Gemm.
+* ``gen_pool``: Conv -> Relu (fused) -> MaxPool -> Conv -> PRelu (single use) -> AveragePool 3x3 ->
+  Conv -> Sigmoid, Conv(bias-free) + Add with a second Conv, Concat whose inputs are only used by it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+class B:
+    def __init__(self, name: str, seed: int):
+        self.name, self.rng = name, np.random.default_rng(seed)
+        self.nodes, self.inits, self.n = [], [], 0
+
+    def w(self, shape, scale=None):
+        self.n += 1
+        fan = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+        a = self.rng.normal(0, scale or (1.5 / np.sqrt(fan)), shape).astype(np.float32)
+        nm = f"w{self.n}"
+        self.inits.append(numpy_helper.from_array(a, nm))
+        return nm
+
+    def node(self, op, ins, **attrs):
+        self.n += 1
+        out = f"{op.lower()}{self.n}"
+        self.nodes.append(helper.make_node(op, ins, [out], name=f"{op}_{self.n}", **attrs))
+        return out
+
+    def conv(self, x, cin, cout, k=3, stride=1, pad=1, bias=True, group=1):
+        ins = [x, self.w((cout, cin // group, k, k))]
+        if bias:
+            ins.append(self.w((cout,), 0.2))
+        return self.node("Conv", ins, kernel_shape=[k, k], strides=[stride, stride], pads=[pad] * 4, group=group)
+
+    def save(self, out: Path, y, yshape):
+        g = helper.make_graph(self.nodes, self.name, [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info(y, TensorProto.FLOAT, yshape)], self.inits)
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], producer_name="qsens-gen")
+        m.ir_version = 8
+        onnx.checker.check_model(m)
+        onnx.save(m, out / f"{self.name}.onnx")
+
+
+def gen_act(out: Path):
+    b = B("gen_act", 1684)
+    c1 = b.conv("input", 3, 8)
+    p1 = b.node("PRelu", [c1, b.w((8, 1, 1), 0.3)])
+    mp = b.node("MaxPool", [p1], kernel_shape=[2, 2], strides=[2, 2])
+    c2 = b.conv(p1, 8, 8, stride=2)
+    c3 = b.conv(mp, 8, 8)
+    lr = b.node("LeakyRelu", [c3], alpha=0.1)
+    add = b.node("Add", [c2, c3])
+    r = b.node("Relu", [add])
+    c4 = b.conv(lr, 8, 8, k=1, pad=0)
+    cat = b.node("Concat", [c4, r], axis=1)
+    gap = b.node("GlobalAveragePool", [cat])
+    fl = b.node("Flatten", [gap], axis=1)
+    y = b.node("Gemm", [fl, b.w((10, 16)), b.w((10,), 0.2)], transB=1)
+    b.save(out, y, [1, 10])
+
+
+def gen_pool(out: Path):
+    b = B("gen_pool", 1685)
+    c1 = b.conv("input", 3, 8)
+    r1 = b.node("Relu", [c1])
+    mp = b.node("MaxPool", [r1], kernel_shape=[2, 2], strides=[2, 2])
+    c2 = b.conv(mp, 8, 8)
+    p2 = b.node("PRelu", [c2, b.w((8, 1, 1), 0.3)])
+    ap = b.node("AveragePool", [p2], kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1])
+    c3 = b.conv(ap, 8, 8, bias=False)
+    c4 = b.conv(ap, 8, 8, k=1, pad=0)
+    add = b.node("Add", [c3, c4])
+    c5 = b.conv(add, 8, 4, k=1, pad=0)
+    c6 = b.conv(add, 8, 4, stride=2)
+    sg = b.node("Sigmoid", [c5])
+    c7 = b.conv(sg, 4, 4, stride=2)
+    cat = b.node("Concat", [c7, c6], axis=1)
+    y = b.conv(cat, 8, 6, k=1, pad=0)
+    b.save(out, y, [1, 6, 4, 4])
+
+
+def main(argv=None):
+    out = Path((argv or sys.argv[1:])[0])
+    out.mkdir(parents=True, exist_ok=True)
+    gen_act(out)
+    gen_pool(out)
+
+
+if __name__ == "__main__":
+    main()
