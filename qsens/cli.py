@@ -35,8 +35,15 @@ def _add_data_args(p: argparse.ArgumentParser, *, input_num: int = 0) -> None:
     g.add_argument("--seed", type=int, default=1684, help="shuffle seed of the sample selection (TPU-MLIR: 1684)")
     g.add_argument("--preset", default=None, help="preprocessing preset (default: the model file's stem if it names one)")
     g.add_argument("--resize_dims", type=parse_dims, default=None, help="H,W to resize to before the center crop")
-    g.add_argument("--keep_aspect_ratio", action="store_true", default=None, help="resize keeping the aspect ratio")
-    g.add_argument("--pixel_format", choices=("rgb", "bgr", "gray"), default=None)
+    g.add_argument("--keep_aspect_ratio", action="store_true", default=None,
+                   help="resize keeping the aspect ratio (how: --keep_ratio_mode)")
+    g.add_argument("--keep_ratio_mode", choices=("letterbox", "short_side_scale"), default=None,
+                   help="with --keep_aspect_ratio: letterbox = fit the long side and pad (TPU-MLIR's default); "
+                        "short_side_scale = fit the short side, centre crop")
+    g.add_argument("--pad_type", choices=("center", "normal"), default=None,
+                   help="letterbox padding: center (default) or normal (image top-left, pad bottom/right)")
+    g.add_argument("--pad_value", type=int, default=None, help="letterbox padding value (default 0)")
+    g.add_argument("--pixel_format", choices=("rgb", "bgr", "gray", "rgba"), default=None)
     g.add_argument("--channel_format", choices=("nchw", "nhwc"), default=None)
     g.add_argument("--mean", type=parse_floats, default=None, help="per-channel mean, e.g. 127,127,127")
     g.add_argument("--scale", type=parse_floats, default=None, help="per-channel scale: (x - mean) * scale")
@@ -55,7 +62,8 @@ def preprocess_from_args(args, graph):
     preset = args.preset if args.preset is not None else preset_for_model(args.model)
     return make_preprocess(graph, preset=preset, resize_dims=args.resize_dims, keep_aspect_ratio=args.keep_aspect_ratio,
                            pixel_format=args.pixel_format, channel_format=args.channel_format,
-                           mean=args.mean, scale=args.scale)
+                           mean=args.mean, scale=args.scale, keep_ratio_mode=args.keep_ratio_mode,
+                           pad_type=args.pad_type, pad_value=args.pad_value)
 
 
 def select_from_args(args, default_dataset=None):

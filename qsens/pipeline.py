@@ -24,10 +24,12 @@ def preset_for_model(model_path: str) -> str | None:
 
 
 def make_preprocess(graph: Graph, *, preset: str | None = None, resize_dims=None, keep_aspect_ratio=None,
-                    pixel_format=None, channel_format=None, mean=None, scale=None) -> Preprocess:
+                    pixel_format=None, channel_format=None, mean=None, scale=None, keep_ratio_mode=None,
+                    pad_type=None, pad_value=None) -> Preprocess:
     """TPU-MLIR-style preprocessing for ``graph``'s first input: a preset, overridden by explicit flags.
 
-    Without a preset the defaults are TPU-MLIR's (bgr, nchw, mean 0, scale 1, resize to the net size).
+    Without a preset the defaults are TPU-MLIR's (bgr, nchw, mean 0, scale 1, resize to the net size;
+    with ``keep_aspect_ratio``: letterbox, centred, pad value 0).  ``None`` = not given.
     """
     shp = graph.input_shapes[0]
     if len(shp) != 4:
@@ -46,10 +48,14 @@ def make_preprocess(graph: Graph, *, preset: str | None = None, resize_dims=None
         pp = Preprocess(resize_dims=None, keep_aspect_ratio=False, net_hw=net_hw)
     kw = {}
     for k, v in dict(resize_dims=resize_dims, keep_aspect_ratio=keep_aspect_ratio, pixel_format=pixel_format,
-                     channel_format=channel_format, mean=mean, scale=scale).items():
+                     channel_format=channel_format, mean=mean, scale=scale, keep_ratio_mode=keep_ratio_mode,
+                     pad_type=pad_type, pad_value=pad_value).items():
         if v is not None:
             kw[k] = tuple(v) if isinstance(v, list) else v
-    return replace(pp, **kw) if kw else pp
+    try:
+        return replace(pp, **kw) if kw else pp
+    except ValueError as e:  # an inconsistent flag combination (e.g. rgba + letterbox, too few --mean values)
+        raise DatasetError(f"preprocessing flags: {e}") from None
 
 
 def iter_inputs(files: Sequence[str], graph: Graph, pp: Preprocess | None, batch: int) -> Iterator[dict[str, np.ndarray]]:

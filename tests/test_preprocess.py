@@ -33,13 +33,23 @@ def _img(tmp_path, h, w, name="x.png", seed=0):
 
 
 def _tpu_mlir_reference(path, pp: Preprocess):
-    """Transcription of TPU-MLIR preprocess.run (NCHW, batch 1) for the modes qsens supports."""
+    """Transcription of TPU-MLIR preprocess.run (batch 1; bgr/rgb/gray, pad_value 0..255).
+
+    (tests/test_preprocess_tpu_mlir.py compares with arrays made by the real TPU-MLIR.)"""
     c = 1 if pp.pixel_format == "gray" else 3
     image = cv2.imread(path, cv2.IMREAD_GRAYSCALE if c == 1 else cv2.IMREAD_COLOR)
     net = list(pp.net_hw)
     resize = [max(x, y) for x, y in zip(pp.resize_dims or net, net)]
     h, w = resize
-    if pp.keep_aspect_ratio:
+    if pp.keep_aspect_ratio and pp.keep_ratio_mode == "letterbox":
+        ih, iw = image.shape[:2]
+        scale = min(float(w) / iw, float(h) / ih)
+        rescale_w, rescale_h = int(iw * scale), int(ih * scale)
+        r = cv2.resize(image, (rescale_w, rescale_h))
+        paste_w, paste_h = ((w - rescale_w) // 2, (h - rescale_h) // 2) if pp.pad_type == "center" else (0, 0)
+        image = np.full((h, w) + r.shape[2:], pp.pad_value, dtype=r.dtype)
+        image[paste_h : paste_h + rescale_h, paste_w : paste_w + rescale_w] = r
+    elif pp.keep_aspect_ratio:
         ih, iw = image.shape[:2]
         scale = max(float(w) / iw, float(h) / ih)
         rescale_w = int(iw * scale) if iw * scale >= w else w
@@ -129,11 +139,29 @@ def test_rgb_mean_scale_hand_values(tmp_path):
 
 def test_keep_aspect_short_side_geometry(tmp_path):
     # 375x500 -> short side 256: 341x256, centre 256x256 crop at x=(341-256)//2=42, then 224 crop at 16
+    # (keep_ratio_mode given explicitly: TPU-MLIR's and now qsens's default for keep_aspect_ratio is letterbox)
     path, bgr = _img(tmp_path, 375, 500)
-    pp = Preprocess(resize_dims=(256, 256), keep_aspect_ratio=True, net_hw=(224, 224), pixel_format="bgr")
+    pp = Preprocess(resize_dims=(256, 256), keep_aspect_ratio=True, net_hw=(224, 224), pixel_format="bgr",
+                    keep_ratio_mode="short_side_scale")
     got = load_image(path, pp)
     r = cv2.resize(bgr, (341, 256), interpolation=cv2.INTER_LINEAR)
     expect = r[0:256, 42:298][16:240, 16:240]
+    np.testing.assert_array_equal(got, np.transpose(expect, (2, 0, 1)).astype(np.float32))
+
+
+@pytest.mark.parametrize("pad_type,pad_value", [("center", 0), ("center", 114), ("normal", 0), ("normal", 114)])
+def test_keep_aspect_letterbox_geometry(tmp_path, pad_type, pad_value):
+    # 375x500 -> long side 256: s = 256/500, 256x192 (int(375*s) = 192); centre: pad rows 32 above, 32 below;
+    # normal: 64 rows below; then the 224 centre crop at 16
+    path, bgr = _img(tmp_path, 375, 500)
+    pp = Preprocess(resize_dims=(256, 256), keep_aspect_ratio=True, net_hw=(224, 224), pixel_format="bgr",
+                    pad_type=pad_type, pad_value=pad_value)
+    assert pp.keep_ratio_mode == "letterbox"
+    got = load_image(path, pp)
+    canvas = np.full((256, 256, 3), pad_value, np.uint8)
+    top = 32 if pad_type == "center" else 0
+    canvas[top : top + 192] = cv2.resize(bgr, (256, 192), interpolation=cv2.INTER_LINEAR)
+    expect = canvas[16:240, 16:240]
     np.testing.assert_array_equal(got, np.transpose(expect, (2, 0, 1)).astype(np.float32))
 
 
@@ -193,6 +221,9 @@ def test_presets():
         "rgb",
     )
     assert (l2.resize_dims, l2.net_hw) == ((297, 297), (260, 260))
+    # TPU-MLIR's default keep_ratio_mode with --keep_aspect_ratio (letterbox, centred, pad 0)
+    assert (l0.keep_ratio_mode, l0.pad_type, l0.pad_value) == ("letterbox", "center", 0)
+    assert l2.keep_ratio_mode == "letterbox"
     assert l0.mean == (127.0,) * 3 and l0.scale == (0.0078125,) * 3
     for name, size in [("mtcnn_pnet", 12), ("mtcnn_rnet", 24), ("mtcnn_onet", 48)]:
         p = PRESETS[name]

@@ -1,22 +1,40 @@
-"""Image preprocessing, numerically identical to TPU-MLIR's ``utils/preprocess.py``.
+"""Image preprocessing, numerically identical to TPU-MLIR 1.23's ``utils/preprocess.py``.
 
-For one image (``preprocess.run`` / ``__load_image_and_resize``):
+What ``run_calibration`` / ``run_sensitive_layer`` / ``model_transform --test_input`` do with one image
+(``preprocess.load_config`` from the Input op, then ``run`` -> ``__load_image_and_resize``):
 
-1. decode with OpenCV: ``cv2.imread(path, IMREAD_COLOR)`` (BGR uint8) or ``IMREAD_GRAYSCALE`` for gray;
-2. resize the **uint8** image with ``cv2.resize`` (``INTER_LINEAR``) to ``resize_dims`` (H, W):
-   stretch, or with ``keep_aspect_ratio`` TPU-MLIR's ``short_side_scale_resize``: scale
-   ``s = max(W/iw, H/ih)``, size ``int(iw*s)`` x ``int(ih*s)`` (at least W x H), then a centre crop of
-   ``resize_dims`` at offset ``(new - H)//2``;
-3. if ``resize_dims != net_hw``: centre crop to ``net_hw`` at ``h//2 - crop_h//2`` (TPU-MLIR's crop);
-4. to float32; ``rgb`` reverses the channel order (BGR -> RGB); gray uses the first mean/scale value;
-5. ``(x - mean) * scale`` in float32, per channel;
-6. CHW (``nchw``) or HWC (``nhwc``).
+1. decode with OpenCV: ``cv2.imread(path, IMREAD_COLOR)`` (BGR uint8, EXIF orientation applied), or
+   ``IMREAD_GRAYSCALE`` for ``gray``; ``rgba`` reads ``IMREAD_UNCHANGED`` (BGRA -> RGBA) and falls back to
+   ``PIL.Image.open(path).convert('RGBA')`` when the file has no 4 channels;
+2. resize the **integer** image with ``cv2.resize`` (default ``INTER_LINEAR``) to ``resize_dims`` (H, W,
+   default the net size):
 
-Channel permutation commutes with resizing and cropping, so this equals "decode -> pixel format ->
-resize -> crop -> normalise". As in TPU-MLIR's ``config()``, ``resize_dims`` smaller than the net
-size is raised to it per axis. (TPU-MLIR's default ``keep_ratio_mode`` is letterbox; qsens implements
-the ``short_side_scale`` mode, which is what the EfficientNet-Lite "resize the short side to
-size/0.875, centre crop" recipe needs.)
+   * no ``keep_aspect_ratio``: stretch to W x H;
+   * ``keep_aspect_ratio`` + ``keep_ratio_mode='letterbox'`` (TPU-MLIR's default): ``s = min(W/iw, H/ih)``
+     (Python floats), resize to ``int(iw*s)`` x ``int(ih*s)`` (truncation: a side can come out one pixel
+     short, e.g. 77 px wide to 40 gives 39), paste into an H x W canvas filled with ``pad_value`` (in the
+     image dtype, i.e. modulo 256 for uint8 as numpy 1.24's ``np.full`` does) at ``((H-rh)//2, (W-rw)//2)``
+     for ``pad_type='center'`` or at (0, 0) (pad bottom/right) for ``'normal'``; only 1- or 3-channel
+     images (TPU-MLIR raises for ``rgba``);
+   * ``keep_aspect_ratio`` + ``keep_ratio_mode='short_side_scale'``: ``s = max(W/iw, H/ih)``, size
+     ``int(iw*s)`` x ``int(ih*s)`` (each at least W x H), centre crop at ``(new - H)//2``;
+3. HWC -> CHW, batch;
+4. if ``resize_dims != net size``: centre crop to the net size at ``h//2 - crop_h//2`` (a different formula
+   from step 2's crop: they differ for odd sizes);
+5. to float32; ``rgb`` reverses the channel order (BGR -> RGB); ``gray`` uses the first mean/scale value;
+6. ``(x - mean) * scale`` in float32 (mean and scale are float32), per channel;
+7. NCHW, or NHWC for ``channel_format='nhwc'``.
+
+Channel permutation and the CHW transpose commute with resizing, padding and cropping, so qsens does
+"decode -> resize -> crop (HWC, integer) -> float32 -> channel order -> normalise -> layout", which is the same
+array bit for bit. ``tests/test_preprocess_tpu_mlir.py`` checks it against arrays made by the real TPU-MLIR.
+
+Not reproduced: ``.yuv`` inputs / ``--yuv_type`` (qsens does not read raw YUV files), ``fuse_preprocess``
+(deploy-time, integer input), the Bayer pixel formats, and ``debug_cmd=use_pil_resize`` (the calibration
+tools build their ``preprocess()`` without a debug_cmd, so it never reaches calibration).
+
+One qsens extension: ``resize_dims`` smaller than the net size is raised to it per axis (TPU-MLIR does that
+only with ``fuse_preprocess``; otherwise its centre crop returns a wrongly shaped tensor).
 """
 
 from __future__ import annotations
@@ -33,16 +51,28 @@ import numpy as np
 from qsens.errors import DatasetError
 
 __all__ = [
+    "KEEP_RATIO_MODES",
+    "PAD_TYPES",
+    "PIXEL_FORMATS",
     "PRESETS",
     "ParseError",
     "Preprocess",
     "iter_batches",
+    "letterbox_resize",
     "load_batch",
     "load_image",
     "parse_dims",
     "parse_floats",
     "parse_input_shapes",
+    "short_side_scale_resize",
 ]
+
+#: TPU-MLIR ``--keep_ratio_mode`` choices; the first is its default.
+KEEP_RATIO_MODES = ("letterbox", "short_side_scale")
+#: TPU-MLIR ``--pad_type`` choices; the first is its default.
+PAD_TYPES = ("center", "normal")
+#: The ``--pixel_format`` values qsens preprocesses (TPU-MLIR's, less the Bayer raw formats).
+PIXEL_FORMATS = ("bgr", "rgb", "gray", "rgba")
 
 
 class ParseError(ValueError, argparse.ArgumentTypeError):
@@ -51,7 +81,11 @@ class ParseError(ValueError, argparse.ArgumentTypeError):
 
 @dataclass(frozen=True)
 class Preprocess:
-    """Preprocessing of one model input (the attributes model_transform puts on the Input op)."""
+    """Preprocessing of one model input (the attributes model_transform puts on the Input op).
+
+    ``keep_ratio_mode``, ``pad_type`` and ``pad_value`` have TPU-MLIR's defaults (letterbox, center, 0);
+    the mode matters only with ``keep_aspect_ratio``, the padding only in letterbox mode.
+    """
 
     resize_dims: tuple[int, int] | None
     keep_aspect_ratio: bool
@@ -60,6 +94,9 @@ class Preprocess:
     channel_format: str = "nchw"
     mean: tuple[float, ...] = (0.0, 0.0, 0.0)
     scale: tuple[float, ...] = (1.0, 1.0, 1.0)
+    keep_ratio_mode: str = "letterbox"
+    pad_type: str = "center"
+    pad_value: int = 0
 
     def __post_init__(self):
         net = tuple(int(d) for d in self.net_hw)
@@ -71,10 +108,21 @@ class Preprocess:
             if len(rd) != 2 or min(rd) <= 0:
                 raise ValueError(f"resize_dims must be two positive ints (H, W), got {self.resize_dims!r}")
             object.__setattr__(self, "resize_dims", rd)
-        if self.pixel_format not in ("rgb", "bgr", "gray"):
-            raise ValueError(f"pixel_format must be 'rgb', 'bgr' or 'gray', got {self.pixel_format!r}")
+        object.__setattr__(self, "keep_aspect_ratio", bool(self.keep_aspect_ratio))
+        if self.pixel_format not in PIXEL_FORMATS:
+            raise ValueError(f"pixel_format must be one of {', '.join(PIXEL_FORMATS)}, got {self.pixel_format!r}")
         if self.channel_format not in ("nchw", "nhwc"):
             raise ValueError(f"channel_format must be 'nchw' or 'nhwc', got {self.channel_format!r}")
+        if self.keep_ratio_mode not in KEEP_RATIO_MODES:
+            raise ValueError(f"keep_ratio_mode must be 'letterbox' or 'short_side_scale', got {self.keep_ratio_mode!r}")
+        if self.pad_type not in PAD_TYPES:
+            raise ValueError(f"pad_type must be 'center' or 'normal', got {self.pad_type!r}")
+        if isinstance(self.pad_value, bool) or int(self.pad_value) != self.pad_value:
+            raise ValueError(f"pad_value must be an integer, got {self.pad_value!r}")
+        object.__setattr__(self, "pad_value", int(self.pad_value))
+        if self.pixel_format == "rgba" and self.keep_aspect_ratio and self.keep_ratio_mode == "letterbox":
+            raise ValueError("keep_aspect_ratio with keep_ratio_mode 'letterbox' supports 1- or 3-channel images "
+                             "only (TPU-MLIR's letterbox_resize raises for rgba); use 'short_side_scale'")
         c = self.channels
         for label in ("mean", "scale"):
             v = tuple(float(x) for x in getattr(self, label))
@@ -86,11 +134,11 @@ class Preprocess:
 
     @property
     def channels(self) -> int:
-        return 1 if self.pixel_format == "gray" else 3
+        return {"gray": 1, "rgba": 4}.get(self.pixel_format, 3)
 
     @property
     def effective_resize(self) -> tuple[int, int]:
-        """``resize_dims`` (default: net size), raised to the net size per axis (TPU-MLIR ``config``)."""
+        """``resize_dims`` (default: net size), raised to the net size per axis (a qsens extension)."""
         if self.resize_dims is None:
             return self.net_hw
         return (max(self.resize_dims[0], self.net_hw[0]), max(self.resize_dims[1], self.net_hw[1]))
@@ -132,9 +180,13 @@ def _mtcnn(size: int) -> Preprocess:
     )
 
 
-#: Model presets. EfficientNet-Lite: short side to size/0.875 (256 for 224, 297 for 260), centre crop,
-#: (x-127)/128, RGB. MTCNN: (x-127.5)/128, RGB, 12/24/48; P-Net is fully convolutional (dynamic input):
-#: use ``PRESETS['mtcnn_pnet'].with_net_hw((H, W))`` for the size you calibrate at.
+#: Model presets, each equal to a TPU-MLIR flag set.  EfficientNet-Lite: ``--resize_dims 256,256
+#: --keep_aspect_ratio --pixel_format rgb --mean 127,127,127 --scale 0.0078125,0.0078125,0.0078125`` (297
+#: for Lite2's 260), i.e. TPU-MLIR's default letterbox (long side to 256, centred zero padding) then the
+#: 224 centre crop.  (The TF recipe "short side to 256, centre crop" is ``keep_ratio_mode='short_side_scale'``;
+#: both agree on square images.)  MTCNN: (x-127.5)/128, RGB, 12/24/48, stretched; P-Net is fully
+#: convolutional (dynamic input): use ``PRESETS['mtcnn_pnet'].with_net_hw((H, W))`` for the size you
+#: calibrate at.
 PRESETS: dict[str, Preprocess] = {
     "efficientnet_lite0": _lite(224),
     "efficientnet_lite2": _lite(260),
@@ -147,14 +199,50 @@ PRESETS: dict[str, Preprocess] = {
 # ------------------------------------------------------------------------------------------------
 # Image pipeline
 # ------------------------------------------------------------------------------------------------
-def _imread(path: str, gray: bool) -> np.ndarray:
+def _imread(path: str, pixel_format: str) -> np.ndarray:
     p = str(path).rstrip()
     if not os.path.isfile(p):
         raise DatasetError(f"{p}: image file not found")
-    img = cv2.imread(p, cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR)
+    bad = DatasetError(f"{p}: cannot decode image (corrupt or unsupported format); remove or replace it")
+    if pixel_format == "rgba":
+        img = cv2.imread(p, cv2.IMREAD_UNCHANGED)
+        if img is None or img.size == 0:
+            raise bad
+        if img.ndim == 3 and img.shape[2] == 4:
+            return img[:, :, [2, 1, 0, 3]]  # BGRA -> RGBA
+        from PIL import Image  # TPU-MLIR's fallback for files without an alpha channel
+
+        try:
+            with Image.open(p) as im:
+                return np.array(im.convert("RGBA"))
+        except Exception as e:  # noqa: BLE001
+            raise bad from e
+    img = cv2.imread(p, cv2.IMREAD_GRAYSCALE if pixel_format == "gray" else cv2.IMREAD_COLOR)
     if img is None or img.size == 0:
-        raise DatasetError(f"{p}: cannot decode image (corrupt or unsupported format); remove or replace it")
+        raise bad
     return img
+
+
+def _resize(image: np.ndarray, w: int, h: int) -> np.ndarray:
+    if w <= 0 or h <= 0:
+        raise ValueError(f"a {image.shape[1]}x{image.shape[0]} image scales to {w}x{h}: aspect ratio too extreme")
+    return cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def letterbox_resize(image: np.ndarray, h: int, w: int, pad_value: int = 0, pad_type: str = "center") -> np.ndarray:
+    """TPU-MLIR ``ImageResizeTool.letterbox_resize`` (OpenCV path) on an HW or HWC (3-channel) image."""
+    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
+        raise ValueError(f"letterbox needs a 1- or 3-channel image, got shape {image.shape}")
+    ih, iw = image.shape[:2]
+    s = min(float(w) / iw, float(h) / ih)
+    rw, rh = int(iw * s), int(ih * s)
+    resized = _resize(image, rw, rh)
+    ph, pw = ((h - rh) // 2, (w - rw) // 2) if pad_type == "center" else (0, 0)
+    # np.full(..., pad_value, dtype=uint8) wraps modulo 256 under TPU-MLIR's numpy 1.24 (newer numpy raises)
+    fill = np.array(pad_value).astype(resized.dtype) if np.issubdtype(resized.dtype, np.integer) else pad_value
+    out = np.full((h, w) + resized.shape[2:], fill, dtype=resized.dtype)
+    out[ph : ph + rh, pw : pw + rw] = resized
+    return out
 
 
 def short_side_scale_resize(image: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -163,7 +251,7 @@ def short_side_scale_resize(image: np.ndarray, h: int, w: int) -> np.ndarray:
     s = max(float(w) / iw, float(h) / ih)
     rw = int(iw * s) if iw * s >= w else w
     rh = int(ih * s) if ih * s >= h else h
-    resized = cv2.resize(image, (rw, rh), interpolation=cv2.INTER_LINEAR)
+    resized = _resize(image, rw, rh)
     sh = (rh - h) // 2 if rh - h > 0 else 0
     sw = (rw - w) // 2 if rw - w > 0 else 0
     return resized[sh : sh + h, sw : sw + w]
@@ -182,13 +270,17 @@ def load_image(path: str, pp: Preprocess) -> np.ndarray:
 
     Raises :class:`DatasetError` naming the file if it is missing or cannot be decoded.
     """
-    gray = pp.pixel_format == "gray"
-    img = _imread(path, gray)
+    img = _imread(path, pp.pixel_format)
     rh, rw = pp.effective_resize
-    if pp.keep_aspect_ratio:
-        img = short_side_scale_resize(img, rh, rw)
-    else:
-        img = cv2.resize(img, (rw, rh), interpolation=cv2.INTER_LINEAR)
+    try:
+        if not pp.keep_aspect_ratio:
+            img = _resize(img, rw, rh)
+        elif pp.keep_ratio_mode == "letterbox":
+            img = letterbox_resize(img, rh, rw, pp.pad_value, pp.pad_type)
+        else:
+            img = short_side_scale_resize(img, rh, rw)
+    except ValueError as e:
+        raise DatasetError(f"{str(path).rstrip()}: {e}") from None
     if img.ndim == 2:
         img = img[:, :, None]
     if (rh, rw) != pp.net_hw:
