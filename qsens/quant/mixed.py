@@ -22,12 +22,14 @@ threshold *copy map* of TPU-MLIR's calibration post-processing (spec §3.2), app
 * Sigmoid and Softmax outputs are ``[0, 1]``: threshold 1, unsigned.
 
 and, applied first (last op first), the backward copies of §3.2: a single-use input of a standalone Relu,
-MaxPool, DepthToSpace or Abs takes the op's output range; the inputs of
+MaxPool, DepthToSpace or Abs takes the op's output range; of PRelu / LeakyRelu only its max; the inputs of
 a Concat/Min/Max that only it (or MaxPools) uses and that share a sign take the output's range.
 
 The rules are TPU-MLIR 1.23's as its own lowering shows them (``reference/tpu_mlir/run.py`` dumps the scale of
-every tensor of the INT8 model; ``tests/test_tpu_mlir_oracle.py`` compares): PRelu and LeakyRelu *outputs* take
-their input's range (forward copy) and their inputs keep their own threshold.
+every tensor of the INT8 model; ``tests/test_tpu_mlir_oracle.py`` compares).  The two ends of a range are copied
+separately (a PRelu input takes the PRelu's max and keeps its own min) and the scale is ``max(|min|, |max|)/127``,
+so an effective threshold can be the larger of two table thresholds (:class:`QuantPlan`).  PRelu and LeakyRelu
+outputs then take their input's range (forward copy), which the spec's §3.2 step 6 lists and qsens had missed.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from .qparams import qparams_for, static_fallback
 PASS_THROUGH = {"Reshape", "Permute", "Pad", "Slice", "Tile", "Squeeze", "Unsqueeze", "Flatten", "Identity"}
 #: Output (min, max) copied from the input by TPU-MLIR's calibration post-processing on BM1684.
 #: PRelu / LeakyRelu included: TPU-MLIR 1.23 gives their output the input's scale (tests/fixtures/tpu_mlir, the
-#: lowered INT8 models of MTCNN PNet and the generated nets), and leaves their input's own threshold alone.
+#: lowered INT8 models of MTCNN PNet and the generated nets).
 FORWARD_COPY = PASS_THROUGH | {"MaxPool", "AvgPool", "Relu", "PRelu", "LeakyRelu"}
 UNIT_RANGE = {"Sigmoid", "Softmax"}
 
@@ -73,14 +75,21 @@ def int8_support(op: Op, graph: Graph) -> str | None:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class QuantPlan:
-    """Static quantization facts of one graph + calibration table (signedness, copy map, F32 ops)."""
+    """Static quantization facts of one graph + calibration table (signedness, copy map, F32 ops).
+
+    TPU-MLIR imports each tensor as a range ``(min, max) = (-th or 0, th)`` and its post-processing copies the
+    two ends separately (a PRelu input takes its output's *max* but keeps its own *min*); the scale is then
+    ``max(|min|, |max|)/127`` (``max/255`` when ``min = 0``).  So the effective threshold of tensor ``t`` is
+    ``th[copy_src[t]]``, or ``max(th[copy_src[t]], th[min_src[t]])`` when its min is negative
+    (``signed[t]``)."""
 
     graph: Graph
     tensor_index: dict[str, int]
-    copy_src: np.ndarray  # int32 (n_tensors,): effective threshold index
+    copy_src: np.ndarray  # int32 (n_tensors,): where each tensor's max (threshold) comes from
     signed: dict[str, bool]
     fixed_th: dict[str, float]  # Sigmoid/Softmax outputs: threshold 1
     f32_reason: dict[str, str]  # op name -> why it stays F32 in the INT8 model
+    min_src: np.ndarray | None = None  # int32: where each tensor's min (-threshold) comes from (default copy_src)
 
     @property
     def int8_ops(self) -> list[str]:
@@ -89,76 +98,83 @@ class QuantPlan:
     def effective(self, thresholds):
         """Thresholds after the copy map (works on numpy and jax arrays, batched along axis 0 too)."""
         xp = jnp if isinstance(thresholds, jax.Array) else np
-        th = xp.take(thresholds, xp.asarray(self.copy_src), axis=-1)
-        if self.fixed_th:
+        base = thresholds
+        if self.fixed_th:  # fixed ranges are set at import, so copies of them carry them too
             idx = np.array([self.tensor_index[t] for t in self.fixed_th])
             val = np.array(list(self.fixed_th.values()), np.float32)
             if xp is np:
-                th = np.array(th, copy=True)
-                th[..., idx] = val
+                base = np.array(thresholds, copy=True)
+                base[..., idx] = val
             else:
-                th = th.at[..., idx].set(val)
+                base = base.at[..., idx].set(val)
+        th = xp.take(base, xp.asarray(self.copy_src), axis=-1)
+        if self.min_src is not None and not np.array_equal(self.min_src, self.copy_src):
+            neg = np.array([self.signed[t] for t in self.graph.tensors])
+            th_min = xp.take(base, xp.asarray(self.min_src), axis=-1)
+            th = xp.where(xp.asarray(neg), xp.maximum(th, th_min), th)
         return th
 
 
 #: §3.2 step 4: a single-use input of these ops takes the op's output (min, max) ...
 BACKWARD_FULL = {"Relu", "MaxPool", "DepthToSpace", "Abs"}
-#: ... or only its max (threshold), keeping its own min (sign). The spec's §3.2 step 4 lists PRelu/LeakyRelu
-#: here, but TPU-MLIR 1.23 does not do it (PNet: conv2d_Conv keeps 13.6356 though its only user, prelu_PRelu,
-#: has 11.8225 in the table; the lowered model's PRelu takes the conv's scale): empty on purpose.
-BACKWARD_MAX: set[str] = set()
+#: ... or only its max, keeping its own min (checked against TPU-MLIR 1.23: PNet's conv2d_Conv with the
+#: threshold 10.8249 under a PRelu whose MaxPool has 13.3756 gets the scale 13.3756/127)
+BACKWARD_MAX = {"PRelu", "LeakyRelu"}
 #: §3.2 step 3: inputs used only by this op (or also by MaxPools) with one sign take the output's (min, max)
 BACKWARD_MULTI = {"Concat", "Min", "Max"}
 
 
 def make_plan(graph: Graph, table_min: Mapping[str, float] | None = None) -> QuantPlan:
     """Signedness from the calibration table's ``min`` column (``min < 0`` -> signed int8, else uint8), after
-    TPU-MLIR's calibration post-processing (spec §3.2): backward copies (steps 3-4, last op first), then forward
-    copies (step 6) and the fixed ranges; the result is a static threshold copy map plus signedness."""
+    TPU-MLIR's calibration post-processing (spec §3.2): the import (``do_relu`` -> min 0, Sigmoid/Softmax ->
+    [0, 1]), backward copies (steps 3-4, last op first), then forward copies (step 6); the result is a static
+    copy map of each tensor's max and min plus signedness."""
     tensors = graph.tensors
     index = {t: i for i, t in enumerate(tensors)}
-    src = np.arange(len(tensors), dtype=np.int32)
-    mins = {t: (-1.0 if table_min is None or table_min.get(t) is None else float(table_min[t])) for t in tensors}
+    src_max = np.arange(len(tensors), dtype=np.int32)
+    src_min = src_max.copy()
+    neg = {t: (True if table_min is None or table_min.get(t) is None else float(table_min[t]) < 0) for t in tensors}
+    fixed: dict[str, float] = {}
+    for op in graph.ops:  # import-time ranges
+        for t in op.outputs:
+            if op.attr("do_relu"):
+                neg[t] = False
+            if op.type in UNIT_RANGE:
+                fixed[t] = 1.0
+                neg[t] = False
     outs = set(graph.outputs)
 
     def users(t):
         return [c for c in graph.consumers(t)] + ([None] if t in outs else [])
+
+    def take_range(dst, src, *, lo=True):
+        src_max[index[dst]] = src_max[index[src]]
+        if lo:
+            src_min[index[dst]] = src_min[index[src]]
+            neg[dst] = neg[src]
 
     for op in reversed(graph.ops):
         if not op.inputs or not op.outputs:
             continue
         out = op.outputs[0]
         if op.type in BACKWARD_FULL | BACKWARD_MAX and len(op.inputs) == 1 and users(op.inputs[0]) == [op]:
-            t_in = op.inputs[0]
-            src[index[t_in]] = src[index[out]]
-            if op.type in BACKWARD_FULL:
-                mins[t_in] = mins[out]
+            take_range(op.inputs[0], out, lo=op.type in BACKWARD_FULL)
         elif op.type in BACKWARD_MULTI:
             ok = all(all(u is op or (u is not None and u.type == "MaxPool") for u in users(t)) for t in op.inputs)
-            same_sign = len({mins[t] < 0 for t in op.inputs}) == 1
+            same_sign = len({neg[t] for t in op.inputs}) == 1
             if ok and same_sign and len(set(op.inputs)) == len(op.inputs):
                 for t in op.inputs:
-                    src[index[t]] = src[index[out]]
-                    mins[t] = mins[out]
-    signed: dict[str, bool] = {}
-    fixed: dict[str, float] = {}
+                    take_range(t, out)
     reasons: dict[str, str] = {}
     for op in graph.ops:
         why = int8_support(op, graph)
         if why is not None:
             reasons[op.name] = why
         for t in op.outputs:
-            s = mins[t] < 0
             if op.type in FORWARD_COPY and op.inputs:
-                src[index[t]] = src[index[op.inputs[0]]]
-                s = signed[op.inputs[0]]
-            if op.attr("do_relu"):
-                s = False
-            if op.type in UNIT_RANGE:
-                fixed[t] = 1.0
-                s = False
-            signed[t] = s
-    return QuantPlan(graph, index, src, signed, fixed, reasons)
+                take_range(t, op.inputs[0])
+    signed = {t: bool(neg[t]) for t in tensors}
+    return QuantPlan(graph, index, src_max, signed, fixed, reasons, src_min)
 
 
 def plan_from_table(graph: Graph, table) -> QuantPlan:
@@ -242,11 +258,8 @@ class MixedModel:
         th = self.plan.effective(jnp.asarray(thresholds, jnp.float32))
         mask = jnp.asarray(int8_mask, bool)
         index = {op.name: i for i, op in enumerate(g.ops)}
-        for op in g.ops:
-            if op.type == "Input":
-                t = op.outputs[0]
-                xq = int8_core(self.plan, op, {}, [env[t]], [], th[self.plan.tensor_index[t]], self.chip)[0]
-                env[t] = jnp.where(mask[index[op.name]], xq, env[t])
+        # The Input op's mask bit changes nothing: TPU-MLIR casts an input to INT8 in front of each INT8 consumer
+        # (with the input's threshold) and F32 consumers read the float input (checked: tests/fixtures/tpu_mlir).
 
         def mix_fn(op, params_, acts):
             if op.name in self.plan.f32_reason:

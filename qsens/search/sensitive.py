@@ -193,10 +193,7 @@ class SearchRunner:
         keep = set(self.compare or ())
         for i in range(start, len(self.g.ops)):
             op = self.g.ops[i]
-            if op.type == "Input":
-                if op.name in int8_ops:
-                    t = op.outputs[0]
-                    env[t] = self._int8(e, i, env, th_eff, [th_eff[self.plan.tensor_index[t]]])[0]
+            if op.type == "Input":  # never quantized by itself: each INT8 consumer casts it (TPU-MLIR lowering)
                 continue
             if op.name in int8_ops and op.name not in self.plan.f32_reason:
                 outs = [self._int8(e, i, env, th_eff, [th_eff[self.plan.tensor_index[op.outputs[0]]]])[0]]
@@ -242,7 +239,9 @@ class SearchRunner:
         """Losses of op ``i`` in INT8 (all else float) for each output threshold in ``cands`` (distinct)."""
         g, e = self.g, self.engine
         op = g.ops[i]
-        if op.name in self.plan.f32_reason and op.type != "Input":
+        if op.name in self.plan.f32_reason or op.type == "Input":
+            # F32 inside the INT8 model, or the Input op: in TPU-MLIR's lowering an INT8 Input alone changes
+            # nothing (the casts to INT8 belong to its INT8 consumers), so the model is the float one
             return [self.scorer.loss(self.ref_outputs)] * len(cands)
         idx = self.plan.tensor_index
         effs = []  # each candidate's effective thresholds (copy map applied: the candidate can also set the
