@@ -223,22 +223,30 @@ def calibrate(model: Model, files: Sequence[str], pp, *, methods: Sequence[str] 
                        {"statistics_s": t1 - t0, "tune_s": t2 - t1})
 
 
-def write_tables(cal: Calibration, out: str, *, main_method: str, mlir: str, write_method_tables: bool = True) -> list[str]:
-    """Write ``out`` (main method; tuned) and ``<out>_<method>.1`` / ``<out>_<method>_tune`` for every method."""
+#: run_sensitive_layer's names for its per-method tables (``<table>_KL.1``, ``<table>_MAX_tune``, ...)
+SENSITIVE_NAMES = {"max": "MAX", "percentile9999": "Percentile9999", "kl": "KL", "mse": "MSE"}
+
+
+def write_tables(cal: Calibration, out: str, *, main_method: str | None, mlir: str, write_method_tables: bool = True,
+                 method_names: dict[str, str] | None = None) -> list[str]:
+    """Write ``out`` (main method, tuned; run_calibration's header) unless ``main_method`` is None, and
+    ``<out>_<method>.1`` / ``<out>_<method>_tune`` for every method (``method_names`` renames them, e.g.
+    :data:`SENSITIVE_NAMES` for run_sensitive_layer's files and header style)."""
     from .tables import write_cali_table
 
     written = []
     d = os.path.dirname(os.path.abspath(out))
     os.makedirs(d, exist_ok=True)
+    style = "kld-old" if method_names else "kld-mid"
     for m in cal.untuned:
         if write_method_tables:
             for suffix, tuned, tn in ((".1", False, None), ("_tune", True, cal.tune_num)):
-                p = f"{out}_{m}{suffix}"
+                p = f"{out}_{(method_names or {}).get(m, m)}{suffix}"
                 write_cali_table(p, cal.table_entries(m, tuned), method=m, mlir=mlir, histogram_bins=2048,
-                                 sample_number=cal.n_samples, tune_number=tn)
+                                 sample_number=cal.n_samples, tune_number=tn, version_style=style)
                 written.append(p)
-    tn = cal.tune_num if main_method in ("kl", "mse") else None
-    write_cali_table(out, cal.table_entries(main_method, True), method=main_method, mlir=mlir, histogram_bins=2048,
-                     sample_number=cal.n_samples, tune_number=tn)
-    written.append(out)
+    if main_method is not None:
+        write_cali_table(out, cal.table_entries(main_method, True), method=main_method, mlir=mlir, histogram_bins=2048,
+                         sample_number=cal.n_samples, tune_number=cal.tune_num, version_style="kld-mid")
+        written.append(out)
     return written

@@ -212,7 +212,7 @@ def ensure_out_dir(path: str) -> str:
 
 
 def run_search_from_args(args) -> int:
-    from .calibrate import calibrate, write_tables
+    from .calibrate import SENSITIVE_NAMES, calibrate, write_tables
     from .data.dataset import select_files
     from .engine import CompileStats, enable_compilation_cache
     from .errors import SearchError
@@ -250,9 +250,15 @@ def run_search_from_args(args) -> int:
         base = read_cali_table(args.calibration_table)
         check_table_matches(base, g.tensors, args.calibration_table)
     t_cal = time.time()
-    cal = calibrate(fn.model, cal_files, pp, methods=cfg.methods + (("kl",) if base is None and "kl" not in cfg.methods else ()),
-                    hist=args.hist, tune_num=args.tune_num, tune_methods=cfg.methods + ("kl",), progress=not args.quiet,
+    # TPU-MLIR's flow: run_calibration (v2 statistics, KL tuned) gives the base table, run_sensitive_layer then
+    # generates its per-method tables with the v1 statistics (checked against 1.23: tests/test_tpu_mlir_oracle.py)
+    cal = calibrate(fn.model, cal_files, pp, methods=cfg.methods, hist=args.hist, tune_num=args.tune_num,
+                    tune_methods=cfg.methods, progress=not args.quiet,
                     stats=stats, batch=args.batch)  # the search's chunk: both share the compiled executables
+    base_cal = None
+    if base is None:
+        base_cal = calibrate(fn.model, cal_files, pp, methods=("kl",), hist="v2", tune_num=args.tune_num,
+                             progress=not args.quiet, stats=stats, batch=args.batch)
     t_cal = time.time() - t_cal
     if args.tune_num <= 0:
         print("note: --tune_num 0: untuned method thresholds (TPU-MLIR's SL-old would crash here)", file=sys.stderr)
@@ -260,15 +266,16 @@ def run_search_from_args(args) -> int:
     if base is None:  # the table qsens writes to <out_dir>/cali_table, headers included
         from .tables import cali_header_lines
 
-        base = CaliTable(cal.table_entries("kl", True), headers=tuple(cali_header_lines(
-            method="kl", mlir=args.model, histogram_bins=2048, sample_number=cal.n_samples,
-            tune_number=cal.tune_num)))
+        base = CaliTable(base_cal.table_entries("kl", True), headers=tuple(cali_header_lines(
+            method="kl", mlir=args.model, histogram_bins=2048, sample_number=base_cal.n_samples,
+            tune_number=base_cal.tune_num)))
     inputs = load_inputs(inf_files, g, pp)
 
-    def extra_files():
-        if args.calibration_table:
-            return {}
-        return {"calibration_tables": write_tables(cal, cali_path, main_method="kl", mlir=args.model)}
+    def extra_files():  # run_sensitive_layer always writes its per-method tables; the base only if qsens made it
+        base_files = [] if base_cal is None else write_tables(base_cal, cali_path, main_method="kl", mlir=args.model,
+                                                              write_method_tables=False)
+        return {"calibration_tables": base_files + write_tables(cal, cali_path, main_method=None, mlir=args.model,
+                                                                method_names=SENSITIVE_NAMES)}
 
     post_id = None
     if args.post_process:
@@ -352,9 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--methods", default="", help="also write <table>_<m>.1 and <table>_<m>_tune for these methods, "
                    "e.g. max,percentile9999,kl (what the sensitive-layer search uses)")
     s.add_argument("--tune_num", type=int, default=5, help="SimpleTuner samples (0 = untuned thresholds)")
-    s.add_argument("--hist", choices=("v1", "v2"), default="v1",
-                   help="v1: exact abs-max pass then one histogram width (docs era, order-independent); "
-                   "v2: TPU-MLIR's current streaming merge")
+    s.add_argument("--hist", choices=("v1", "v2"), default="v2",
+                   help="v2 (default, TPU-MLIR 1.23 run_calibration): one pass, streaming histogram merge; "
+                   "v1: abs-max pass then one histogram width, percentile of |a| (what run_sensitive_layer's "
+                   "per-method tables use)")
     s.add_argument("--batch", type=int, default=None, help="images per compiled batch (default min(10, input_num))")
     s.add_argument("-o", "--calibration_table", default="cali_table", help="output table path")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -374,7 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--quantize_table", default="qtable", help="qtable path (relative: inside --out_dir)")
     s.add_argument("--methods", default="max,percentile9999,kl", help="candidate methods, in TPU-MLIR's order")
     s.add_argument("--tune_num", type=int, default=5)
-    s.add_argument("--hist", choices=("v1", "v2"), default="v1")
+    s.add_argument("--hist", choices=("v1", "v2"), default="v1",
+                   help="statistics of the per-method candidate tables (TPU-MLIR 1.23's run_sensitive_layer: v1); "
+                   "the base table qsens calibrates without --calibration_table is run_calibration's (v2)")
     s.add_argument("--out_dir", default=".")
     s.add_argument("--resume", action="store_true", help="continue from <out_dir>/search.ckpt.json")
     s.add_argument("--strategy", choices=("fast", "naive"), default="fast")

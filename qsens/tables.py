@@ -356,7 +356,10 @@ def cali_header_lines(
       None writes 0), column line.
     * ``kld-mid``: mlir version, mlir, time, histogram number, sample number, [tune number], ``###``,
       column line (no method line).
-    * ``kld-old``: time, histogram number, sample number, ``###``, column line.
+    * ``kld-old``: time, histogram number, sample number, [tune number], ``###``, column line.
+
+    TPU-MLIR 1.23 (checked with the real tool): ``run_calibration`` writes ``kld-mid`` with the tune number for
+    every method; ``run_sensitive_layer``'s per-method tables are ``kld-old`` (``_tune`` with the tune number).
     """
     if version_style not in _VERSION_STYLES:
         raise ValueError(f"version_style must be one of {_VERSION_STYLES}, got {version_style!r}")
@@ -391,6 +394,7 @@ def cali_header_lines(
         f"# genetated time: {t}",
         f"# histogram number: {histogram_bins}",
         f"# sample number: {sample_number}",
+        *([f"# tune number: {tune_number}"] if tune_number is not None else []),
         "###",
         col,
     ]

@@ -76,7 +76,8 @@ def test_lite0_kl_table_covers_canonical_tensors(lite0, tmp_path):
     assert written == [out]
     headers, rows = python_parse(out)
     assert list(rows) == list(g.tensors)  # every canonical tensor, canonical order, nothing else
-    assert "# quantization threshold calculation method: kl" in headers
+    # TPU-MLIR 1.23 run_calibration's header (checked with the real tool): no method line, tune number always
+    assert not any(h.startswith("# quantization threshold calculation method") for h in headers)
     assert "# sample number: 16" in headers and "# tune number: 5" in headers
     assert list(cpp_import(out)["int8"]) == list(g.tensors)
     for t in g.tensors:
@@ -196,8 +197,8 @@ def test_cli_calibrate_end_to_end(work, tmp_path, capsys, monkeypatch):
         for th, mn, mx in rows.values():
             assert th > 0 and mn <= mx
     h_main = python_parse(str(out1))[0]
-    assert "# quantization threshold calculation method: kl" in h_main and "# tune number: 2" in h_main
-    assert "# tune number: 0" in python_parse(f"{out1}_max.1")[0]
+    assert "# tune number: 2" in h_main and h_main[0].startswith("# mlir version: ") and "cali version" not in h_main[0]
+    assert not any(h.startswith("# tune number") for h in python_parse(f"{out1}_max.1")[0])  # .1: untuned
     _, mx = python_parse(f"{out1}_max_tune")
     _, p99 = python_parse(f"{out1}_percentile9999_tune")
     assert all(p99[t][0] <= mx[t][0] for t in mx)

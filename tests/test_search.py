@@ -401,8 +401,8 @@ def test_same_seed_byte_identical_across_processes(clidata, full_run, tmp_path):
     r = subprocess.run(cmd, cwd=str(tmp_path), env=sub_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     names = cali_files(full_run["out"])
-    assert names == ["cali_table", "cali_table_kl.1", "cali_table_kl_tune", "cali_table_max.1",
-                     "cali_table_max_tune", "cali_table_percentile9999.1", "cali_table_percentile9999_tune"]
+    assert names == ["cali_table", "cali_table_KL.1", "cali_table_KL_tune", "cali_table_MAX.1",  # run_sensitive_layer's
+                     "cali_table_MAX_tune", "cali_table_Percentile9999.1", "cali_table_Percentile9999_tune"]
     assert cali_files(out) == names
     for name in OUTPUTS + tuple(names):
         assert (out / name).read_bytes() == (full_run["out"] / name).read_bytes(), name

@@ -155,25 +155,54 @@ class Canonicalizer:
         self.batch_dims = [not d or not isinstance(d[0], int) for d in decl]
         self.deploy_batch = next((s[0] for s, b in zip(self.deploy_shapes, self.batch_dims) if s and b),
                                  self.deploy_shapes[0][0] if self.deploy_shapes and self.deploy_shapes[0] else 1)
+        # A fixed-batch model (no input has a symbolic leading dim: the usual export for TPU-MLIR) runs at another
+        # batch sample by sample, as TPU-MLIR runs it: inputs leading with the deployment batch carry the batch.
+        self.fixed_batch = not any(self.batch_dims)
+        self.batch_inputs = ([bool(s) and s[0] == self.deploy_batch for s in self.deploy_shapes] if self.fixed_batch
+                             else list(self.batch_dims))
+        self._deploy_avals: dict[str, jax.ShapeDtypeStruct] = {}
         self.graph(self.deploy_batch)  # validates the model, fills params
 
     # ---------------------------------------------------------------------------------------------
     def shapes_at(self, batch: int) -> list[tuple[int, ...]]:
-        """Input shapes at ``batch``: only inputs whose declared leading dim is symbolic take the batch."""
+        """Input shapes at ``batch``: the inputs that carry the batch (:attr:`batch_inputs`: a symbolic leading dim,
+        or for a fixed-batch model a leading dim equal to the deployment batch) take it."""
         if batch == self.deploy_batch:
             return list(self.deploy_shapes)
-        if not any(self.batch_dims):
-            raise ModelError(f"'{self.path}' has fixed input shapes {self.deploy_shapes}; it cannot run at batch {batch} "
-                             "(re-export it with a dynamic batch dim)")
-        return [(batch,) + s[1:] if (s and b) else s for s, b in zip(self.deploy_shapes, self.batch_dims)]
+        if not any(self.batch_inputs):
+            raise ModelError(f"'{self.path}': no input of shapes {self.deploy_shapes} carries a batch dim; "
+                             f"it cannot run at batch {batch}")
+        return [(batch,) + s[1:] if (s and b) else s for s, b in zip(self.deploy_shapes, self.batch_inputs)]
 
     def graph(self, batch: int) -> Graph:
         if batch not in self._graphs:
-            self._graphs[batch] = self._build(self.shapes_at(batch), batch)
+            if self.fixed_batch and batch != self.deploy_batch:
+                self._graphs[batch] = self._fixed_batch_graph(batch)
+            else:
+                self._graphs[batch] = self._build(self.shapes_at(batch), batch)
         return self._graphs[batch]
 
+    def _fixed_batch_graph(self, batch: int) -> Graph:
+        """A fixed-batch model at ``batch``: rebound when the graph allows it, else run sample by sample.
+
+        Rebinding builds the graph at ``batch`` with every Reshape target whose leading entry is the deployment
+        batch (and whose input and output lead with it there, e.g. ``[1, -1]``) given the new batch instead, and
+        keeps it only if it is the deployment graph with the batch swapped: same ops, every tensor
+        ``(batch,) + its deployment shape[1:]``, no op normalizing over axis 0 (:func:`~.ir.batch_separable`).
+        Otherwise each op that is not sample-local runs per deployment-batch chunk (:func:`per_sample_graph`)."""
+        from .ir import batch_separable
+
+        g0 = self.graph(self.deploy_batch)
+        try:
+            g = self._build(self.shapes_at(batch), batch, rebind=True)
+            if batch_separable(g, g0):
+                return g
+        except ModelError:
+            pass
+        return per_sample_graph(g0, batch, self.batch_inputs, {k: np.shape(v) for k, v in self.params.items()}, self.path)
+
     # ---------------------------------------------------------------------------------------------
-    def _build(self, shapes: list[tuple[int, ...]], batch: int) -> Graph:
+    def _build(self, shapes: list[tuple[int, ...]], batch: int, rebind: bool = False) -> Graph:
         opset = self.opset
         vals: dict[str, tuple[str, Any]] = {}
         params: dict[str, np.ndarray] = {}
@@ -263,6 +292,8 @@ class Canonicalizer:
                     slots.append(("weight", vals[i][1]))
                 else:
                     slots.append(("const", np.asarray(value(i))))
+            if rebind and node.op_type == "Reshape":
+                self._rebind_reshape(node, slots, avals, batch)
             out_avals = self._infer(d, attrs, slots, avals, params, nname, node.op_type)
             raw = _Raw(node, node.op_type, attrs, slots, list(node.output), out_avals, [nname], node)
             raws.append(raw)
@@ -274,6 +305,8 @@ class Canonicalizer:
         for o in graph_outs:
             if vals.get(o, ("?",))[0] != "act":
                 raise ModelError(f"graph output '{o}' does not depend on the model input (it is a constant); qsens cannot quantize it.")
+        if batch == self.deploy_batch:
+            self._deploy_avals = dict(avals)
         ops, alias, params = self._canonicalize(raws, graph_outs, params, avals)
         ops = in_ops + ops
         out_tensors = tuple(alias.get(o, o) for o in graph_outs)
@@ -284,6 +317,26 @@ class Canonicalizer:
             output_names=tuple(graph_outs), input_shapes=tuple(tuple(s) for s in shapes), batch=batch,
             opset=opset, model_path=self.path,
         )
+
+    def _rebind_reshape(self, node: onnx.NodeProto, slots: list, avals: dict, batch: int) -> None:
+        """Give a Reshape target's leading entry the new ``batch`` where it is the deployment batch ``B``: the
+        input and the output lead with ``B`` at deployment and the input leads with ``batch`` now (a fixed-batch
+        export's ``[1, -1]`` / ``[1, 1280]``).  Per sample this is the deployment reshape."""
+        if len(slots) < 2 or slots[0][0] != "act" or slots[1][0] != "const":
+            return
+        B = self.deploy_batch
+        d_in, d_out = self._deploy_avals.get(node.input[0]), self._deploy_avals.get(node.output[0])
+        target = np.asarray(slots[1][1])
+        if d_in is None or d_out is None or target.ndim != 1 or not target.size or int(target[0]) != B:
+            return
+        cur = tuple(avals[slots[0][1]].shape)
+        if not d_in.shape or not d_out.shape or d_in.shape[0] != B or d_out.shape[0] != B:
+            return
+        if not cur or cur[0] != batch or cur[1:] != tuple(d_in.shape[1:]):
+            return
+        t = target.copy()
+        t[0] = batch
+        slots[1] = ("const", t)
 
     # ---------------------------------------------------------------------------------------------
     @staticmethod
@@ -347,6 +400,37 @@ class Canonicalizer:
         def sole_user(tensor: str, r: _Raw) -> bool:
             return tensor not in graph_out_set and len(users.get(tensor, [])) == 1 and users[tensor][0] is r
 
+        # 1b. onnxsim's fuse_add_bias_into_conv / fuse_matmul_add_bias_into_gemm (model_transform simplifies the
+        #     ONNX model first): the fused op takes the Add's output, named <Add output>_Conv / _Gemm
+        for r in kept:
+            if r.op_type != "Add" or len(r.slots) != 2 or r.slots[0][0] != "act" or r.slots[1][0] not in ("weight", "const"):
+                continue
+            p = producer.get(r.slots[0][1])
+            if p is None or id(p) in dead or not sole_user(r.slots[0][1], r):
+                continue
+            bias = np.asarray(params[r.slots[1][1]] if r.slots[1][0] == "weight" else r.slots[1][1])
+            if not _is_float(bias):
+                continue
+            fused = _add_bias_fusion(p, bias, params, avals)
+            if fused is None:
+                continue
+            op_type, b = fused
+            bk = f"{r.outputs[0]}@fused_bias"
+            params[bk] = b.astype(np.float32)
+            if op_type == "Gemm":
+                p.op_type = "Gemm"
+                p.attrs = {**{k: v for k, v in p.attrs.items() if k.startswith("_")},
+                           "alpha": 1.0, "beta": 1.0, "transA": 0, "transB": 0}
+            p.slots = p.slots[:2] + [("weight", bk)]
+            p.extra["name_type"] = op_type
+            old_out = p.outputs[0]
+            p.outputs = [r.outputs[0]]
+            p.nodes.append(r.nodes[0])
+            producer[r.outputs[0]] = p
+            producer.pop(old_out, None)
+            dead.add(id(r))
+        kept = [r for r in kept if id(r) not in dead]
+
         # 2. fold BN into Conv
         for r in kept:
             if r.op_type != "BatchNormalization" or r.slots[0][0] != "act":
@@ -372,8 +456,7 @@ class Canonicalizer:
             old_out = p.outputs[0]
             p.outputs = [alias_out]
             avals[alias_out] = avals[alias_out]
-            p.nodes.append(r.nodes[0])
-            p.name_node = r.node
+            p.nodes.append(r.nodes[0])  # name: <BN output>_Conv (onnxsim's fuse_bn_into_conv renames the Conv)
             producer[alias_out] = p
             producer.pop(old_out, None)
             dead.add(id(r))
@@ -399,6 +482,29 @@ class Canonicalizer:
             dead.add(id(p))
         kept = [r for r in kept if id(r) not in dead]
 
+        # 2c. merge a linear 1x1 Conv into the Conv that reads it (TPU-MLIR's Conv1x1Convkxk2dMerge)
+        for r in kept:
+            if r.op_type != "Conv" or id(r) in dead or r.slots[0][0] != "act":
+                continue
+            p = producer.get(r.slots[0][1])
+            if p is None or p.op_type != "Conv" or id(p) in dead or not sole_user(r.slots[0][1], r):
+                continue
+            merged = _merge_conv1x1(p, r, params, avals)
+            if merged is None:
+                continue
+            wk, bk = f"{self._name(r.outputs[0], 'Conv')}_merge_filter_weight", f"{self._name(r.outputs[0], 'Conv')}_merge_bias_weight"
+            params[wk] = merged[0]
+            r.slots = [p.slots[0], ("weight", wk)]
+            if merged[1] is not None:
+                params[bk] = merged[1]
+                r.slots.append(("weight", bk))
+            r.nodes[:0] = p.nodes
+            x = p.slots[0][1]
+            users[x] = [r if u is p else u for u in users.get(x, [])]
+            producer.pop(p.outputs[0], None)
+            dead.add(id(p))
+        kept = [r for r in kept if id(r) not in dead]
+
         # 3. fuse Relu / Clip(0, x) into the producer
         for r in kept:
             if id(r) in dead or r.slots[0][0] != "act":
@@ -421,6 +527,7 @@ class Canonicalizer:
                 continue
             p.extra["relu"] = True
             p.extra["relu_limit"] = limit
+            p.extra.pop("name_type", None)
             old_out = p.outputs[0]
             p.outputs = [r.outputs[0]]
             p.nodes.append(r.nodes[0])
@@ -510,7 +617,7 @@ class Canonicalizer:
         elif top_type != "Relu":
             attrs.setdefault("do_relu", False)
         name_out = r.outputs[0]
-        name_type = r.name_node.op_type
+        name_type = r.extra.get("name_type") or r.name_node.op_type
         name = self._name(name_out, name_type)
         outs = [name] + [self._name(o, name_type) for o in r.outputs[1:] if o]
         out_avals = [avals[o] for o in r.outputs if o]
@@ -575,3 +682,162 @@ def _is_spatial_mean(r: _Raw) -> bool:
     ins = [None] + [np.asarray(s[1]) if s[0] == "const" else None for s in r.slots[1:]]
     axes = reduce_axes(ins, r.attrs, rank)
     return axes == tuple(range(2, rank))
+
+
+#: TPU-MLIR refuses the merge when the merged filter would hold this many times more elements than the two
+#: filters together (``(float)E*C*K*K / (E*D*K*K + C*D) > 20``: Conv1x1Convkxk2dMerge's guard)
+MERGE_MAX_GROWTH = 20.0
+
+
+def _conv_geometry(r: _Raw, w_shape, x_shape):
+    from .ops.conv import conv_attrs
+
+    k, s, p, d, g = conv_attrs(r.attrs, x_shape, w_shape)
+    return tuple(k), tuple(s), tuple(v for pp in p for v in pp), tuple(d), g
+
+
+def _merge_conv1x1(p: _Raw, r: _Raw, params, avals):
+    """TPU-MLIR 1.23's ``Conv1x1Convkxk2dMerge`` (Top canonicalizer, lib/Dialect/Top/Canonicalize/Conv.cpp) on the
+    Conv pair ``p`` (1x1) -> ``r``: the merged ``(filter, bias or None)`` as float32 (float64 arithmetic), else None.
+
+    TPU-MLIR's conditions: ``p`` is a 1x1 Conv whose output has one use (``r``; a graph output is a use), both
+    have group 1, no padding and no fused activation (a ReLU after ``r`` is fused after the merge: the
+    canonicalizer visits ``r`` before its ReLU), and the merged filter is at most :data:`MERGE_MAX_GROWTH` times
+    the two filters.  Strides and dilations of ``r`` are kept; bias = ``b_r + sum_{d,u,v} W_r[e,d,u,v] * b_p[d]``.
+    Two cases TPU-MLIR 1.23 merges into a *broken* model are not merged here (checked with its interpreter):
+    a strided ``p`` (the stride is dropped: wrong output shape) and a non-square kernel of ``r`` (its code assumes
+    K x K: "size does not match for tensor ..._merge_filter_weight"; a 1-D kernel k becomes (k, 1) there)."""
+    if p.extra.get("relu") or r.extra.get("relu"):
+        return None
+    if p.slots[1][0] != "weight" or r.slots[1][0] != "weight":
+        return None
+    if any(s[0] not in ("weight", "none") for s in p.slots[2:3] + r.slots[2:3]) or len(p.slots) > 3 or len(r.slots) > 3:
+        return None
+    w1 = np.asarray(params[p.slots[1][1]], np.float64)
+    w2 = np.asarray(params[r.slots[1][1]], np.float64)
+    if w1.ndim != w2.ndim or w1.ndim not in (3, 4):
+        return None
+    x1, x2 = avals[p.slots[0][1]].shape, avals[r.slots[0][1]].shape
+    k1, s1, pad1, _, g1 = _conv_geometry(p, w1.shape, x1)
+    k2, _, pad2, _, g2 = _conv_geometry(r, w2.shape, x2)
+    if set(k1) != {1}:
+        return None
+    if g1 != 1 or g2 != 1 or any(pad1) or any(pad2) or set(s1) != {1}:
+        return None
+    if (len(k2) == 2 and k2[0] != k2[1]) or (len(k2) == 1 and k2[0] != 1):
+        return None
+    E, D = w2.shape[:2]
+    C = w1.shape[1]
+    kk = int(np.prod(k2))
+    if np.float32(E * C * kk) / np.float32(E * D * kk + C * D) > MERGE_MAX_GROWTH:
+        return None
+    w1m = w1.reshape(D, C)
+    w = np.einsum("ed...,dc->ec...", w2, w1m)
+    b1 = np.asarray(params[p.slots[2][1]], np.float64) if len(p.slots) > 2 and p.slots[2][0] == "weight" else None
+    b2 = np.asarray(params[r.slots[2][1]], np.float64) if len(r.slots) > 2 and r.slots[2][0] == "weight" else None
+    if b1 is None and b2 is None:
+        return w.astype(np.float32), None
+    b = np.zeros(E, np.float64) if b2 is None else b2.reshape(E).copy()
+    if b1 is not None:
+        b += w2.reshape(E, D, -1).sum(axis=2) @ b1.reshape(D)
+    return w.astype(np.float32), b.astype(np.float32)
+
+
+def _add_bias_fusion(p: _Raw, bias: np.ndarray, params, avals):
+    """onnxsim's ``fuse_add_bias_into_conv`` / ``fuse_matmul_add_bias_into_gemm`` (onnxoptimizer) on ``p`` (the
+    producer of the Add's first input) and the Add's constant second input: ``(op type, bias [N])`` or None.
+
+    Conv without bias: a one-element bias (broadcast to every channel), or a bias of rank ``r`` with
+    ``rank - 1 <= r <= rank`` whose only non-1 dim is the channel dim (``[M,1,1]``, ``[1,M,1,1]``).
+    MatMul of a rank-2 activation by a rank-2 weight: a bias ``[N]`` or ``[1,N]`` (``[M,N]`` rows are not
+    per-channel and are left to the Add)."""
+    if p.slots[0][0] != "act" or p.slots[1][0] != "weight" or p.extra.get("relu"):
+        return None
+    w = params[p.slots[1][1]]
+    if p.op_type == "Conv" and len(p.slots) == 2:
+        m, rank = int(w.shape[0]), w.ndim
+        if bias.ndim > rank:
+            return None
+        if bias.size == 1:
+            return "Conv", np.full(m, float(bias.reshape(-1)[0]), np.float64)
+        if rank > bias.ndim + 1 or bias.size != m or bias.ndim < 2 or bias.shape[1 + bias.ndim - rank] != m:
+            return None
+        return "Conv", bias.reshape(m).astype(np.float64)
+    if p.op_type == "MatMul" and len(p.slots) == 2:
+        x_shape = avals[p.slots[0][1]].shape
+        if len(x_shape) != 2 or w.ndim != 2:
+            return None
+        n = int(w.shape[1])
+        if bias.shape not in ((n,), (1, n)):
+            return None
+        return "Gemm", bias.reshape(n).astype(np.float64)
+    return None
+
+
+# --- fixed-batch models run sample by sample -------------------------------------------------------------------
+
+#: ONNX op types that are sample-local on tensors leading with the batch (each output row depends only on the same
+#: input row): run on the stacked batch as they are.  Every other op of a per-sample graph runs per chunk.
+_SAMPLE_LOCAL = {"Conv", "Relu", "PRelu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu",
+                 "Selu", "Softplus", "Exp", "Log", "Abs", "Neg", "Sqrt", "Reciprocal", "Erf", "Gelu", "Mish", "Sign",
+                 "Floor", "Ceil", "Round", "Cast", "Identity", "Add", "Sub", "Mul", "Div", "Max", "Min", "Pow",
+                 "BatchNormalization", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LRN",
+                 "InstanceNormalization", "Flatten", "Softmax", "LogSoftmax", "Concat", "Gemm", "MatMul", "ReduceMean"}
+
+
+def _stacked(n: int, shape) -> tuple[int, ...]:
+    """Shape of ``n`` deployment-batch results stacked along axis 0 (a scalar per sample stacks to ``(n,)``)."""
+    shape = tuple(shape)
+    return (n * shape[0],) + shape[1:] if shape else (n,)
+
+
+def _sample_local(op: Op, g: Graph, param_shapes) -> bool:
+    """Whether ``op`` of the deployment graph ``g`` gives, on ``n`` deployment batches stacked along axis 0, the
+    ``n`` results stacked: every tensor it reads and writes leads with the batch, it mixes nothing along axis 0,
+    and its weights / constants broadcast per sample (decided from static shapes and attributes)."""
+    B = g.batch
+    shapes = [g.tensor_shape(t) for t in op.inputs] + list(op.out_shapes)
+    if not op.inputs or any(not s or s[0] != B for s in shapes) or op.onnx_type not in _SAMPLE_LOCAL:
+        return False
+    rank = len(op.out_shapes[0])
+    t = op.onnx_type
+    if t in ("Softmax", "LogSoftmax", "Concat"):
+        return int(op.attr("axis", 1 if t == "Concat" else -1)) % rank != 0
+    if t == "Flatten":
+        return int(op.attr("axis", 1)) % len(shapes[0]) != 0
+    if t == "ReduceMean":
+        return op.type == "AvgPool"
+    if t == "Gemm":
+        return not op.attr("transA", 0) and len(shapes[0]) == 2
+    if t == "MatMul":
+        return len(op.inputs) == 1 and all(len(param_shapes[k]) <= 2 for _r, k in op.weights) and \
+            all(np.ndim(v) <= 2 for _r, v in op.consts)
+    if t in ("Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "PRelu"):  # broadcast operands: none may span samples
+        others = [tuple(param_shapes[k]) for _r, k in op.weights] + [np.shape(v) for _r, v in op.consts]
+        return all(len(s) < rank or s[0] == 1 for s in others)
+    return True
+
+
+def per_sample_graph(g0: Graph, batch: int, batch_inputs, param_shapes, path: str = "") -> Graph:
+    """The deployment graph ``g0`` run on ``batch = n * g0.batch`` samples, ``n`` deployment batches stacked along
+    axis 0 in every tensor (shape :func:`_stacked`).  Ops that are not :func:`_sample_local` get the attribute
+    ``per_sample = (n, input shapes, output shapes at deployment)``: their float implementation
+    (:func:`qsens.onnx.convert.run_op_roles`) runs once per deployment batch (``lax.map``), as TPU-MLIR runs a
+    fixed-batch model."""
+    B = g0.batch
+    if batch % B:
+        raise ModelError(f"'{path}' has a fixed batch of {B} that cannot be rebound; it runs in batches of {B}, "
+                         f"and {batch} is not a multiple")
+    if not all(batch_inputs):
+        raise ModelError(f"'{path}' has a fixed batch and inputs of shapes {list(g0.input_shapes)} that do not all "
+                         f"lead with it; it cannot run at batch {batch}")
+    n = batch // B
+    ops = []
+    for op in g0.ops:
+        attrs = op.attrs
+        if op.type != "Input" and not _sample_local(op, g0, param_shapes):
+            ps = (n, tuple(g0.tensor_shape(t) for t in op.inputs), tuple(op.out_shapes))
+            attrs = freeze_attrs({**dict(op.attrs), "per_sample": ps})
+        ops.append(dataclasses.replace(op, attrs=attrs, out_shapes=tuple(_stacked(n, s) for s in op.out_shapes)))
+    return dataclasses.replace(g0, ops=tuple(ops), input_shapes=tuple(_stacked(n, s) for s in g0.input_shapes),
+                               batch=batch, per_sample=n)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -12,7 +13,7 @@ import numpy as np
 from ..errors import ModelError
 from . import registry
 from .canonical import Canonicalizer
-from .ir import Graph, Op
+from .ir import Graph, Op, batch_separable  # noqa: F401  (batch_separable: public here too)
 from .load import load_model, resolve_input_shapes
 
 
@@ -40,11 +41,25 @@ def onnx_inputs(op: Op, weights: Mapping[str, Any], acts: Sequence[Any], const_f
 
 
 def run_op_roles(op: Op, weights: Mapping[str, Any], acts: Sequence[Any]) -> list:
-    """:func:`run_op` with the weights given by role (``{"filter": W, ...}``): shareable between ops."""
+    """:func:`run_op` with the weights given by role (``{"filter": W, ...}``): shareable between ops.
+    An op with the ``per_sample`` attribute (a fixed-batch model run sample by sample: :attr:`Graph.per_sample`)
+    runs once per deployment batch of its stacked inputs."""
+    ps = op.attr("per_sample")
+    if ps:
+        return _run_per_sample(op, weights, acts, ps)
     outs = registry.OPS[op.onnx_type].impl(jnp, onnx_inputs(op, weights, acts), dict(op.attrs))
     if op.type != "Relu":
         outs = [_relu(op, outs[0])] + list(outs[1:])
     return list(outs)
+
+
+def _run_per_sample(op: Op, weights: Mapping[str, Any], acts: Sequence[Any], ps) -> list:
+    """``lax.map`` of ``op`` (at its deployment shapes) over the ``n`` deployment batches stacked in ``acts``."""
+    n, in_shapes, out_shapes = ps
+    plain = dataclasses.replace(op, attrs=tuple((k, v) for k, v in op.attrs if k != "per_sample"))
+    xs = tuple(jnp.reshape(a, (n,) + tuple(s)) for a, s in zip(acts, in_shapes))
+    ys = jax.lax.map(lambda x: tuple(run_op_roles(plain, weights, list(x))), xs)
+    return [jnp.reshape(y, (n * s[0],) + tuple(s[1:]) if s else (n,)) for y, s in zip(ys, out_shapes)]
 
 
 def _relu(op: Op, y):
@@ -63,7 +78,7 @@ def layout_plan(graph: Graph, params: Mapping[str, Any], channels_last: bool = T
     plan: dict[str, bool] = {}
     for op in graph.ops:
         use = False
-        if channels_last and op.type != "Input":
+        if channels_last and op.type != "Input" and not op.attr("per_sample"):
             weights = {r: params[k] for r, k in op.weights}
             use = L.nhwc_ok(op, [graph.tensor_shape(t) for t in op.inputs], weights, dict(op.consts))
         for t in op.outputs:
@@ -143,32 +158,6 @@ def run_graph(
 #: machine, Lite0 batch 32: whole batch 169 ms, chunks of 16 / 8 / 4: 142 / 134 / 177 ms (benchmarks/forward.py).
 CPU_CHUNK = 8
 
-# Ops that keep every tensor's leading (batch) dim yet mix samples when their axis is 0.
-_AXIS_OPS = {"Softmax", "LogSoftmax", "Hardmax", "LayerNormalization", "CumSum", "LpNormalization"}
-
-
-def batch_separable(g_full: Graph, g_chunk: Graph) -> bool:
-    """Whether running ``g_chunk`` on slices of the batch gives ``g_full``'s result: every tensor of both graphs
-    leads with its graph's batch (so no op reshapes, reduces, concatenates or transposes across samples) and no
-    shape-preserving op normalizes over axis 0.  Decided from static shapes and attributes only."""
-    if len(g_full.ops) != len(g_chunk.ops) or g_full.batch == g_chunk.batch:
-        return False
-    for a, b in zip(g_full.ops, g_chunk.ops):
-        if a.name != b.name or a.type != b.type:
-            return False
-        if a.onnx_type in _AXIS_OPS or a.type in _AXIS_OPS:
-            rank = len(g_full.tensor_shape(a.inputs[0])) if a.inputs else 1
-            ax = a.attr("axis", -1 if a.onnx_type in ("Softmax", "LogSoftmax", "Hardmax", "LayerNormalization") else 0)
-            if ax is None or int(ax) % max(rank, 1) == 0:
-                return False
-        for g, op in ((g_full, a), (g_chunk, b)):
-            for t in op.inputs + op.outputs:
-                s = g.tensor_shape(t)
-                if not s or s[0] != g.batch:
-                    return False
-    return True
-
-
 class Model:
     """A converted model: canonical graphs (per batch size) and float params.
 
@@ -198,7 +187,7 @@ class Model:
         if missing:
             raise ModelError(f"inputs {missing} missing; the model '{self.path}' takes {list(g0.inputs)}.")
         batch = self.canon.deploy_batch
-        for name, flag in zip(g0.inputs, self.canon.batch_dims):
+        for name, flag in zip(g0.inputs, self.canon.batch_inputs):
             if flag and np.ndim(inputs[name]):
                 batch = int(np.shape(inputs[name])[0])
                 break
@@ -220,7 +209,7 @@ class Model:
         """
         if chunk is None:
             chunk = CPU_CHUNK if jax.default_backend() == "cpu" else 0
-        if not chunk or batch <= chunk or not all(self.canon.batch_dims):
+        if not chunk or batch <= chunk or not all(self.canon.batch_inputs):
             return 0
         chunk = -(-batch // -(-batch // chunk))  # as many steps as `chunk` needs, evened out: 10 -> 5+5, not 8+8
         key = (batch, chunk)

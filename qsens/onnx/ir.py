@@ -100,6 +100,10 @@ class Graph:
     batch: int
     opset: int
     model_path: str = ""
+    #: >0: a fixed-batch model at ``batch = per_sample * deployment batch`` that could not be rebound; every tensor
+    #: holds ``per_sample`` deployment-batch results stacked along axis 0 and the ops that are not sample-local
+    #: carry the ``per_sample`` attribute (``qsens.onnx.canonical.per_sample_graph``)
+    per_sample: int = 0
 
     # -- derived views -------------------------------------------------------------------------------
     @property
@@ -149,3 +153,29 @@ class Graph:
         object.__setattr__(self, "_index", index)
         object.__setattr__(self, "_consumers", {k: tuple(v) for k, v in consumers.items()})
         object.__setattr__(self, "_last_use", last_use)
+
+
+# Ops that keep every tensor's leading (batch) dim yet mix samples when their axis is 0.
+_AXIS_OPS = {"Softmax", "LogSoftmax", "Hardmax", "LayerNormalization", "CumSum", "LpNormalization"}
+
+
+def batch_separable(g_full: Graph, g_chunk: Graph) -> bool:
+    """Whether running ``g_chunk`` on slices of the batch gives ``g_full``'s result: both graphs have the same ops,
+    every tensor of both leads with its graph's batch and has the same other dims in both (so no op reshapes,
+    reduces, concatenates or transposes across samples) and no shape-preserving op normalizes over axis 0.
+    Decided from static shapes and attributes only."""
+    if len(g_full.ops) != len(g_chunk.ops) or g_full.batch == g_chunk.batch or g_full.per_sample or g_chunk.per_sample:
+        return False
+    for a, b in zip(g_full.ops, g_chunk.ops):
+        if a.name != b.name or a.type != b.type or a.outputs != b.outputs:
+            return False
+        if a.onnx_type in _AXIS_OPS or a.type in _AXIS_OPS:
+            rank = len(g_full.tensor_shape(a.inputs[0])) if a.inputs else 1
+            ax = a.attr("axis", -1 if a.onnx_type in ("Softmax", "LogSoftmax", "Hardmax", "LayerNormalization") else 0)
+            if ax is None or int(ax) % max(rank, 1) == 0:
+                return False
+        for t in a.inputs + a.outputs:
+            s, c = g_full.tensor_shape(t), g_chunk.tensor_shape(t)
+            if not s or not c or s[0] != g_full.batch or c[0] != g_chunk.batch or s[1:] != c[1:]:
+                return False
+    return True

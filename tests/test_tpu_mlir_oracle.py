@@ -1,0 +1,227 @@
+"""qsens against the real TPU-MLIR 1.23 (fixtures made by ``reference/tpu_mlir/run.py``, command in meta.json).
+
+Per reference model (MTCNN PNet and generated nets that exercise the BM1684 kernels and the calibration
+post-processing; see tests/fixtures/tpu_mlir/*/meta.json for the exact commands):
+
+* the canonical op list equals TPU-MLIR's Top-dialect op list (names, types, order, activation operands);
+* every calibration table ``run_calibration`` writes (KL tuned, MAX, Percentile9999, MSE) and every per-method
+  table ``run_sensitive_layer`` generates (``_<M>.1`` and ``_<M>_tune``): same tensors in the same order, values
+  equal to TPU-MLIR's printed digits within 2e-6 relative (both tools run the float model in float32 with
+  different convolution code: activations differ in the last bits);
+* every tensor of the BM1684 INT8 model of TPU-MLIR's table: same storage type and scale, and integer codes
+  equal bit for bit to TPU-MLIR's interpreter on TPU-MLIR's own preprocessed inputs;
+* run_sensitive_layer: every (op, method) loss within 1e-6, the same best method per op, the same float layers,
+  the same all-INT8 and mix similarity (to its 6 printed digits) and the same new_cali_table.
+
+``pytest -m reference`` re-runs the live comparison when the harness venv exists (``setup.sh``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests import tpu_mlir_oracle as O  # noqa: N812
+from tests.tpu_mlir_parser import python_parse
+
+FIXTURES = O.available()
+REL = 2e-6
+
+
+def _fx(name):
+    return O.load(name)
+
+
+def _flag_args(fx) -> list[str]:
+    f = fx.flags
+    out = []
+    for k in ("input_shapes", "resize_dims", "mean", "scale", "pixel_format", "channel_format", "keep_ratio_mode",
+              "pad_type", "pad_value"):
+        if f.get(k) is not None:
+            out += [f"--{k}", str(f[k])]
+    if f.get("keep_aspect_ratio"):
+        out.append("--keep_aspect_ratio")
+    return out
+
+
+def _dataset(fx) -> str:
+    from qsens.zoo import zoo_path
+
+    return str(zoo_path(os.path.basename(fx.flags["dataset"].rstrip("/"))))
+
+
+def _table(path):
+    headers, rows = python_parse(str(path))
+    return headers, rows
+
+
+def assert_tables_close(ours: Path, theirs: Path, rel: float = REL):
+    _, a = _table(ours)
+    _, b = _table(theirs)
+    assert list(a) == list(b), f"{ours.name}: tensor names/order differ from TPU-MLIR's {theirs.name}"
+    bad = [(t, i, x, y) for t in b for i, (x, y) in enumerate(zip(a[t], b[t])) if abs(x - y) > rel * max(abs(y), 1e-3)]
+    assert not bad, f"{ours.name} vs TPU-MLIR {theirs.name}: {len(bad)} value(s) differ, e.g. {bad[:3]}"
+
+
+@pytest.fixture(scope="module")
+def models():
+    import qsens.onnx
+
+    out = {}
+    for name in FIXTURES:
+        fx = _fx(name)
+        out[name] = qsens.onnx.to_jax(str(O.model_path(fx)), O.input_shapes(fx))
+    return out
+
+
+def test_fixtures_present():
+    assert {"mtcnn_pnet", "gen_act", "gen_pool"} <= set(FIXTURES)
+    for name in FIXTURES:
+        fx = _fx(name)
+        assert fx.meta["tpu_mlir"] == "1.23" and fx.meta["commands"], name
+
+
+@pytest.mark.zoo
+@pytest.mark.parametrize("name", FIXTURES)
+def test_op_list_equals_tpu_mlir(name, models, zoo):
+    fx = _fx(name)
+    g = models[name][0].graph
+    ours = [(op.name, op.type) for op in g.ops]
+    theirs = [(o["name"], o["type"].removeprefix("top.")) for o in fx.ops]
+    assert [n for n, _ in ours] == [n for n, _ in theirs]
+    names = {o["name"] for o in fx.ops}
+    for op, o in zip(g.ops, fx.ops):
+        assert op.type == o["type"].removeprefix("top.") or (op.type, o["type"]) in {("Reshape", "top.Reshape")}, op.name
+        assert list(op.inputs) == [x for x in o["operands"] if x in names], op.name
+
+
+@pytest.mark.zoo
+@pytest.mark.parametrize("name", FIXTURES)
+def test_run_calibration_tables(name, tmp_path, zoo):
+    """``qsens calibrate`` (default: v2 statistics, KL tuned) == ``run_calibration.py`` for every method."""
+    from qsens.cli import main
+
+    fx = _fx(name)
+    out = tmp_path / "t"
+    argv = ["calibrate", str(O.model_path(fx)), "--dataset", _dataset(fx), "--input_num", str(fx.flags["input_num"]),
+            *_flag_args(fx), "--methods", "max,percentile9999,mse", "--batch", "1", "-q", "-o", str(out)]
+    assert main(argv) == 0
+    assert_tables_close(out, fx.file("cali_table"))
+    for m in ("max", "percentile9999", "mse"):
+        assert_tables_close(Path(f"{out}_{m}.1"), fx.file(f"cali_table_{m}"))
+    headers, _ = _table(out)
+    theirs, _ = _table(fx.file("cali_table"))
+    drop = ("# mlir version", "# mlir:", "# genetated time")
+    assert [h for h in headers if not h.startswith(drop)] == [h for h in theirs if not h.startswith(drop)]
+
+
+@pytest.mark.zoo
+@pytest.mark.parametrize("name", FIXTURES)
+def test_int8_model_bit_exact(name, models, zoo):
+    """Every quantized tensor of the INT8 model of TPU-MLIR's table: storage type, scale and codes."""
+    fn, params = models[name]
+    fx = _fx(name)
+    plan, codes, scales = O.int8_codes(fx, fn.model, params)
+    qinfo = fx.json("int8", "qinfo.json")
+    ref = fx.npz("int8", "int8.npz")
+    checked = 0
+    for t in plan.graph.tensors:
+        q = qinfo[t]
+        if q["dtype"] not in ("I8", "U8"):  # F32 inside the INT8 model (the Input, Softmax): qsens agrees
+            op = plan.graph.producer(t)
+            assert op.type == "Input" or op.name in plan.f32_reason, t
+            continue
+        scale, signed = scales[t]
+        assert signed == (q["dtype"] == "I8"), t
+        assert scale == pytest.approx(q["scale"], rel=1e-6), t
+        np.testing.assert_array_equal(codes[t].reshape(ref[t].shape), ref[t], err_msg=t)
+        checked += 1
+    assert checked >= len(plan.graph.tensors) - 2
+
+
+@pytest.fixture(scope="module")
+def searches(tmp_path_factory, zoo):
+    """``qsens search`` with TPU-MLIR's own table and flags, once per fixture."""
+    from qsens.cli import main
+
+    out = {}
+    for name in FIXTURES:
+        fx = _fx(name)
+        d = tmp_path_factory.mktemp(name)
+        f = fx.flags
+        argv = ["search", str(O.model_path(fx)), "--dataset", _dataset(fx), "--input_num", str(f["input_num"]),
+                "--inference_num", str(f["inference_num"]), *_flag_args(fx), "--calibration_table",
+                str(fx.file("cali_table")), "--expected_cos", str(f["expected_cos"]), "--max_float_layers",
+                str(f["max_float_layers"]), "--batch", "1", "--out_dir", str(d), "-q"]
+        assert main(argv) == 0
+        out[name] = d
+    return out
+
+
+@pytest.mark.zoo
+@pytest.mark.parametrize("name", FIXTURES)
+def test_sensitive_method_tables(name, searches):
+    """The per-method tables qsens's search generates (v1 statistics) == run_sensitive_layer's."""
+    fx = _fx(name)
+    for m in ("MAX", "Percentile9999", "KL"):
+        for suffix in (".1", "_tune"):
+            assert_tables_close(searches[name] / f"cali_table_{m}{suffix}", fx.file("sensitive", f"cali_table_{m}{suffix}"))
+
+
+@pytest.mark.zoo
+@pytest.mark.parametrize("name", FIXTURES)
+def test_sensitive_layer_search(name, searches):
+    fx = _fx(name)
+    theirs = fx.json("sensitive", "summary.json")
+    ours = json.loads((searches[name] / "search.json").read_text())
+    n = 0
+    for o in ours["ops"]:
+        t = theirs["layers"][o["op"]]
+        assert o["best_method"] == t["best_method"], o["op"]
+        for c in o["candidates"]:
+            tm = t["methods"][c["method"]]
+            assert c["threshold"] == pytest.approx(tm["th"], rel=REL), (o["op"], c["method"])
+            assert abs(c["loss"] - tm["loss"]) < 1e-6, (o["op"], c["method"], c["loss"], tm["loss"])
+            n += 1
+    assert n == 3 * len(theirs["layers"])
+    assert ours["float_layers"] == theirs["float_layers"]
+    s = ours["summary"]
+    assert round(s["int8"]["similarity"], 6) == pytest.approx(theirs["int8_outputs_cos"], abs=1.5e-6)
+    assert round(s["mix_new_table"]["similarity"], 6) == pytest.approx(theirs["mix_outputs_cos"], abs=1.5e-6)
+    assert_tables_close(searches[name] / "new_cali_table.txt", fx.file("sensitive", "new_cali_table.txt"))
+    qt = [line.split() for line in (searches[name] / "qtable").read_text().splitlines() if line and line[0] != "#"]
+    theirs_qt = [line.split() for line in fx.file("sensitive", "qtable").read_text().splitlines() if line and line[0] != "#"]
+    assert qt == theirs_qt
+
+
+# ------------------------------------------------------------------------------------------ live (harness)
+HARNESS = Path(os.environ.get("QSENS_TPU_MLIR_HOME", Path.home() / ".cache/qsens/tpu_mlir")) / "1.23" / ".complete"
+
+
+@pytest.mark.reference
+@pytest.mark.skipif(not HARNESS.exists(), reason="no TPU-MLIR harness (bash reference/tpu_mlir/setup.sh 1.23)")
+def test_live_generated_net(tmp_path, zoo):
+    """Regenerate a fixture with the real TPU-MLIR and compare it with the committed one (same numbers)."""
+    fx = _fx("gen_act")
+    run = Path(__file__).parents[1] / "reference" / "tpu_mlir" / "run.py"
+    shutil.copy(fx.file("gen_act.onnx"), tmp_path / "gen_act.onnx")
+    out = tmp_path / "gen_act"
+    f = fx.flags
+    cmd = [sys.executable, str(run), str(tmp_path / "gen_act.onnx"), "--out", str(out), "--dataset", _dataset(fx),
+           "--input_num", str(f["input_num"]), "--inference_num", str(f["inference_num"]), *_flag_args(fx),
+           "--expected_cos", str(f["expected_cos"]), "--max_float_layers", str(f["max_float_layers"]),
+           "--cali_methods", "", "--dump_num", "1"]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+    assert_tables_close(out / "cali_table", fx.file("cali_table"), rel=0)
+    assert json.loads((out / "ops.json").read_text()) == fx.ops
+    ref = fx.npz("int8", "int8.npz")
+    with np.load(out / "int8" / "int8.npz") as z:
+        for k in z.files:
+            np.testing.assert_array_equal(z[k][0], ref[k][0], err_msg=k)
