@@ -147,6 +147,7 @@ def tune(model: Model, tune_acts: dict[str, np.ndarray], table: dict[str, float]
     engine = Engine(model, batch, stats=stats)
     g = engine.graph
     table = dict(table)
+    initial = dict(table)  # TPU-MLIR 1.23 SimpleTuner: every (re)tune starts from the initial threshold
     tuned: set[str] = set()
     bar = _progress(len(g.ops) - 1, "tuning", progress, unit="op")
     for i, op in enumerate(g.ops):
@@ -164,7 +165,7 @@ def tune(model: Model, tune_acts: dict[str, np.ndarray], table: dict[str, float]
         w = engine.weights(op)
         for t in todo:
             tuned.add(t)
-            cands = calib.tune_candidates(table[t], amax[t])
+            cands = calib.tune_candidates(initial[t], amax[t])
             if cands.size == 0:
                 continue
             # rows (candidate, sample), fake-quantized lazily one chunk at a time (memory: one chunk)
@@ -181,7 +182,7 @@ def tune(model: Model, tune_acts: dict[str, np.ndarray], table: dict[str, float]
                     d = (ref[j].astype(np.float64) - out[r]).ravel()
                     per[s0 + r] = np.sqrt(d @ d) / ref_l1[j]
             dists = per.reshape(len(cands), n_t).mean(axis=1)
-            table[t] = float(calib.select(table[t], cands, dists, current=table[t]))
+            table[t] = float(calib.select(initial[t], cands, dists, current=table[t]))  # thresholds only grow
     if bar:
         bar.close()
     return table

@@ -82,7 +82,7 @@ def models():
 
 
 def test_fixtures_present():
-    assert {"mtcnn_pnet", "gen_act", "gen_pool"} <= set(FIXTURES)
+    assert {"mtcnn_pnet", "mtcnn_rnet", "mtcnn_onet", "gen_act", "gen_pool"} <= set(FIXTURES)
     for name in FIXTURES:
         fx = _fx(name)
         assert fx.meta["tpu_mlir"] == "1.23" and fx.meta["commands"], name

@@ -51,6 +51,9 @@ from .qparams import qparams_for, static_fallback
 
 #: Data movement: INT8 codes pass through unchanged (output threshold = input threshold).
 PASS_THROUGH = {"Reshape", "Permute", "Pad", "Slice", "Tile", "Squeeze", "Unsqueeze", "Flatten", "Identity"}
+#: ... of which these (TPU-MLIR's top.Reshape) are lowered with their input's type, so alone they never quantize;
+#: the others (Permute checked on MTCNN RNet; Pad/Slice/Tile assumed alike, not yet checked) cast their input.
+FOLLOWS_INPUT_TYPE = {"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity"}
 #: Output (min, max) copied from the input by TPU-MLIR's calibration post-processing on BM1684.
 #: PRelu / LeakyRelu included: TPU-MLIR 1.23 gives their output the input's scale (tests/fixtures/tpu_mlir, the
 #: lowered INT8 models of MTCNN PNet and the generated nets).
@@ -221,14 +224,16 @@ def int8_core(plan: QuantPlan, op: Op, weights: Mapping[str, Any], acts: Sequenc
     if op.type == "Input":
         s = plan.signed[op.outputs[0]]
         return [dequantize(quantize(acts[0], th_out, s), th_out, s)]
-    if op.type in PASS_THROUGH:
-        # data movement takes its input's type in TPU-MLIR's lowering: alone in INT8 between F32 ops it changes
-        # nothing (checked: gen_act's Flatten, loss 1e-9 in run_sensitive_layer), and on INT8 codes the float
-        # form gives the same values
+    if op.type in FOLLOWS_INPUT_TYPE:
+        # top.Reshape takes its input's type in TPU-MLIR's lowering: alone in INT8 between F32 ops it changes
+        # nothing (checked: gen_act's Flatten, loss 1e-9 in run_sensitive_layer); on INT8 codes the float form
+        # gives the same values
         return run_op_roles(op, weights, acts)
     ins = list(op.inputs)
     sig_in = tuple(plan.signed[t] for t in ins)
     q = [quantize(a, th, s) for a, th, s in zip(acts, th_in, sig_in)]
+    if op.type in PASS_THROUGH:  # e.g. Permute: a real INT8 op (RNet's permute alone: loss 7.9e-5, as TPU-MLIR)
+        return run_op_roles(op, weights, [dequantize(x, th, s) for x, th, s in zip(q, th_in, sig_in)])
     s_out = plan.signed[op.outputs[0]]
     if qp is None:
         qp = qparams_for(op, dict(weights), tuple(th_in), th_out, sig_in, s_out, chip,
