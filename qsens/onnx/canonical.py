@@ -10,15 +10,24 @@ Steps, all decided from the model and the deployment shapes, never from sample d
    (Reshape's shape, Clip's bounds, ReduceMean's axes, ...) must resolve to constants.
 3. Activation nodes become canonical ops, with TPU-MLIR's canonicalizations:
    * ``Identity`` / ``Dropout`` are removed;
+   * onnxsim's fusions (model_transform simplifies the ONNX model before converting it): an ``Add`` of a
+     per-channel / one-element constant after a bias-less ``Conv`` becomes its bias (``<Add output>_Conv``), an
+     ``Add`` of a bias ``[N]`` / ``[1, N]`` after a 2-D ``MatMul`` makes it a ``Gemm`` (``<Add output>_Gemm``);
    * ``BatchNormalization`` after a ``Conv`` (whose output feeds only the BN) is folded into the Conv
-     (float64 arithmetic, stored float32); a lone BN becomes a per-channel ``Scale``;
+     (float64 arithmetic, stored float32), named ``<BN output>_Conv`` (onnxsim's fuse_bn_into_conv); a lone BN
+     becomes a per-channel ``Scale``;
+   * a linear 1x1 ``Conv`` that feeds only another ``Conv`` is merged into it (TPU-MLIR's Top canonicalizer
+     ``Conv1x1Convkxk2dMerge``, see :func:`_merge_conv1x1`); the merged Conv keeps the second Conv's name;
    * ``Relu`` and ``Clip(0, x)`` are fused into their producer (``do_relu``, ``relu_limit`` = x or -1) when the
      producer supports a fused ReLU and feeds only the ReLU; the fused op takes the ReLU's name
-     (TPU-MLIR's ``TopFuseRelu`` moves the ReLU's location onto the producer); the same rule gives a
-     Conv+BN pair the BN's name;
+     (TPU-MLIR's ``TopFuseRelu`` moves the ReLU's location onto the producer);
    * ``ReduceMean`` over all spatial axes with ``keepdims=1`` and ``GlobalAveragePool`` become ``AvgPool``.
 4. Names: ``tpu_mlir`` style (default) = ``<first ONNX output name>_<ONNX op type>`` as TPU-MLIR's ONNX
    converter names ops (the Input op keeps the input's name); ``onnx`` style = the ONNX output name.
+5. Batch: the graph is re-derived per batch size.  A model with a symbolic leading input dim is rebuilt at the
+   new batch (as onnxruntime runs it); a fixed-batch model (the usual export for TPU-MLIR, which runs it sample
+   by sample) is rebound when the graph allows it, else its ops that are not sample-local run per deployment
+   batch (:meth:`Canonicalizer._fixed_batch_graph`, :func:`per_sample_graph`).
 """
 
 from __future__ import annotations

@@ -199,7 +199,7 @@ def dump(a, r: Runner, name: str) -> None:
         qinfo[k] = {"dtype": dt, "scale": float(q.scale), "zp": int(q.zp)}
         stack = np.stack([x[k] for x in res8])
         if dt in ("I8", "U8", "I16", "U16"):
-            codes[k] = stack.astype(np.int16 if dt in ("I8", "U8") else np.int32)
+            codes[k] = stack.astype({"I8": np.int8, "U8": np.uint8}.get(dt, np.int32))
         else:
             codes[k] = stack.astype(np.float32)
     (d / "qinfo.json").write_text(json.dumps(qinfo, indent=1))
