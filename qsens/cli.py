@@ -268,7 +268,7 @@ def run_search_from_args(args) -> int:
 
         base = CaliTable(base_cal.table_entries("kl", True), headers=tuple(cali_header_lines(
             method="kl", mlir=args.model, histogram_bins=2048, sample_number=base_cal.n_samples,
-            tune_number=base_cal.tune_num)))
+            tune_number=base_cal.tune_num, version_style="kld-mid")))  # run_calibration 1.23's header
     inputs = load_inputs(inf_files, g, pp)
 
     def extra_files():  # run_sensitive_layer always writes its per-method tables; the base only if qsens made it

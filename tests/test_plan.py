@@ -37,9 +37,14 @@ def test_backward_and_forward_copies():
     plan = make_plan(g, mins)
     th = np.arange(1, len(names) + 1, dtype=np.float32)  # distinct thresholds: 1..8
     eff = dict(zip(names, plan.effective(th)))
-    # TPU-MLIR 1.23 (checked on its lowered PNet, tests/fixtures/tpu_mlir): the PRelu output takes its input's
-    # (the Conv's) range, forward, and the MaxPool output the PRelu's; the Conv keeps its own threshold
-    assert eff["p_PRelu"] == eff["m_MaxPool"] == eff["c_Conv"] == 2.0
+    # TPU-MLIR 1.23 (checked on its lowered PNet, tests/fixtures/tpu_mlir): backward, the PRelu output takes the
+    # MaxPool's range (max 4) and the Conv only the PRelu's max (4) keeping its own min (-2); forward, the PRelu
+    # and the MaxPool take the Conv's (-2, 4): scale max(|min|, |max|) -> 4 everywhere
+    assert eff["p_PRelu"] == eff["m_MaxPool"] == eff["c_Conv"] == 4.0
+    th2 = th.copy()
+    th2[1] = 9.0  # a Conv threshold above its consumers' now wins through its own min
+    eff2 = dict(zip(names, plan.effective(th2)))
+    assert eff2["c_Conv"] == eff2["p_PRelu"] == eff2["m_MaxPool"] == 9.0
     # Concat inputs used only by it, same sign: take the Concat's threshold; Reshape output copies its input
     assert eff["c2_Conv"] == eff["c3_Conv"] == eff["cat_Concat"] == eff["y_Reshape"] == 7.0
     assert eff["x"] == 1.0
