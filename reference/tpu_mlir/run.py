@@ -20,6 +20,9 @@ under the harness interpreter):
    preprocessed samples), ``qinfo.json`` (per tensor: storage type, scale, zero point), ``int8.npz``
    (integer codes of every quantized tensor, float values of tensors the INT8 model keeps in F32) and
    ``f32.npz`` (float outputs).
+5. ``--steps search_qtable`` / ``search_threshold``: ``run_calibration.py --search ...`` (the newer searchers; use
+   ``--version 1.30.2`` for the newest release) -> ``search_qtable/`` / ``search_threshold/`` with the tables,
+   qtable and logs it writes.
 
 ``meta.json`` records the TPU-MLIR version, every command line and its wall time. Nothing here is part of
 the normal test run; ``tests/fixtures/tpu_mlir/`` holds what this script produced, and
@@ -39,7 +42,7 @@ import time
 from pathlib import Path
 
 HOME = Path(os.environ.get("QSENS_TPU_MLIR_HOME", Path.home() / ".cache/qsens/tpu_mlir"))
-STEPS = ("transform", "calibrate", "sensitive", "dump")
+STEPS = ("transform", "calibrate", "sensitive", "dump", "search_qtable", "search_threshold")
 
 
 def venv_python(version: str) -> Path:
@@ -228,6 +231,7 @@ def main(argv=None) -> None:
     ap.add_argument("--dump_num", type=int, default=2)
     ap.add_argument("--steps", default=",".join(STEPS))
     ap.add_argument("--keep_mlir", action="store_true")
+    ap.add_argument("--quantize_method_list", default="MSE", help="search_qtable's methods (TPU-MLIR default MSE)")
     ap.add_argument("--cali_methods", default="max,percentile9999,mse",
                     help="run_calibration --cali_method use_<m> tables written besides the default KL one")
     for k in ("input_shapes", "resize_dims", "mean", "scale", "pixel_format", "channel_format", "keep_ratio_mode",
@@ -297,6 +301,25 @@ def main(argv=None) -> None:
         summ = parse_search((sd / "SensitiveLayerSearcher").read_text(), stdout)
         summ["wall_s"] = round(dt, 2)
         (sd / "summary.json").write_text(json.dumps(summ, indent=1))
+    for kind in ("search_qtable", "search_threshold"):  # run_calibration --search (1.23 and 1.30.2 ship it)
+        if kind not in steps:
+            continue
+        sw = work / kind
+        sw.mkdir(exist_ok=True)
+        for f in work.glob(f"{name}*"):
+            if f.is_file() and (f.suffix in (".mlir", ".npz")):
+                shutil.copy(f, sw / f.name)
+        extra = (["--quantize_method_list", a.quantize_method_list, "--quantize_table", "qtable",
+                  "--max_float_layers", str(a.max_float_layers)] if kind == "search_qtable" else [])
+        dt = r.run(["run_calibration.py", mlir.name, *data_flags(a), "--input_num", str(a.input_num),
+                    "--inference_num", str(a.inference_num), "--tune_num", str(a.tune_num), "--search", kind,
+                    "--chip", a.chip, "--expected_cos", str(a.expected_cos), *extra, "-o", "cali_table"], sw, "stdout.log")
+        sd = a.out / kind
+        sd.mkdir(exist_ok=True)
+        for f in sorted(sw.iterdir()):
+            if f.is_file() and (f.name in ("qtable", "Search_Qtable", "Search_Threshold") or f.name.startswith("cali_table")):
+                shutil.copy(f, sd / f.name)
+        (sd / "wall_s.json").write_text(json.dumps({"wall_s": round(dt, 2)}))
     if "dump" in steps:
         dump(a, r, name)
     meta_path.write_text(json.dumps(r.meta, indent=1))
