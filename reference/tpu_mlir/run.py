@@ -309,8 +309,9 @@ def main(argv=None) -> None:
         for f in work.glob(f"{name}*"):
             if f.is_file() and (f.suffix in (".mlir", ".npz")):
                 shutil.copy(f, sw / f.name)
-        extra = (["--quantize_method_list", a.quantize_method_list, "--quantize_table", "qtable",
-                  "--max_float_layers", str(a.max_float_layers)] if kind == "search_qtable" else [])
+        extra = ["--quantize_table", "qtable"]  # required by both (search_threshold writes none)
+        if kind == "search_qtable":
+            extra += ["--quantize_method_list", a.quantize_method_list, "--max_float_layers", str(a.max_float_layers)]
         dt = r.run(["run_calibration.py", mlir.name, *data_flags(a), "--input_num", str(a.input_num),
                     "--inference_num", str(a.inference_num), "--tune_num", str(a.tune_num), "--search", kind,
                     "--chip", a.chip, "--expected_cos", str(a.expected_cos), *extra, "-o", "cali_table"], sw, "stdout.log")
