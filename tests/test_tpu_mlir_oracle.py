@@ -164,6 +164,31 @@ def _float_accumulated(plan, t, params) -> bool:
     return k * q_in * 127 >= 2**24
 
 
+#: checked so far. gen_pool: the simulator's outputs differ from TPU-MLIR's own interpreter (121 of 192 output
+#: codes, up to 2 apart) while qsens equals the interpreter bit for bit; not located yet (AvgPool 3x3 with
+#: padding, the Sigmoid LUT and the bias-free conv are the suspects). RNet/ONet: outputs recorded, not compared yet.
+BMODEL_CHECKED = ("mtcnn_pnet", "gen_act")
+
+
+@pytest.mark.zoo
+@pytest.mark.parametrize("name", [n for n in BMODEL_CHECKED if n in FIXTURES])
+def test_bmodel_on_the_bm1684_simulator(name, models, zoo):
+    """The deployed bmodel (model_deploy.py + the chip simulator) gives qsens's INT8 outputs: same codes."""
+    fn, params = models[name]
+    fx = _fx(name)
+    plan, codes, scales = O.int8_codes(fx, fn.model, params)
+    qinfo = fx.json("int8", "qinfo.json")
+    sim = fx.npz("bmodel", "outputs.npz")
+    for k, v in sim.items():
+        t = k.removesuffix("_f32")
+        if qinfo[t]["dtype"] in ("I8", "U8"):  # an INT8 output, cast to F32 at the end: compare the codes
+            got = np.rint(v.astype(np.float64) / qinfo[t]["scale"]).astype(np.int32)
+            np.testing.assert_array_equal(got, codes[t].reshape(v.shape), err_msg=k)
+        else:  # an op the INT8 model keeps in F32 (PNet's Softmax)
+            _, vals = O.int8_values(fx, fn.model, params, (t,))
+            np.testing.assert_allclose(vals[t].reshape(v.shape), v, rtol=1e-5, atol=1e-6, err_msg=k)
+
+
 @pytest.fixture(scope="module")
 def searches(tmp_path_factory, zoo):
     """``qsens search`` with TPU-MLIR's own table and flags, once per fixture."""

@@ -62,6 +62,23 @@ def input_shapes(fx: Fixture):
     return json.loads(s) if s else None
 
 
+def int8_values(fx: Fixture, model, params, taps, table_path: Path | None = None):
+    """``(plan, {tensor: value})`` of qsens's all-INT8 model on the fixture's inputs (dequantized floats)."""
+    from qsens.quant.mixed import MixedModel, plan_from_table, thresholds_from_table
+    from qsens.tables import read_cali_table
+
+    g = model.graph
+    table = read_cali_table(table_path or fx.file("cali_table"))
+    plan = plan_from_table(g, table)
+    th = thresholds_from_table(g, table)
+    inputs = fx.npz("int8", "inputs.npz")
+    mm = MixedModel(model, plan)
+    mask = np.array([op.name not in plan.f32_reason for op in g.ops])
+    n = len(next(iter(inputs.values())))
+    per = [mm.apply(params, {k: v[i : i + 1] for k, v in inputs.items()}, th, mask, taps=tuple(taps))[1] for i in range(n)]
+    return plan, {t: np.concatenate([np.asarray(p[t]) for p in per]) for t in taps}  # sample by sample, as TPU-MLIR
+
+
 def int8_codes(fx: Fixture, model=None, params=None, table_path: Path | None = None):
     """qsens's all-INT8 BM1684 model of the fixture's table on TPU-MLIR's preprocessed inputs.
 
@@ -71,26 +88,17 @@ def int8_codes(fx: Fixture, model=None, params=None, table_path: Path | None = N
 
     import qsens.onnx
     from qsens.quant.kernels import quantize
-    from qsens.quant.mixed import MixedModel, plan_from_table, thresholds_from_table
+    from qsens.quant.mixed import thresholds_from_table
     from qsens.tables import read_cali_table
 
     if model is None:
         fn, params = qsens.onnx.to_jax(str(model_path(fx)), input_shapes(fx))
         model = fn.model
-    g = model.graph
-    table = read_cali_table(table_path or fx.file("cali_table"))
-    plan = plan_from_table(g, table)
-    th = thresholds_from_table(g, table)
-    inputs = fx.npz("int8", "inputs.npz")
-    mm = MixedModel(model, plan)
-    mask = np.array([op.name not in plan.f32_reason for op in g.ops])
-    taps = tuple(g.tensors)
-    n = len(next(iter(inputs.values())))
-    per = [mm.apply(params, {k: v[i : i + 1] for k, v in inputs.items()}, th, mask, taps=taps)[1] for i in range(n)]
-    vals = {t: np.concatenate([np.asarray(p[t]) for p in per]) for t in taps}  # sample by sample, as TPU-MLIR
+    plan, vals = int8_values(fx, model, params, model.graph.tensors, table_path)
+    th = thresholds_from_table(model.graph, read_cali_table(table_path or fx.file("cali_table")))
     eff = np.asarray(plan.effective(th))
     codes, scales = {}, {}
-    for i, t in enumerate(g.tensors):
+    for i, t in enumerate(model.graph.tensors):
         s = plan.signed[t]
         codes[t] = np.asarray(quantize(jnp.asarray(vals[t]), float(eff[i]), s))
         scales[t] = (float(np.float32(eff[i]) / np.float32(127.0 if s else 255.0)), s)

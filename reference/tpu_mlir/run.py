@@ -20,7 +20,9 @@ under the harness interpreter):
    preprocessed samples), ``qinfo.json`` (per tensor: storage type, scale, zero point), ``int8.npz``
    (integer codes of every quantized tensor, float values of tensors the INT8 model keeps in F32) and
    ``f32.npz`` (float outputs).
-5. ``--steps search_qtable`` / ``search_threshold``: ``run_calibration.py --search ...`` (the newer searchers; use
+5. ``--steps deploy`` (after ``dump``): ``model_deploy.py`` to a BM1684 bmodel of ``cali_table`` and
+   ``model_runner.py`` on it (the chip simulator, CPU) for the dumped samples -> ``bmodel/outputs.npz``.
+6. ``--steps search_qtable`` / ``search_threshold``: ``run_calibration.py --search ...`` (the newer searchers; use
    ``--version 1.30.2`` for the newest release) -> ``search_qtable/`` / ``search_threshold/`` with the tables,
    qtable and logs it writes.
 
@@ -42,7 +44,7 @@ import time
 from pathlib import Path
 
 HOME = Path(os.environ.get("QSENS_TPU_MLIR_HOME", Path.home() / ".cache/qsens/tpu_mlir"))
-STEPS = ("transform", "calibrate", "sensitive", "dump", "search_qtable", "search_threshold")
+STEPS = ("transform", "calibrate", "sensitive", "dump", "deploy", "search_qtable", "search_threshold")
 
 
 def venv_python(version: str) -> Path:
@@ -323,6 +325,24 @@ def main(argv=None) -> None:
         (sd / "wall_s.json").write_text(json.dumps({"wall_s": round(dt, 2)}))
     if "dump" in steps:
         dump(a, r, name)
+    if "deploy" in steps:  # the bmodel of cali_table on the BM1684 simulator (cmodel, CPU), the dumped samples
+        import numpy as np
+
+        bm = f"{name}_bm1684_int8.bmodel"
+        r.run(["model_deploy.py", "--mlir", mlir.name, "--quantize", "INT8", "--calibration_table",
+               str(a.out / "cali_table"), "--chip", a.chip, "--model", bm], work, "deploy.log")
+        with np.load(a.out / "int8" / "inputs.npz") as z:
+            inputs = {k: z[k] for k in z.files}
+        outs: dict[str, list] = {}
+        for i in range(len(next(iter(inputs.values())))):
+            np.savez(work / "bm_in.npz", **{k: v[i : i + 1] for k, v in inputs.items()})
+            r.run(["model_runner.py", "--model", bm, "--input", "bm_in.npz", "--output", "bm_out.npz"], work,
+                  "bmodel_run.log")
+            with np.load(work / "bm_out.npz") as z:
+                for k in z.files:
+                    outs.setdefault(k, []).append(z[k])
+        (a.out / "bmodel").mkdir(exist_ok=True)
+        np.savez_compressed(a.out / "bmodel" / "outputs.npz", **{k: np.concatenate(v) for k, v in outs.items()})
     meta_path.write_text(json.dumps(r.meta, indent=1))
     print(f"run.py: {', '.join(steps)} done -> {a.out}")
 
