@@ -10,8 +10,11 @@ What runs where (measured on the 2-core CPU, README "Performance"):
   streaming merge), percentile tails, MSE (only when asked for) -- memory does not grow with ``input_num``;
   activations are consumed in the engine's layout (NHWC for channel-last tensors): every statistic is
   invariant to the element order within a sample;
-* the SimpleTuner evaluates each op alone on ``tune_num`` samples for its 22 candidate thresholds in one
-  vmapped, jit-compiled call per op signature.
+* the SimpleTuner (:func:`tune`) evaluates each op alone, in float, on its inputs fake-quantized on the host
+  (:func:`fake_quant_np`, NumPy) for each of the 22 candidate thresholds x ``tune_num`` samples: these rows
+  are stacked along the batch axis and run ``batch`` rows per call through the op's float executable, the
+  same per-signature jit the calibration forward uses (no vmap; nothing new is compiled at the calibration's
+  batch size); the distances are computed on the host in float64.
 
 Decision (spec §2.6 "to verify"): the tuner runs ops with float weights (TPU-MLIR's
 ``fake_quant_weight`` copies the weight buffer before rounding it, so it leaves the weights unchanged).
@@ -83,6 +86,8 @@ def collect_statistics(model: Model, files, pp, *, methods: Sequence[str], hist:
                        ) -> tuple[dict[str, calib.CalibResult], dict[str, np.ndarray]]:
     """Statistics of every canonical tensor over ``files``, streamed op by op (only live tensors are kept).
 
+    ``hist="v1"`` (the default) reads ``files`` twice (abs-max pass, then histograms); ``"v2"`` once.
+
     Returns ``(results, tune_acts)``: ``tune_acts`` holds every tensor of the first ``tune_num`` samples
     (engine layout) for the SimpleTuner.
     """
@@ -140,9 +145,16 @@ def tune(model: Model, tune_acts: dict[str, np.ndarray], table: dict[str, float]
          batch: int = 30, stats: CompileStats | None = None, progress: bool = False) -> dict[str, float]:
     """SimpleTuner (spec §2.6) over the canonical op list; returns the tuned table (thresholds only grow).
 
-    Each op runs alone, in float, on its fake-quantized inputs for the 22 candidates x ``tune_num`` samples,
-    stacked along the batch and fed through the same float executables as the calibration forward
-    (``batch`` rows per call), so tuning compiles nothing new.
+    ``table``: the thresholds to tune (every evaluation starts its grid from these initial values, as TPU-MLIR
+    1.23 does); ``amax``: the grid's upper end per tensor; ``tune_acts``: the FP32 activations of the tune
+    samples (engine layout), inputs and references alike.  For each op whose inputs are not all tuned yet,
+    every untuned input is tuned; otherwise ``op.inputs[0]`` is tuned again.  Per candidate ``c``
+    (:func:`qsens.calib.tune_candidates`) ALL inputs of the op are fake-quantized with ``c`` on the host
+    (:func:`fake_quant_np`); the (candidate, sample) rows are stacked along the batch axis and run ``batch``
+    rows per call through the op's float executable (the calibration forward's executables, so at the
+    calibration's ``batch`` nothing new is compiled).  Distance per sample ``||ref - out||_2 / ||ref||_1`` in
+    float64 on the host (TPU-MLIR's norms are float32: this can only matter for near-ties), mean over the
+    samples; the choice and the upward-only update are :func:`qsens.calib.select`.
     """
     engine = Engine(model, batch, stats=stats)
     g = engine.graph
@@ -193,6 +205,9 @@ def calibrate(model: Model, files: Sequence[str], pp, *, methods: Sequence[str] 
               progress: bool = True, stats: CompileStats | None = None) -> Calibration:
     """Statistics over ``files`` and thresholds of ``methods``; SimpleTuner on the first ``tune_num`` samples.
 
+    ``hist`` defaults to ``"v1"`` here (run_sensitive_layer's per-method tables, ``qsens search --hist``'s
+    default); ``qsens calibrate`` passes its ``--hist`` whose default is ``"v2"`` (run_calibration), and
+    ``qsens search`` calibrates its base table with ``"v2"``.  ``batch`` defaults to ``min(10, len(files))``.
     ``tune_methods`` (default: ``["kl"]`` like run_calibration; the sensitive-layer search tunes every method,
     which changes only KL/MSE: MAX and Percentile are their own upper bound) are tuned, the rest are copied.
     """

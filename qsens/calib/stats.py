@@ -5,13 +5,20 @@ samples for the percentile length L, the per-sample MSE and the v2 histogram mer
 
 Modes
 -----
-``v2`` (default; TPU-MLIR current): one pass.  ``update`` folds running min/max, the v2 histogram
-(``combine_histogram`` per sample, in sample order), the percentile tails and the per-sample MSE.
+``v2`` (TPU-MLIR 1.23 ``run_calibration``): one pass.  ``update`` folds running min/max, the v2 histogram
+(``combine_histogram`` per sample, in sample order), the signed percentile tails and the per-sample MSE.
+Percentile: signed lower/upper tails, written as the table's min/max.
 
-``v1`` (KLD-mid / docs era): two passes over the same data.  Pass 1 (``update``) collects min/max, percentile
-tails and MSE; ``begin_histograms(state)`` fixes every tensor's abs-max; pass 2 (``update`` again) only
-histograms with the fixed width ``abs_max/2047`` (order independent).  ``finalize`` checks both passes saw the
-same number of samples.
+``v1`` (KLD-mid / docs era; TPU-MLIR 1.23 ``run_sensitive_layer``'s per-method tables): two passes over the
+same data.  Pass 1 (``update``) collects min/max, percentile tails and MSE; ``begin_histograms(state)`` fixes
+every tensor's abs-max; pass 2 (``update`` again) only histograms with the fixed width ``abs_max/2047`` (order
+independent).  ``finalize`` checks both passes saw the same number of samples.  Percentile: the top L of |a|,
+and the table's min/max are the raw running min/max.
+
+Defaults: :func:`init`'s ``mode`` defaults to ``"v2"``; :func:`qsens.calibrate.calibrate` (and
+``collect_statistics``) default to ``hist="v1"``; on the command line ``qsens calibrate --hist`` defaults to
+``v2`` and ``qsens search --hist`` (its per-method tables) to ``v1``, while the base table ``qsens search``
+calibrates itself is always ``v2``.
 
 State size is independent of the number of samples: per tensor a histogram (2048 bins for v1; v2 grows only
 as far as the range grows), ``2L`` floats of percentile tails, and a running MSE sum.

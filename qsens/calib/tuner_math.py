@@ -1,4 +1,4 @@
-"""SimpleTuner maths (TPU-MLIR ``simple_tunner.py``, §2.6), vectorized over the candidate grid.
+"""SimpleTuner maths (TPU-MLIR ``simple_tunner.py``, §2.6): candidate grid, choice, jnp reference copies.
 
 Rounding truth table of the tuner's fake quant (``import_quant_bias``: NumPy ``np.round`` = half to EVEN,
 unlike the C++ INT8 path which rounds half away from zero):
@@ -6,8 +6,15 @@ unlike the C++ INT8 path which rounds half away from zero):
     x*127/th :  0.5   1.5   2.5   -2.5   63.5   200    -200
     q        :  0     2     2     -2     64     127    -128
 
-``fake_quant`` and ``distance`` are jnp (traceable, vmappable over a stacked threshold axis: the lead evaluates
-the 22 candidates of one tensor as one batched call).  ``tune_candidates`` / ``select`` are tiny host functions.
+``tune_candidates`` / ``select`` are tiny host functions, and they are what the production tuner
+(:func:`qsens.calibrate.tune`) calls.  ``fake_quant``, ``distance`` and ``mean_distance`` are jnp versions
+(traceable, vmappable over a stacked threshold axis) that nothing in ``qsens`` calls: production fake-quantizes
+on the host with :func:`qsens.calibrate.fake_quant_np` and computes the distance inline in float64.  The
+rounding rule is the same, the scale is not always: ``fake_quant`` divides ``127/th`` in float32, production
+(like TPU-MLIR's NumPy) rounds the float64 quotient to float32, which differs by one ulp for about a quarter
+of the thresholds, so the two can differ in the last bit of the output.  They are kept for the tests of
+``tests/calib/test_calib_tuner.py``; the production path is tested against the spec vectors in
+``tests/calib/test_tuner_vectors.py``.
 """
 
 import jax.numpy as jnp
