@@ -13,16 +13,24 @@ under the harness interpreter):
    per-method tables ``cali_table_<M>.1`` / ``_tune`` it generates, its log (``SensitiveLayerSearcher``,
    the repeated preprocessing banners dropped) and ``summary.json`` (all-INT8 / mix similarity, per-op
    losses, float layers, wall time)
-4. ``--steps dump``: lowers the Top MLIR to the BM1684 INT8 TPU dialect with ``cali_table`` (the same
+4. ``--steps qtable``: ``run_qtable.py`` (the greedy ``MixPrecSearcher``: per op in order, a layer cos below
+   ``--min_layer_cos`` sets it and its next Top ops to float, stops when the outputs cos passes
+   ``--expected_cos`` or over a quarter of the ops are float, reverts a step that lowers the outputs cos below
+   the all-INT8 one) with ``--input_num`` = ``--inference_num`` -> ``run_qtable/``: qtable,
+   full_loss_table.txt, its log (``MixPrecSearcher``), ``mix_prec_result`` (the graphviz source it writes: one
+   node per op of the INT8 model, its label holding every decision), ``tmp_mix_table.txt`` (the last mix
+   table tried) and ``summary.json`` (all-INT8 / mix cos, layer cos in evaluation order, the float steps,
+   the float layers, the samples used, the full op list it iterates, wall time)
+5. ``--steps dump``: lowers the Top MLIR to the BM1684 INT8 TPU dialect with ``cali_table`` (the same
    ``tpuc-opt`` pipeline the searches use), preprocesses the first ``--dump_num`` samples of TPU-MLIR's
    own data selection with TPU-MLIR's preprocessing, runs its interpreter (``pymlir``) on the INT8 model
    with fixed-point outputs and on the F32 Top model, and writes ``int8/``: ``inputs.npz`` (the
    preprocessed samples), ``qinfo.json`` (per tensor: storage type, scale, zero point), ``int8.npz``
    (integer codes of every quantized tensor, float values of tensors the INT8 model keeps in F32) and
    ``f32.npz`` (float outputs).
-5. ``--steps deploy`` (after ``dump``): ``model_deploy.py`` to a BM1684 bmodel of ``cali_table`` and
+6. ``--steps deploy`` (after ``dump``): ``model_deploy.py`` to a BM1684 bmodel of ``cali_table`` and
    ``model_runner.py`` on it (the chip simulator, CPU) for the dumped samples -> ``bmodel/outputs.npz``.
-6. ``--steps search_qtable`` / ``search_threshold``: ``run_calibration.py --search ...`` (the newer searchers; use
+7. ``--steps search_qtable`` / ``search_threshold``: ``run_calibration.py --search ...`` (the newer searchers; use
    ``--version 1.30.2`` for the newest release) -> ``search_qtable/`` / ``search_threshold/`` with the tables,
    qtable and logs it writes.
 
@@ -44,7 +52,7 @@ import time
 from pathlib import Path
 
 HOME = Path(os.environ.get("QSENS_TPU_MLIR_HOME", Path.home() / ".cache/qsens/tpu_mlir"))
-STEPS = ("transform", "calibrate", "sensitive", "dump", "deploy", "search_qtable", "search_threshold")
+STEPS = ("transform", "calibrate", "sensitive", "qtable", "dump", "deploy", "search_qtable", "search_threshold")
 
 
 def venv_python(version: str) -> Path:
@@ -154,6 +162,59 @@ def parse_search(log: str, stdout: str) -> dict:
     return s
 
 
+def parse_dot(text: str) -> list[dict]:
+    """The nodes of the graphviz source ``net_dot_log`` writes: idx, name, type and label lines, by idx."""
+    nodes = []
+    for m in re.finditer(r'^\s*(?:"(?:[^"\\]|\\.)*"|\S+) \[label="((?:[^"\\]|\\.)*)"', text, re.M):
+        label = m[1].replace('\\"', '"')
+        head, _, rest = label.partition("\n")
+        h = re.match(r"idx:(\d+)  name:(.*)  type:(\S*)$", head)
+        if not h:
+            continue
+        lines = [l for l in rest.split("\\l") if l.strip()]
+        nodes.append({"idx": int(h[1]), "name": h[2], "type": h[3], "labels": lines})
+    return sorted(nodes, key=lambda n: n["idx"])
+
+
+def parse_qtable_run(log: str, dot: str, full_op_list: list[str]) -> dict:
+    """summary.json of the qtable step: what run_qtable.py decided, from its log and the dot labels."""
+    s: dict = {}
+    for key, pat in (("all_int8_cos", r"int8 outputs_cos:(\S+) old"), ("mix_outputs_cos", r"mix model outputs_cos:(\S+)"),
+                     ("early_exit_int8_cos", r"job success, current int8 cos:(\S+) is higher"), ("total_time", r"total time:(\S+)")):
+        m = re.search(pat, log)
+        s[key] = float(m[1]) if m else None
+    s["exceptions"] = re.findall(r"An exception happened: (.*)", log)
+    nodes = {n["name"]: n for n in parse_dot(dot)}
+    order = [n for n in full_op_list if n in nodes] + sorted((n for n in nodes if n not in full_op_list),
+                                                             key=lambda n: nodes[n]["idx"])
+    s["layer_cos"], s["steps"], s["op_notes"] = [], [], {}
+    for name in order:
+        labels = nodes[name]["labels"]
+        s["op_notes"][name] = [l for l in labels if not l.startswith(">>>")]
+        cos = [float(m[1]) for l in labels for m in [re.match(r"int8 layer cos:(\S+)$", l)] if m]
+        if cos:
+            s["layer_cos"].append([name, cos[0]])
+        for i, l in enumerate(labels):
+            m = re.match(r"cos too low, set \S+ to (.*) and next_top_ops:(.*)$", l)
+            if not m:
+                continue
+            st = {"op": m[1], "next_ops": [x for x in m[2].split(",") if x], "layer_cos": cos[0] if cos else None,
+                  "first_float_layer_cos": None, "outputs_cos": None, "reverted": False, "result": None}
+            for l2 in labels[i + 1:]:
+                if (m2 := re.match(r"first \S+ layer:.* cos:(\S+)$", l2)):
+                    st["first_float_layer_cos"] = float(m2[1])
+                elif (m2 := re.match(r"current output cos:(\S+)$", l2)):
+                    st["outputs_cos"] = float(m2[1])
+                elif l2.startswith("meet outputs_cos:"):
+                    st["reverted"] = True
+                elif l2.startswith("job success"):
+                    st["result"] = "success"
+                elif l2.startswith("job fail"):
+                    st["result"] = "fail"
+            s["steps"].append(st)
+    return s
+
+
 def dump(a, r: Runner, name: str) -> None:
     import numpy as np
     import pymlir
@@ -229,6 +290,9 @@ def main(argv=None) -> None:
     ap.add_argument("--tune_num", type=int, default=5)
     ap.add_argument("--max_float_layers", type=int, default=5)
     ap.add_argument("--expected_cos", type=float, default=0.99)
+    ap.add_argument("--min_layer_cos", type=float, default=0.99, help="run_qtable's --min_layer_cos (its default)")
+    ap.add_argument("--qtable_dir", default="run_qtable", help="the qtable step's folder in OUT (and OUT/work)")
+    ap.add_argument("--qtable_setting", default="", help="why this expected/min_layer_cos, kept in run_qtable/summary.json")
     ap.add_argument("--chip", default="bm1684")
     ap.add_argument("--dump_num", type=int, default=2)
     ap.add_argument("--steps", default=",".join(STEPS))
@@ -303,6 +367,67 @@ def main(argv=None) -> None:
         summ = parse_search((sd / "SensitiveLayerSearcher").read_text(), stdout)
         summ["wall_s"] = round(dt, 2)
         (sd / "summary.json").write_text(json.dumps(summ, indent=1))
+    if "qtable" in steps:  # run_qtable.py: the greedy MixPrecSearcher, its samples = --inference_num
+        qw = work / a.qtable_dir
+        if qw.exists():
+            shutil.rmtree(qw)
+        qw.mkdir()
+        for f in work.glob(f"{name}*"):
+            if f.is_file() and (f.suffix in (".mlir", ".npz")):
+                shutil.copy(f, qw / f.name)
+        shutil.copy(a.out / "cali_table", qw / "cali_table")
+        dt = r.run(["run_qtable.py", mlir.name, *data_flags(a), "--input_num", str(a.inference_num),
+                    "--calibration_table", "cali_table", "--chip", a.chip, "--expected_cos", str(a.expected_cos),
+                    "--min_layer_cos", str(a.min_layer_cos), "-o", "qtable"], qw, "stdout.log")
+        qd = a.out / a.qtable_dir
+        if qd.exists():
+            shutil.rmtree(qd)
+        qd.mkdir()
+        for f in ("qtable", "full_loss_table.txt", "mix_prec_result", "tmp_mix_table.txt"):
+            if (qw / f).is_file():
+                shutil.copy(qw / f, qd / f)
+        clean_log(qw / "MixPrecSearcher", qd / "MixPrecSearcher")
+        # print() is sent to /dev/null during the search (disable_print), so stdout holds no 'full_op_list:':
+        # rebuild it here with the searcher's own get_full_op_list on the same two lowerings
+        from calibration.data_selector import DataSelector
+        from calibration.mix_precision import MixPrecSearcher, MixQuantModel
+        from utils.mlir_parser import MlirParser
+
+        cwd = os.getcwd()
+        os.chdir(qw)
+        try:
+            fm = MixQuantModel(mlir.name, a.chip)
+            im = MixQuantModel(mlir.name, a.chip, "cali_table")
+            full = MixPrecSearcher.get_full_op_list(None, fm, im, fm.parser.get_op_name_list(),
+                                                    im.parser.get_op_name_list())
+            full_ops = [{"name": k, "type": v.type} for k, v in full.items()]
+            top_ops = MlirParser(mlir.name).get_op_name_list()
+            fm.clean(), im.clean()
+        finally:
+            os.chdir(cwd)
+        log = (qd / "MixPrecSearcher").read_text(errors="replace")
+        dot = (qd / "mix_prec_result").read_text(errors="replace") if (qd / "mix_prec_result").exists() else ""
+        summ = {"setting": a.qtable_setting, "expected_cos": a.expected_cos, "min_layer_cos": a.min_layer_cos,
+                "input_num": a.inference_num, "max_fp_layers": len(top_ops) // 4, "n_top_ops": len(top_ops)}
+        summ.update(parse_qtable_run(log, dot, [o["name"] for o in full_ops]))
+        summ["fp_layers"] = [l.split()[0] for l in (qd / "qtable").read_text().splitlines()
+                             if l.strip() and not l.startswith("#")] if (qd / "qtable").exists() else []
+        summ["full_op_list"] = full_ops
+        # tqdm's bar (stderr, into stdout.log) names each op of the loop as it starts it: the order it iterated
+        seen = []
+        for m in re.finditer(r"Processing (\S+?):", (qw / "stdout.log").read_text(errors="replace")):
+            if not seen or seen[-1] != m[1]:
+                seen.append(m[1])
+        summ["iterated_ops_from_tqdm"] = seen
+        summ["full_op_list_matches_tqdm"] = seen == [o["name"] for o in full_ops][: len(seen)]
+        ds = DataSelector(a.dataset, a.inference_num, a.data_list)  # what run_qtable's _init_inputs selects
+        summ["samples"] = [os.path.relpath(f, a.dataset) if a.dataset else f for f in ds.data_list]
+        summ["samples_how"] = ("DataSelector(dataset, input_num, data_list).data_list replayed in the harness "
+                               "(sorted glob, random.seed(1684), shuffle, first input_num)")
+        summ["wall_s"] = round(dt, 2)
+        tr = [c for c in r.meta["commands"] if c["cmd"].startswith("model_transform.py")]
+        summ["commands"] = ([tr[-1]] if tr else []) + [r.meta["commands"][-1]]  # the model's transform, this run
+        (qd / "summary.json").write_text(json.dumps(summ, indent=1))
     for kind in ("search_qtable", "search_threshold"):  # run_calibration --search (1.23 and 1.30.2 ship it)
         if kind not in steps:
             continue
