@@ -37,6 +37,7 @@ SUITE_NAME = {
     "LRN": "lrn",
     "LayerNormalization": "layer_normalization",
     "LeakyRelu": "leakyrelu",
+    "LogSoftmax": "logsoftmax",
     "Less": "less(?!_equal)",
     "MatMul": "matmul",
     "MaxPool": "maxpool",

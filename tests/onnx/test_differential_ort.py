@@ -86,6 +86,9 @@ for shp in [(7,), (2, 3, 4, 5), (1, 8, 5, 5)]:
 for opset in (11, 13, 17):
     add(f"Softmax-opset{opset}", unary("Softmax", (2, 3, 4), opset=opset, axis=1))
 add("Softmax-default", unary("Softmax", (3, 4, 5), opset=13))
+for opset in (11, 13):
+    add(f"LogSoftmax-opset{opset}", unary("LogSoftmax", (2, 3, 4), opset=opset, axis=1))
+add("LogSoftmax-default", unary("LogSoftmax", (3, 4, 5), opset=13))
 for a, b in [((2, 3, 4), (3, 1)), ((1, 3, 1), (2, 1, 4)), ((2, 3), ())]:
     add(f"Add-bcast-{a}-{b}", binary("Add", a, b))
 add("Add-two-inputs", binary("Add", (2, 3, 4), (2, 3, 4), b_init=False))
