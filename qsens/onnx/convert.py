@@ -263,6 +263,9 @@ class Model:
 def to_jax(model_or_path, input_shapes=None, *, name_style: str = "tpu_mlir"):
     """Convert an ONNX model to ``(apply_fn, params)``.
 
+    ``input_shapes``: TPU-MLIR's ``--input_shapes`` as a list (``[[1,3,224,224]]``, one shape per input) or its
+    string, or a dict by input name (``{"input": [1,3,224,224]}``, every input named); ``None`` takes the
+    declared shapes with a symbolic leading dim bound to 1 (:func:`qsens.onnx.load.resolve_input_shapes`).
     ``apply_fn(params, inputs, *, taps=())``: ``inputs`` is a dict of input arrays (or one array); the result is a
     dict of graph outputs in graph order, and with ``taps`` (a static tuple of canonical tensor names) a pair
     ``(outputs, tapped)``.  Pure and jit-able: ``jax.jit(apply_fn, static_argnames="taps")``.  The leading

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -76,17 +77,70 @@ def input_dtype(v: onnx.ValueInfoProto) -> np.dtype:
     return dt
 
 
-def resolve_input_shapes(
-    model: onnx.ModelProto, input_shapes: Sequence[Sequence[int]] | None, path: str
-) -> list[tuple[int, ...]]:
+#: What ``input_shapes`` may be: TPU-MLIR's ``--input_shapes`` (a list of shapes, one per input, or its string
+#: ``"[[1,3,224,224]]"``; one input may give its shape alone, ``[1,3,224,224]``) or a dict by input name.
+InputShapes = Sequence[Sequence[int]] | Sequence[int] | Mapping[str, Sequence[int]] | str
+
+
+def _is_dim(d) -> bool:
+    return isinstance(d, int | np.integer) and not isinstance(d, bool)
+
+
+def normalize_input_shapes(
+    input_shapes: InputShapes | None, names: Sequence[str], path: str
+) -> list[tuple[int, ...]] | None:
+    """``input_shapes`` as one shape per graph input, in the model's input order (``None`` stays ``None``).
+
+    A dict is keyed by input name and must give every input (as TPU-MLIR's ``--input_shapes`` must); a name the
+    model does not have, or a missing input, is a one-line :class:`ModelError` listing the model's inputs.
+    The number of shapes, ranks and fixed dims are checked by :func:`resolve_input_shapes`.
+    """
+    if input_shapes is None:
+        return None
+    given = input_shapes
+    if isinstance(given, str):
+        try:
+            given = ast.literal_eval(given.strip())
+        except (ValueError, SyntaxError):
+            raise ModelError(f"input_shapes {input_shapes!r} is not a list of shapes like [[1,3,224,224]] "
+                             f"(or a dict like {{'input': [1,3,224,224]}}).") from None
+    if isinstance(given, Mapping):
+        unknown = [k for k in given if k not in names]
+        if unknown:
+            raise ModelError(f"input_shapes names input {str(unknown[0])!r}, which '{path}' does not have; "
+                             f"its inputs are: {', '.join(names)}.")
+        missing = [n for n in names if n not in given]
+        if missing:
+            raise ModelError(f"input_shapes gives no shape for input {missing[0]!r} of '{path}'; give one for "
+                             f"each input: {', '.join(names)}.")
+        given = [given[n] for n in names]
+    if isinstance(given, np.ndarray):
+        given = given.tolist()
+    if not isinstance(given, Sequence) or isinstance(given, str | bytes):
+        raise ModelError(f"input_shapes {input_shapes!r} is not a list of shapes like [[1,3,224,224]] "
+                         f"(or a dict like {{'input': [1,3,224,224]}}).")
+    if len(given) and all(_is_dim(d) for d in given):  # one shape alone: [1,3,224,224]
+        given = [given]
+    shapes = []
+    for s in given:
+        s = s.tolist() if isinstance(s, np.ndarray) else s
+        if not isinstance(s, Sequence) or isinstance(s, str | bytes) or not all(_is_dim(d) and d >= 0 for d in s):
+            raise ModelError(f"input_shapes has {s!r} where a shape of non-negative integers like [1,3,224,224] "
+                             f"belongs; '{path}' has inputs {', '.join(names)}.")
+        shapes.append(tuple(int(d) for d in s))
+    return shapes
+
+
+def resolve_input_shapes(model: onnx.ModelProto, input_shapes: InputShapes | None, path: str) -> list[tuple[int, ...]]:
     """Deployment shapes of the graph inputs.
 
-    A symbolic (or missing) *leading* dim is the batch and is bound to 1 (the deployment batch of
-    TPU-MLIR's searches); any other unknown dim needs ``--input_shapes``.
+    ``input_shapes``: see :data:`InputShapes` (:func:`normalize_input_shapes`).  Without it, a symbolic (or
+    missing) *leading* dim is the batch and is bound to 1 (the deployment batch of TPU-MLIR's searches); any
+    other unknown dim needs ``--input_shapes``.
     """
     ins = graph_inputs(model)
-    if input_shapes is not None:
-        shapes = [tuple(int(d) for d in s) for s in input_shapes]
+    shapes = normalize_input_shapes(input_shapes, [v.name for v in ins], path)
+    if shapes is not None:
         if len(shapes) != len(ins):
             raise ModelError(
                 f"--input_shapes gives {len(shapes)} shape(s) but '{path}' has {len(ins)} input(s) "
