@@ -29,7 +29,8 @@ def main(argv=None):
     from qsens.onnx import to_jax
     from qsens.pipeline import load_inputs, make_preprocess, preset_for_model
     from qsens.quant.mixed import plan_from_table, thresholds_from_table
-    from qsens.search.sensitive import SearchRunner
+    from qsens.search.evaluators import Config, mixed_similarity
+    from qsens.search.problem import Problem
     from qsens.tables import read_cali_table
     from qsens.zoo import zoo_path
 
@@ -46,14 +47,14 @@ def main(argv=None):
     base = read_cali_table(run / "cali_table")
     plan = plan_from_table(g, base)
     th_new = thresholds_from_table(g, new_table)
-    runner = SearchRunner(fn.model, plan, x)
+    problem = Problem(fn.model, plan, thresholds_from_table(g, base), x)
     searched = res["float_layers"]
     n = len(searched)
     compute = [op.name for op in g.ops if op.type not in ("Input", "Reshape", "Permute") and op.name not in plan.f32_reason]
     all_ops = {op.name for op in g.ops}
 
     def sim(float_layers):
-        s, c, _ = runner.mixed_similarity(th_new, all_ops - set(float_layers))
+        s, c, _ = mixed_similarity(problem, Config(frozenset(all_ops - set(float_layers)), th_new))
         return s, c
 
     rows = {"searched": (searched, *sim(searched))}

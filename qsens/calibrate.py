@@ -72,6 +72,22 @@ class Calibration:
         ths = (self.tuned if tuned else self.untuned)[method]
         return {t: (ths[t],) + self.minmax(method, t) for t in self.tensors}
 
+    # JSON round trip (a finished calibration phase of a job, reused by --resume).  Exact: every value is a
+    # float32/float64 scalar, written with repr; the histograms are not kept (no table or search reads them).
+    _SCALARS = ("min", "max", "abs_max", "kl", "p99", "p99_min", "p99_max", "mse", "width")
+
+    def to_json(self) -> dict:
+        f = lambda d: {k: float(v) for k, v in d.items()}  # noqa: E731
+        return {"tensors": list(self.tensors), "n_samples": self.n_samples, "tune_num": self.tune_num,
+                "hist": self.hist, "untuned": {m: f(d) for m, d in self.untuned.items()},
+                "tuned": {m: f(d) for m, d in self.tuned.items()},
+                "stats": {t: {k: float(getattr(r, k)) for k in self._SCALARS} for t, r in self.stats.items()}}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Calibration:
+        stats = {t: calib.CalibResult(histogram=np.zeros(0, np.float32), **v) for t, v in d["stats"].items()}
+        return cls(tuple(d["tensors"]), stats, d["untuned"], d["tuned"], d["n_samples"], d["tune_num"], d["hist"], {})
+
 
 def _progress(total: int, desc: str, enabled: bool, unit: str = "img"):
     if not enabled:
@@ -108,7 +124,7 @@ def collect_statistics(model: Model, files, pp, *, methods: Sequence[str], hist:
             inp, k = pad_batch(inp, batch)
             box = {"state": state}
 
-            def consume(t, v, k=k, off=off, box=box, take=(min(k, tune_num - off) if p == 0 else 0)):
+            def consume(t, v, k=k, off=off, box=box, take=(min(k, tune_num - off) if p == 0 else 0)):  # noqa: B008
                 a = np.asarray(v)[:k]
                 if take > 0:  # the tuner's samples: the first tune_num, whatever the batch size
                     part = a[:take].copy()

@@ -1,7 +1,7 @@
 """``qsens`` command line.  Strings are parsed here; algorithms live in the library.
 
 Errors a user can cause print ``qsens: error: <one line>`` and exit 2 (no traceback; ``QSENS_DEBUG=1``
-shows one).  Verbs: ``zoo``, ``ops``, ``check``, ``calibrate``, ``search``, ``demo``.
+shows one).  Verbs: ``zoo``, ``ops``, ``check``, ``calibrate``, ``search``, ``qtable``, ``demo``.
 """
 
 from __future__ import annotations
@@ -50,20 +50,15 @@ def _add_data_args(p: argparse.ArgumentParser, *, input_num: int = 0) -> None:
 
 
 def load_model_from_args(args):
-    from .onnx import to_jax
+    from .search.workflows import load_model
 
-    fn, params = to_jax(args.model, args.input_shapes, name_style=args.name_style)
-    return fn, params
+    return load_model(args)
 
 
 def preprocess_from_args(args, graph):
-    from .pipeline import make_preprocess, preset_for_model
+    from .search.workflows import preprocess_for
 
-    preset = args.preset if args.preset is not None else preset_for_model(args.model)
-    return make_preprocess(graph, preset=preset, resize_dims=args.resize_dims, keep_aspect_ratio=args.keep_aspect_ratio,
-                           pixel_format=args.pixel_format, channel_format=args.channel_format,
-                           mean=args.mean, scale=args.scale, keep_ratio_mode=args.keep_ratio_mode,
-                           pad_type=args.pad_type, pad_value=args.pad_value)
+    return preprocess_for(args, graph)
 
 
 def select_from_args(args, default_dataset=None):
@@ -159,164 +154,26 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
-def load_post_process(path: str | None):
-    if not path:
-        return None
-    import importlib.util
-
-    from .errors import SearchError
-
-    if not os.path.isfile(path):
-        raise SearchError(f"--post_process file '{path}' does not exist; pass a .py file that defines PostProcess(outputs)")
-    spec = importlib.util.spec_from_file_location("qsens_user_post_process", path)
-    mod = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(mod)
-    except Exception as e:  # noqa: BLE001
-        raise SearchError(f"--post_process file '{path}' failed to import ({type(e).__name__}: {e})") from None
-    fn = getattr(mod, "PostProcess", None)
-    if not callable(fn):
-        raise SearchError(f"--post_process file '{path}' defines no PostProcess(outputs) function")
-    return fn
-
-
-def parse_compare_layers(s: str | None):
-    from .errors import SearchError
-
-    if not s:
-        return None, None
-    names, weights = [], []
-    for part in s.split(","):
-        name, _, w = part.strip().partition(":")
-        names.append(name.strip())
-        weights.append(float(w) if w else None)
-    if all(w is None for w in weights):
-        return tuple(names), None
-    if any(w is None for w in weights) or abs(sum(weights) - 1.0) > 1e-9:
-        raise SearchError(f"--global_compare_layers weights must all be given and sum to 1, got {s!r}")
-    return tuple(names), tuple(weights)
-
-
-def ensure_out_dir(path: str) -> str:
-    from .errors import SearchError
-
-    try:
-        os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, f".qsens-write-test-{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("")
-        os.remove(probe)
-    except OSError as e:
-        raise SearchError(f"--out_dir '{path}' is not writable ({e.strerror}); choose another directory") from None
-    return path
-
-
 def run_search_from_args(args) -> int:
-    from .calibrate import SENSITIVE_NAMES, calibrate, write_tables
-    from .data.dataset import select_files
-    from .engine import CompileStats, enable_compilation_cache
-    from .errors import SearchError
-    from .pipeline import load_inputs
-    from .search.run import SearchConfig, search
-    from .tables import CaliTable, check_table_matches, read_cali_table
+    from .search.workflows import SearchOptions, run_sensitive_search
 
-    t0 = time.time()
-    enable_compilation_cache()
-    out_dir = ensure_out_dir(args.out_dir)
-    qpath = args.quantize_table if os.path.isabs(args.quantize_table) else os.path.join(out_dir, args.quantize_table)
-    ensure_out_dir(os.path.dirname(os.path.abspath(qpath)))
-    post = load_post_process(args.post_process)
-    compare, cweights = parse_compare_layers(args.global_compare_layers)
-    cfg = SearchConfig(methods=tuple(args.methods.split(",")), max_float_layers=args.max_float_layers,
-                       expected_cos=args.expected_cos, strategy=args.strategy, method_batch=args.method_batch,
-                       compare_layers=compare, compare_weights=cweights, chip=args.chip)
-    fn, params = load_model_from_args(args)
-    g = fn.graph
-    if compare:
-        unknown = [c for c in compare if c not in g.tensors]
-        if unknown:
-            raise SearchError(f"--global_compare_layers names {unknown} which are not canonical tensors of the model (see `qsens ops`)")
-    dataset = args.dataset if (args.dataset or args.data_list) else None
-    cal_files = select_files(dataset=dataset, data_list=args.data_list, input_num=args.input_num, seed=args.seed)
-    pool = select_files(dataset=dataset, data_list=args.data_list, input_num=0, seed=args.seed)
-    if args.inference_num > len(pool):
-        raise SearchError(f"--inference_num {args.inference_num} but only {len(pool)} samples are available in "
-                          f"{args.dataset or args.data_list}; lower --inference_num or add images")
-    inf_files = pool[: args.inference_num]
-    pp = preprocess_from_args(args, g)
-    stats = CompileStats()
-    base = None
-    if args.calibration_table:
-        base = read_cali_table(args.calibration_table)
-        check_table_matches(base, g.tensors, args.calibration_table)
-    t_cal = time.time()
-    # TPU-MLIR's flow: run_calibration (v2 statistics, KL tuned) gives the base table, run_sensitive_layer then
-    # generates its per-method tables with the v1 statistics (checked against 1.23: tests/test_tpu_mlir_oracle.py)
-    cal = calibrate(fn.model, cal_files, pp, methods=cfg.methods, hist=args.hist, tune_num=args.tune_num,
-                    tune_methods=cfg.methods, progress=not args.quiet,
-                    stats=stats, batch=args.batch)  # the search's chunk: both share the compiled executables
-    base_cal = None
-    if base is None:
-        base_cal = calibrate(fn.model, cal_files, pp, methods=("kl",), hist="v2", tune_num=args.tune_num,
-                             progress=not args.quiet, stats=stats, batch=args.batch)
-    t_cal = time.time() - t_cal
-    if args.tune_num <= 0:
-        print("note: --tune_num 0: untuned method thresholds (TPU-MLIR's SL-old would crash here)", file=sys.stderr)
-    cali_path = os.path.join(out_dir, "cali_table")
-    if base is None:  # the table qsens writes to <out_dir>/cali_table, headers included
-        from .tables import cali_header_lines
-
-        base = CaliTable(base_cal.table_entries("kl", True), headers=tuple(cali_header_lines(
-            method="kl", mlir=args.model, histogram_bins=2048, sample_number=base_cal.n_samples,
-            tune_number=base_cal.tune_num, version_style="kld-mid")))  # run_calibration 1.23's header
-    inputs = load_inputs(inf_files, g, pp)
-
-    def extra_files():  # run_sensitive_layer always writes its per-method tables; the base only if qsens made it
-        base_files = [] if base_cal is None else write_tables(base_cal, cali_path, main_method="kl", mlir=args.model,
-                                                              write_method_tables=False)
-        return {"calibration_tables": base_files + write_tables(cal, cali_path, main_method=None, mlir=args.model,
-                                                                method_names=SENSITIVE_NAMES)}
-
-    post_id = None
-    if args.post_process:
-        import hashlib
-
-        with open(args.post_process, "rb") as f:
-            post_id = hashlib.sha256(f.read()).hexdigest()
-    from .zoo import labels_if_known
-
-    res = search(fn.model, base, cal.tuned, inputs, cfg, out_dir=out_dir, qtable_path=args.quantize_table, chunk=args.batch,
-                 labels=labels_if_known(inf_files),
-                 resume=args.resume, post_process=post, progress=not args.quiet, extra_files=extra_files, stats=stats,
-                 post_process_id=post_id)
-    if res.early_exit:
-        return 0
-    s = res.summary
-    print(">>>run result:")
-    print(f"int8 outputs_cos:{s['int8']['similarity']:.6f} old")
-    print(f"mix model outputs_cos:{s['mix_new_table']['similarity']:.6f}")
-    print(f"  (plain cosine: INT8 {s['int8']['cosine']:.6f}, MIX original table {s['mix_original_table']['cosine']:.6f}, "
-          f"MIX new table {s['mix_new_table']['cosine']:.6f}; similarity = 0.5+0.5*cos)")
-    if "top1_agreement" in s["int8"]:
-        print(f"  top-1 agreement with FP32 on {s['n_images']} images: INT8 {s['int8']['top1_agreement']:.3f}, "
-              f"MIX original table {s['mix_original_table']['top1_agreement']:.3f}, MIX new table {s['mix_new_table']['top1_agreement']:.3f}")
-    if "labelled" in s:
-        lab = s["labelled"]
-        print(f"  labelled images ({lab['fp32']['n']}): top-1 / top-5 FP32 {lab['fp32']['top1']:.3f} / {lab['fp32']['top5']:.3f}, "
-              f"INT8 {lab['int8']['top1']:.3f} / {lab['int8']['top5']:.3f}, MIX new table "
-              f"{lab['mix_new_table']['top1']:.3f} / {lab['mix_new_table']['top5']:.3f}")
-    if s.get("f32_ops"):
-        print("  ops BM1684 keeps in F32 inside the INT8 model: " + "; ".join(f"{k} ({v})" for k, v in s["f32_ops"].items()))
-    print(f"float layers ({len(res.float_layers)}): {', '.join(res.float_layers)}")
-    print(f"Output mix quantization table to {res.files['qtable']}")
-    print(f"total time:{time.time() - t0}  (calibration {t_cal:.1f} s, search {res.timings['search_s']:.1f} s, "
-          f"{res.evaluated_ops} ops evaluated, XLA compile {stats.compile_s:.1f} s for {stats.traces} executables)")
-    print("success sensitive layer search")
+    run_sensitive_search(SearchOptions.from_namespace(args), echo=_echo)
     return 0
+
+
+def _echo(s: str) -> None:
+    print(s, flush=True)
 
 
 def cmd_search(args) -> int:
     return run_search_from_args(args)
+
+
+def cmd_qtable(args) -> int:
+    from .search.workflows import QtableOptions, run_qtable
+
+    run_qtable(QtableOptions.from_namespace(args), echo=_echo)
+    return 0
 
 
 def cmd_demo(args) -> int:
@@ -393,6 +250,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fast strategy: suffixes of the candidates one after another (loop) or stacked (concat)")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(fn=cmd_search)
+
+    s = sub.add_parser("qtable", help="greedy mix-precision search like run_qtable.py (writes a qtable)")
+    _add_model_args(s)
+    _add_data_args(s, input_num=10)
+    s.add_argument("--calibration_table", default=None, help="the table to search with (required, as in run_qtable.py)")
+    s.add_argument("--expected_cos", type=float, default=0.99,
+                   help="stop when the mixed model reaches it (TPU-MLIR scale 0.5+0.5*cos)")
+    s.add_argument("--min_layer_cos", type=float, default=0.99,
+                   help="an op whose INT8 output (with the error accumulated before it) is below this goes float")
+    s.add_argument("--global_compare_layers", default=None, help="'a,b' or 'a:0.3,b:0.7' (canonical tensor names)")
+    s.add_argument("--chip", "--processor", dest="chip", default="bm1684")
+    s.add_argument("--fp_type", default="auto", help="float type of the float layers: auto = F32 on BM1684")
+    s.add_argument("--loss_table", default="full_loss_table.txt", help="layer cos table (relative: inside --out_dir)")
+    s.add_argument("-o", "--quantize_table", default="qtable", help="qtable path (relative: inside --out_dir)")
+    s.add_argument("--out_dir", default=".")
+    s.add_argument("--post_process", default=None,
+                   help="python file defining PostProcess(outputs_dict) (MixPrecSearcher's, as run_sensitive_layer.py)")
+    s.add_argument("--resume", action="store_true", help="continue from <out_dir>/qtable.ckpt.json")
+    s.add_argument("--checkpoint_every_s", type=float, default=10.0,
+                   help="seconds between checkpoints (also after every float step; 0 = after every op)")
+    s.add_argument("--batch", type=int, default=10, help="images per compiled batch (memory; default 10)")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.set_defaults(fn=cmd_qtable)
 
     s = sub.add_parser("demo", help="build the zoo, then calibrate + search EfficientNet-Lite0 on images100")
     s.add_argument("--out_dir", default="qsens_demo")

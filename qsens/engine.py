@@ -15,7 +15,8 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -49,7 +50,7 @@ def to_device(x):
 
 def enable_compilation_cache(path: str | None = None) -> str:
     """Turn on JAX's persistent compilation cache in a user cache dir (``$QSENS_HOME/jax_cache``)."""
-    from .zoo import cache_dir
+    from .paths import cache_dir
 
     path = path or os.environ.get("QSENS_JAX_CACHE") or str(cache_dir() / "jax_cache")
     os.makedirs(path, exist_ok=True)
@@ -114,18 +115,66 @@ class CompileStats:
                 "first_call_s": round(self.first_call_s, 3)}
 
 
+class ExecutableCache:
+    """A bounded (LRU) map from a *complete* key to a jitted executable.
+
+    The key must hold everything the executable's Python closure reads at trace time (op type, attributes,
+    constants, weight shapes, layouts; for INT8 executables also signedness, F32 status and the static input
+    shapes the quantization parameters use): two ops with equal keys share one executable and its compiled
+    code, which is what makes per-op execution cheap (Lite0's 61 ops need 40).  The cache also remembers
+    which input shapes each executable has already been called with, so first calls can be timed as
+    compiles.  Calibration and search share one cache (:data:`DEFAULT_CACHE` unless a job passes its own).
+    """
+
+    def __init__(self, maxsize: int = 4096):
+        self.maxsize = maxsize
+        self._fns: OrderedDict[Hashable, Callable] = OrderedDict()
+        self._seen: dict[int, set] = {}
+
+    def __len__(self) -> int:
+        return len(self._fns)
+
+    def get(self, key: Hashable, make: Callable[[], Callable]) -> Callable:
+        fn = self._fns.get(key)
+        if fn is not None:
+            self._fns.move_to_end(key)
+            return fn
+        fn = make()
+        self._fns[key] = fn
+        if len(self._fns) > self.maxsize:
+            _, old = self._fns.popitem(last=False)
+            self._seen.pop(id(old), None)
+        return fn
+
+    def first_call(self, fn: Callable, shape_key: Hashable) -> bool:
+        """True once per (executable, call shapes): the call that compiles."""
+        seen = self._seen.setdefault(id(fn), set())
+        if shape_key in seen:
+            return False
+        seen.add(shape_key)
+        return True
+
+    def clear(self) -> None:
+        self._fns.clear()
+        self._seen.clear()
+
+
+#: The process's default cache (bounded): calibration and search in one process share its executables.
+DEFAULT_CACHE = ExecutableCache()
+
+
 class Engine:
     """Runs ``model``'s canonical graph at one batch size, op by op, with shared per-signature executables."""
 
-    _shared: dict[tuple, Any] = {}
-
-    def __init__(self, model: Model, batch: int, *, channels_last: bool = True, stats: CompileStats | None = None):
+    def __init__(self, model: Model, batch: int, *, channels_last: bool = True, stats: CompileStats | None = None,
+                 cache: ExecutableCache | None = None):
         self.model = model
         self.graph: Graph = model.graph_at(batch)
         self.batch = batch
         self.params = model.params
         self.plan = layout_plan(self.graph, self.params, channels_last)
         self.stats = stats or CompileStats()
+        self.cache = cache if cache is not None else DEFAULT_CACHE
 
     # ------------------------------------------------------------------------------------------ layout
     def to_plan(self, tensor: str, x_nchw):
@@ -140,26 +189,25 @@ class Engine:
         in_nhwc = tuple(bool(self.plan.get(t)) for t in op.inputs)
         out_nhwc = op_runs_nhwc(op, self.plan)
         key = ("float",) + op_signature(op, self.params, in_nhwc, out_nhwc)
-        fn = Engine._shared.get(key)
-        if fn is None:
+
+        def make():
             def f(weights, acts, _op=op, _in=in_nhwc, _out=out_nhwc):
                 with per_op_executable():
                     return run_op_planned(_op, weights, acts, _in, _out)
 
-            fn = jax.jit(f)
-            Engine._shared[key] = fn
-        return fn
+            return jax.jit(f)
+
+        return self.cache.get(key, make)
 
     def call(self, fn, weights, acts, *extra):
         """Call a jitted executable; the first call per (executable, input shapes) is timed as a compile."""
-        sk = (id(fn), tuple((tuple(a.shape), str(a.dtype)) for a in acts), tuple(np.shape(x) for x in extra))
-        if sk in _GLOBAL_SEEN:
+        sk = (tuple((tuple(a.shape), str(a.dtype)) for a in acts), tuple(np.shape(x) for x in extra))
+        if not self.cache.first_call(fn, sk):
             return fn(weights, acts, *extra)
         t = time.perf_counter()
         out = jax.block_until_ready(fn(weights, acts, *extra))
         self.stats.first_call_s += time.perf_counter() - t
         self.stats.traces += 1
-        _GLOBAL_SEEN.add(sk)
         return out
 
     def weights(self, op: Op) -> dict[str, Any]:
@@ -202,5 +250,3 @@ class Engine:
         g = self.graph
         return {name: self.to_nchw(t, env[t]) for name, t in zip(g.output_names, g.outputs)}
 
-
-_GLOBAL_SEEN: set = set()

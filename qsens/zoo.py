@@ -41,6 +41,8 @@ import numpy as np
 
 from qsens.errors import DatasetError, ModelError, QsensError
 
+from .paths import cache_dir  # noqa: F401  (re-exported: qsens.zoo.cache_dir)
+
 __all__ = ["DEFAULT_MODELS", "build_zoo", "cache_dir", "labels", "zoo_path"]
 
 ZOO_VERSION = 1
@@ -143,15 +145,6 @@ def _presets_json() -> dict:
     from .data.preprocess import PRESETS
 
     return {k: dataclasses.asdict(v) for k, v in PRESETS.items()}
-
-
-def cache_dir() -> Path:
-    """``$QSENS_HOME`` if set, else ``$XDG_CACHE_HOME/qsens``, else ``~/.cache/qsens``."""
-    home = os.environ.get("QSENS_HOME")
-    if home:
-        return Path(home).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "qsens"
 
 
 def _zoo_dir(dest) -> Path:

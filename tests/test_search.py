@@ -36,9 +36,11 @@ from qsens.metrics import similarity
 from qsens.onnx import to_jax
 from qsens.pipeline import load_inputs, make_preprocess, preset_for_model
 from qsens.quant.mixed import MixedModel, plan_from_table, thresholds_from_table
-from qsens.search.analysis import Sensitivity, analysis_sensitive_layers, best_method
-from qsens.search.run import CKPT, LOG_NAME, SearchConfig, search
-from qsens.search.sensitive import SearchRunner, choose, distinct
+from qsens.search.evaluators import Config, FloatPrefix, WholeGraph
+from qsens.search.job import CKPT, LOG_NAME, SearchConfig, search
+from qsens.search.problem import Problem as SearchProblem
+from qsens.search.selectors import Sensitivity, analysis_sensitive_layers, best_method
+from qsens.search.strategies import choose, distinct
 from qsens.tables import CaliTable, read_cali_table, update_threshold, write_cali_table
 
 EPOCH = "1700000000"
@@ -196,22 +198,27 @@ def test_sequential_update_producer_threshold_reaches_consumer(chain, tmp_path):
     assert best_prod != pytest.approx(bad, rel=1e-3)
 
     plan = plan_from_table(g, base)
-    runner = SearchRunner(chain.model, plan, chain.inputs, n_methods=len(chain.methods))
+    problem = SearchProblem(chain.model, plan, thresholds_from_table(g, base), chain.inputs)
     idx = plan.tensor_index
     th = thresholds_from_table(g, base)
     th[idx["x"]] = res.ops[0].best_threshold
     cons_ths = [c.threshold for c in res.ops[cons].candidates]
-    with_original = runner.candidates_naive(cons, th, cons_ths)
+    t_cons = g.ops[cons].outputs[0]
+
+    def configs(table):
+        return [Config(frozenset({g.ops[cons].name}), problem.with_output(table, t_cons, c)) for c in cons_ths]
+
+    with_original = WholeGraph().losses(problem, configs(th))
     th_seq = th.copy()
     th_seq[idx[t_prod]] = best_prod
-    with_best = runner.candidates_naive(cons, th_seq, cons_ths)
+    with_best = WholeGraph().losses(problem, configs(th_seq))
     np.testing.assert_allclose(losses(res.ops[cons]), with_best, rtol=0, atol=1e-9)
     assert max(abs(a - b) for a, b in zip(with_best, with_original)) > 1e-4
     # fast strategy, same explicit tables
-    runner.fast_begin()
-    for i in range(cons):
-        runner.fast_advance(i)
-    np.testing.assert_allclose(runner.candidates_fast(cons, th_seq, cons_ths), with_best, rtol=0, atol=TIE)
+    ev = FloatPrefix()
+    carry = ev.init(problem, start=cons)  # the prefix is a value: built up to the consumer, passed in
+    assert carry.next == cons
+    np.testing.assert_allclose(ev.losses(problem, configs(th_seq), carry), with_best, rtol=0, atol=TIE)
 
     # second search: the producer's candidates all equal the bad threshold -> the consumer's losses change
     forced = {m: dict(v) for m, v in chain.cal.tuned.items()}
@@ -336,6 +343,9 @@ def test_resume_after_sigkill(clidata, full_run, tmp_path, capsys):
     rc, stdout, _ = run_cli(search_argv(clidata, out, "--post_process", clidata["post"], "--resume"), capsys)
     assert rc == 0
     assert f"resuming: {k} of {total} ops already evaluated in {out / CKPT}" in stdout
+    # the finished calibration phase is reused, not redone (its tables below are still byte-identical)
+    assert f"resuming: calibration reused from {out / 'calibration.ckpt.json'}" in stdout
+    assert not (out / "calibration.ckpt.json").exists()
     m = re.search(r"(\d+) ops evaluated", stdout)
     assert m and int(m.group(1)) == total - k
     assert re.search(r"(\d+) ops evaluated", full_run["stdout"]).group(1) == str(total)

@@ -1,4 +1,9 @@
-"""Choosing per-op thresholds and the float layers, exactly as TPU-MLIR's SensitiveLayer does (spec §4.2-4.4)."""
+"""Selectors: from per-op results to choices, exactly as TPU-MLIR's SensitiveLayer makes them (spec §4.2-4.4).
+
+- :func:`best_method`: the best candidate of an op (strict ``<``: on a tie the first wins).
+- :class:`TopN` / :func:`analysis_sensitive_layers`: the float layers (top-N losses, the Conv/Scale partner
+  rule, TPU-MLIR's rank printing).
+"""
 
 from __future__ import annotations
 
@@ -57,3 +62,13 @@ def analysis_sensitive_layers(sens: Sequence[Sensitivity], max_float_layers: int
                         out.append(n)
         rank += 1
     return out, lines
+
+
+class TopN:
+    """TPU-MLIR's top-N selection with the Conv/Scale partner rule (``--max_float_layers N``)."""
+
+    def __init__(self, n: int):
+        self.n = int(n)
+
+    def select(self, sens: Sequence[Sensitivity], graph: Graph | None = None) -> tuple[list[str], list[str]]:
+        return analysis_sensitive_layers(sens, self.n, graph)

@@ -1,0 +1,93 @@
+"""A/B: the whole `qsens search` job of two qsens trees, interleaved in one run (same machine, same minutes).
+
+    python benchmarks/refactor_ab.py --old 0bb63c9 [--rounds 3 --images 100 --inference 30]
+
+``--old`` is a commit checked out into a temporary git worktree; ``--new`` (default: this working tree).  Each
+round runs the old and the new job (order alternating) as fresh processes on a warm JAX compilation cache
+(one cold run of each first, not timed), on EfficientNet-Lite0 with ``qsens demo``'s flags.  Prints the
+median wall time and search compute of each and their ratio, checks the qtable / new_cali_table.txt are
+byte-identical, and writes benchmarks/results/refactor_ab_<device>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, write  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def job(tree: Path, model, images, n_img, n_inf, out_dir: Path, cache: Path) -> dict:
+    env = dict(os.environ, QSENS_JAX_CACHE=str(cache), SOURCE_DATE_EPOCH="1700000000", PYTHONPATH=str(tree))
+    cmd = [sys.executable, "-m", "qsens", "search", str(model), "--dataset", str(images), "--input_num", str(n_img),
+           "--inference_num", str(n_inf), "--expected_cos", "0.9999", "--out_dir", str(out_dir), "-q"]
+    t = time.perf_counter()
+    p = subprocess.run(cmd, env=env, cwd=str(tree), capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if p.returncode != 0:
+        raise SystemExit(f"job failed in {tree}: {p.stderr[-3000:]}")
+    res = json.loads((out_dir / "search.json").read_text())
+    files = {n: (out_dir / n).read_bytes() for n in ("qtable", "new_cali_table.txt")}
+    return {"wall_s": wall, "search_s": res["timings"]["search_s"], "files": files,
+            "float_layers": res["float_layers"]}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--old", required=True, help="commit of the baseline tree")
+    ap.add_argument("--new", default=str(REPO), help="tree to compare (default: this working tree)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--images", type=int, default=100)
+    ap.add_argument("--inference", type=int, default=30)
+    args = ap.parse_args(argv)
+    from qsens.zoo import zoo_path
+
+    model, images = zoo_path("efficientnet_lite0.onnx"), zoo_path("images100")
+    with tempfile.TemporaryDirectory() as td:
+        td = Path(td)
+        old = td / "old"
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(old), args.old], check=True,
+                       capture_output=True)
+        try:
+            trees = {"old": old, "new": Path(args.new)}
+            caches = {k: td / f"cache_{k}" for k in trees}
+            for k, tree in trees.items():  # cold runs fill each tree's compilation cache (not timed)
+                job(tree, model, images, args.images, args.inference, td / f"{k}_cold", caches[k])
+            runs = {k: [] for k in trees}
+            for r in range(args.rounds):
+                for k in (("old", "new") if r % 2 == 0 else ("new", "old")):
+                    runs[k].append(job(trees[k], model, images, args.images, args.inference, td / f"{k}_{r}",
+                                       caches[k]))
+                    print(f"round {r} {k}: whole job {runs[k][-1]['wall_s']:.1f} s, search {runs[k][-1]['search_s']:.1f} s",
+                          flush=True)
+        finally:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(old)], capture_output=True)
+    same = all(a["files"] == b["files"] for a in runs["old"] for b in runs["new"])
+    med = {k: {m: statistics.median(x[m] for x in v) for m in ("wall_s", "search_s")} for k, v in runs.items()}
+    ratio = {m: med["new"][m] / med["old"][m] for m in ("wall_s", "search_s")}
+    print(f"median whole job: old {med['old']['wall_s']:.1f} s, new {med['new']['wall_s']:.1f} s "
+          f"(new/old {ratio['wall_s']:.3f}); search compute: old {med['old']['search_s']:.1f} s, new "
+          f"{med['new']['search_s']:.1f} s (new/old {ratio['search_s']:.3f}); qtable + new_cali_table.txt "
+          f"byte-identical: {same}")
+    out = write("refactor_ab", {
+        "benchmark": "qsens search (Lite0, demo flags), old vs new tree, warm cache, interleaved rounds",
+        "old": args.old, "new": args.new, "rounds": args.rounds, "images": args.images, "inference": args.inference,
+        "runs": {k: [{m: x[m] for m in ("wall_s", "search_s")} for x in v] for k, v in runs.items()},
+        "median": med, "new_over_old": ratio, "outputs_byte_identical": same,
+        "float_layers": runs["new"][0]["float_layers"], "machine": machine(),
+    })
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""Evaluators: the losses of mixed-precision configurations, with one interface.
+
+A configuration (:class:`Config`) is a set of ops run in INT8 and a threshold vector (the calibration table
+as an array over the graph's tensors, before the copy map).  Its loss is ``1 - similarity`` of the network
+outputs against the float model over the problem's inference images (TPU-MLIR's ``outputs_cos``).
+
+Every evaluator has ``init(problem, start) -> carry``, ``advance(problem, carry) -> carry`` and
+``losses(problem, configs, carry) -> list[float]``.  The carry is a plain value (:class:`Prefix`) passed in
+and returned: which op is next and, for the prefix evaluators, the activations computed so far.
+
+- :class:`WholeGraph`: runs the mixed model from the network input for each configuration (any
+  configuration; TPU-MLIR's own approach, without its recompiles).  Its carry only counts ops.
+- :class:`FloatPrefix`: configurations whose only INT8 op is the next op ``L`` of the carry.  All ops before
+  ``L`` are float, so ``L``'s inputs are the float activations the prefix already holds: only ``L`` (INT8, once
+  per candidate) and the float suffix behind it run.  Same executables, same batches, so its losses equal
+  :class:`WholeGraph`'s (tested).
+- :class:`~qsens.search.mixprec.Int8Prefix` (run_qtable's accumulated-error walk) lives with that strategy.
+
+Devices are the evaluators' business: nothing above them knows where arrays live.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..engine import Engine, op_signature, to_device
+from ..onnx.convert import op_runs_nhwc
+from ..onnx.layout import TO_NCHW, TO_NHWC, per_op_executable
+from ..quant.mixed import QuantPlan, int8_core
+from .problem import Problem, concat_chunks
+
+
+class Config(NamedTuple):
+    int8_ops: frozenset
+    thresholds: np.ndarray  # float32 (n_tensors,), before the copy map
+
+
+class Prefix(NamedTuple):
+    next: int  # index of the next op
+    envs: tuple | None = None  # per chunk: live tensors after ops [0, next) (prefix evaluators)
+
+
+# --------------------------------------------------------------------------------------------- INT8 ops
+def int8_exe(engine: Engine, plan: QuantPlan, i: int):
+    """Executable of op ``i``'s INT8 form (quantize, INT8 kernel, dequantize) in the engine's layout plan.
+
+    ``f(weights, acts, th_in (n_inputs,), th_out (), qp) -> output``; ``qp`` are the INT8 parameters computed
+    on the host (:func:`qsens.quant.mixed.host_qparams`), so the compiled code holds only the kernel.  The
+    cache key holds everything the closure reads: the op's signature, signedness of its tensors, whether it
+    is F32 in the INT8 model, and the static input shapes the parameters use."""
+    op = engine.graph.ops[i]
+    ins = op.inputs if op.type != "Input" else op.outputs  # the Input op quantizes its own tensor
+    in_nhwc = tuple(bool(engine.plan.get(t)) for t in ins)
+    out_nhwc = op_runs_nhwc(op, engine.plan) if op.type != "Input" else in_nhwc[0]
+    sig = tuple(plan.signed[t] for t in op.inputs + op.outputs)
+    shapes = tuple(tuple(plan.graph.tensor_shape(t)) for t in ins)
+    key = ("int8", op.name in plan.f32_reason, sig, shapes) + op_signature(op, engine.params, in_nhwc, out_nhwc)
+
+    def make():
+        def f(weights, acts, th_in, th_out, qp, _op=op, _in=in_nhwc, _out=out_nhwc):
+            xs = [jnp.transpose(a, TO_NCHW) if n else a for a, n in zip(acts, _in)]
+            with per_op_executable():
+                y = int8_core(plan, _op, weights, xs, [th_in[k] for k in range(len(xs))], th_out, qp=qp,
+                              fallback=False)[0]
+            return jnp.transpose(y, TO_NHWC) if _out else y
+
+        return jax.jit(f)
+
+    return engine.cache.get(key, make)
+
+
+def run_int8_op(problem: Problem, engine: Engine, i: int, env, th_eff: np.ndarray, th_outs: Sequence[float]) -> list:
+    """Op ``i`` in INT8 on the activations of ``env`` (inputs cast with ``th_eff``), once per output threshold."""
+    op = problem.graph.ops[i]
+    fn = int8_exe(engine, problem.plan, i)
+    idx = problem.plan.tensor_index
+    th_in = to_device(np.asarray([th_eff[idx[t]] for t in op.inputs] or [0.0], np.float32))
+    acts = [env[t] for t in op.inputs] if op.type != "Input" else [env[op.outputs[0]]]
+    w = engine.weights(op)
+    tin = tuple(float(v) for v in np.asarray(th_in)[: len(op.inputs)])
+    out = []
+    for c in th_outs:
+        qp = problem.qparams(op, tin, float(c))
+        if bool(np.asarray(qp.get("fallback", False))) and op.type != "Input":
+            # BM1684 lowers this op to F32 for these thresholds (e.g. Conv rshift < 0): its float output
+            out.append(engine.call(engine.float_exe(i), w, acts)[0])
+        else:
+            out.append(engine.call(fn, w, acts, th_in, to_device(np.float32(c)), qp))
+    return out
+
+
+def run_mixed_env(problem: Problem, env, th_eff: np.ndarray, int8_ops, start: int = 0, engine: Engine | None = None):
+    """Advance ``env`` through ops ``[start, end)``, ops in ``int8_ops`` INT8; returns the scored outputs."""
+    e = engine or problem.engine
+    g = problem.graph
+    last = g.last_use
+    keep = problem.keep
+    for i in range(start, len(g.ops)):
+        op = g.ops[i]
+        if op.type == "Input":  # never quantized by itself: each INT8 consumer casts it (TPU-MLIR lowering)
+            continue
+        if op.name in int8_ops and op.name not in problem.plan.f32_reason:
+            outs = [run_int8_op(problem, e, i, env, th_eff, [th_eff[problem.plan.tensor_index[op.outputs[0]]]])[0]]
+        else:
+            outs = e.call(e.float_exe(i), e.weights(op), [env[t] for t in op.inputs])
+        outs = jax.block_until_ready(outs)
+        for t, v in zip(op.outputs, outs):
+            env[t] = v
+        for t in set(op.inputs):
+            if last.get(t, -1) <= i and t not in keep:
+                env.pop(t, None)
+    return problem.outputs(e, env)
+
+
+def run_mixed(problem: Problem, config: Config) -> dict[str, np.ndarray]:
+    """The mixed model of ``config`` on all inference images, op by op."""
+    th_eff = problem.plan.effective(np.asarray(config.thresholds, np.float32))
+    outs = [run_mixed_env(problem, problem.engine.input_env(part), th_eff, config.int8_ops) for part in problem.chunks]
+    return concat_chunks(outs, problem.counts)
+
+
+def mixed_similarity(problem: Problem, config: Config) -> tuple[float, float, np.ndarray]:
+    """(TPU-MLIR similarity, plain cosine, first output) of a configuration's mixed model."""
+    outs = run_mixed(problem, config)
+    return 1.0 - problem.scorer.loss(outs), problem.scorer.cosine(outs), outs[next(iter(outs))]
+
+
+# --------------------------------------------------------------------------------------------- evaluators
+class WholeGraph:
+    """Every configuration from the network input (the baseline; any set of INT8 ops)."""
+
+    name = "whole_graph"
+
+    def init(self, problem: Problem, start: int = 0) -> Prefix:
+        return Prefix(start)
+
+    def advance(self, problem: Problem, carry: Prefix) -> Prefix:
+        return Prefix(carry.next + 1)
+
+    def losses(self, problem: Problem, configs: Sequence[Config], carry: Prefix | None = None) -> list[float]:
+        return [problem.scorer.loss(run_mixed(problem, c)) for c in configs]
+
+
+class FloatPrefix:
+    """Configurations with one INT8 op, the carry's next op, on a float prefix advanced op by op.
+
+    ``method_batch``: the candidates' float suffixes run one after the other on the prefix's executables
+    (``"loop"``) or stacked along the batch (``"concat"``, an engine at ``chunk x len(configs)``)."""
+
+    name = "float_prefix"
+
+    def __init__(self, method_batch: str = "loop"):
+        if method_batch not in ("loop", "concat"):
+            raise ValueError(f"method_batch must be loop or concat, got {method_batch!r}")
+        self.method_batch = method_batch
+
+    def init(self, problem: Problem, start: int = 0) -> Prefix:
+        carry = Prefix(0, tuple(problem.engine.input_env(part) for part in problem.chunks))
+        while carry.next < start:
+            carry = self.advance(problem, carry)
+        return carry
+
+    def advance(self, problem: Problem, carry: Prefix) -> Prefix:
+        i = carry.next
+        keep = problem.compare or ()
+        return Prefix(i + 1, tuple(problem.engine.run(env, i, i + 1, keep=keep) for env in carry.envs))
+
+    def losses(self, problem: Problem, configs: Sequence[Config], carry: Prefix) -> list[float]:
+        g, e, plan = problem.graph, problem.engine, problem.plan
+        i = carry.next
+        op = g.ops[i]
+        for c in configs:
+            if set(c.int8_ops) != {op.name}:
+                raise ValueError(f"FloatPrefix evaluates configurations whose only INT8 op is {op.name}")
+        if op.name in plan.f32_reason or op.type == "Input":
+            # F32 inside the INT8 model, or the Input op: in TPU-MLIR's lowering an INT8 Input alone changes
+            # nothing (the casts to INT8 belong to its INT8 consumers), so the model is the float one
+            return [problem.scorer.loss(problem.ref_outputs)] * len(configs)
+        idx = plan.tensor_index
+        # each candidate's effective thresholds (copy map applied: the candidate can also set the threshold
+        # of an input, e.g. a PRelu output that a single MaxPool consumes)
+        effs = [plan.effective(np.asarray(c.thresholds, np.float32)) for c in configs]
+        last = g.last_use
+        keep = problem.keep
+        out_t = op.outputs[0]
+        M = len(configs)
+        per_cand: list[list[dict]] = [[] for _ in range(M)]
+        for env0 in carry.envs:
+            ys = [run_int8_op(problem, e, i, env0, eff, [float(eff[idx[out_t]])])[0] for eff in effs]
+            live = {t: v for t, v in env0.items() if (last.get(t, -1) > i or t in keep) and t not in op.outputs}
+            if self.method_batch == "concat" and M > 1:
+                eng = problem.engine_at(problem.chunk * M)
+                env = {t: jnp.concatenate([v] * M, axis=0) for t, v in live.items()}
+                env[out_t] = jnp.concatenate(ys, axis=0)
+                outs = problem.outputs(eng, eng.run(env, i + 1, keep=keep))
+                for m in range(M):
+                    per_cand[m].append({k: v[m * problem.chunk : (m + 1) * problem.chunk] for k, v in outs.items()})
+            else:
+                for m in range(M):
+                    env = dict(live)
+                    env[out_t] = ys[m]
+                    per_cand[m].append(problem.outputs(e, e.run(env, i + 1, keep=keep)))
+        return [problem.scorer.loss(concat_chunks(parts, problem.counts)) for parts in per_cand]
+
+
+EVALUATORS = {"fast": FloatPrefix, "naive": WholeGraph}

@@ -1,0 +1,378 @@
+"""Complete jobs from files: what ``qsens search`` (and ``qsens qtable``) run, callable from Python.
+
+:class:`SearchOptions` carries TPU-MLIR's flags (the CLI's defaults); :func:`run_sensitive_search` selects the
+samples, converts the model, calibrates (or reads ``--calibration_table``), runs :func:`qsens.search.job.search`
+and prints TPU-MLIR's result lines.  The CLI only parses strings into options, so the CLI and the README's
+API example run the same function.
+
+Phases are checkpointed: the finished calibration is kept in ``<out_dir>/calibration.ckpt.json`` (with the
+fingerprint of the model file, samples, preprocessing and calibration flags), so ``resume=True`` after a
+kill reuses it instead of calibrating again, then the search resumes from its own checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import SearchError
+
+CAL_CKPT = "calibration.ckpt.json"
+
+
+@dataclasses.dataclass
+class SearchOptions:
+    """TPU-MLIR ``run_sensitive_layer.py`` flags (names and defaults as in ``qsens search --help``)."""
+
+    model: str
+    dataset: str | None = None
+    data_list: str | None = None
+    input_shapes: Any = None
+    name_style: str = "tpu_mlir"
+    input_num: int = 10
+    inference_num: int = 10
+    seed: int = 1684
+    preset: str | None = None
+    resize_dims: Any = None
+    keep_aspect_ratio: bool | None = None
+    keep_ratio_mode: str | None = None
+    pad_type: str | None = None
+    pad_value: int | None = None
+    pixel_format: str | None = None
+    channel_format: str | None = None
+    mean: Any = None
+    scale: Any = None
+    max_float_layers: int = 5
+    expected_cos: float = 0.99
+    post_process: str | None = None
+    global_compare_layers: str | None = None
+    calibration_table: str | None = None
+    chip: str = "bm1684"
+    quantize_table: str = "qtable"
+    methods: str = "max,percentile9999,kl"
+    tune_num: int = 5
+    hist: str = "v1"
+    out_dir: str = "."
+    resume: bool = False
+    strategy: str = "fast"
+    batch: int = 10
+    method_batch: str = "loop"
+    quiet: bool = False
+
+    @classmethod
+    def from_namespace(cls, ns) -> SearchOptions:
+        return cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls) if hasattr(ns, f.name)})
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def load_post_process(path: str | None):
+    """``PostProcess(outputs)`` from a user's .py file (TPU-MLIR's ``--post_process``)."""
+    if not path:
+        return None
+    import importlib.util
+
+    if not os.path.isfile(path):
+        raise SearchError(f"--post_process file '{path}' does not exist; pass a .py file that defines PostProcess(outputs)")
+    spec = importlib.util.spec_from_file_location("qsens_user_post_process", path)
+    mod = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(mod)
+    except Exception as e:  # noqa: BLE001
+        raise SearchError(f"--post_process file '{path}' failed to import ({type(e).__name__}: {e})") from None
+    fn = getattr(mod, "PostProcess", None)
+    if not callable(fn):
+        raise SearchError(f"--post_process file '{path}' defines no PostProcess(outputs) function")
+    return fn
+
+
+def parse_compare_layers(s: str | None):
+    """``'a,b'`` or ``'a:0.3,b:0.7'`` -> (names, weights or None); weights must all be given and sum to 1."""
+    if not s:
+        return None, None
+    names, weights = [], []
+    for part in s.split(","):
+        name, _, w = part.strip().partition(":")
+        names.append(name.strip())
+        weights.append(float(w) if w else None)
+    if all(w is None for w in weights):
+        return tuple(names), None
+    if any(w is None for w in weights) or abs(sum(weights) - 1.0) > 1e-9:
+        raise SearchError(f"--global_compare_layers weights must all be given and sum to 1, got {s!r}")
+    return tuple(names), tuple(weights)
+
+
+def ensure_out_dir(path: str) -> str:
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".qsens-write-test-{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("")
+        os.remove(probe)
+    except OSError as e:
+        raise SearchError(f"--out_dir '{path}' is not writable ({e.strerror}); choose another directory") from None
+    return path
+
+
+def file_sha(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_model(o):
+    from ..onnx import to_jax
+
+    return to_jax(o.model, o.input_shapes, name_style=o.name_style)
+
+
+def preprocess_for(o, graph):
+    from ..pipeline import make_preprocess, preset_for_model
+
+    preset = o.preset if o.preset is not None else preset_for_model(o.model)
+    return make_preprocess(graph, preset=preset, resize_dims=o.resize_dims, keep_aspect_ratio=o.keep_aspect_ratio,
+                           pixel_format=o.pixel_format, channel_format=o.channel_format, mean=o.mean, scale=o.scale,
+                           keep_ratio_mode=o.keep_ratio_mode, pad_type=o.pad_type, pad_value=o.pad_value)
+
+
+class PhaseCheckpoint:
+    """A finished phase's results kept as JSON in the out dir, valid only for the same fingerprint."""
+
+    def __init__(self, path: str, key: dict):
+        self.path = path
+        self.key = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def load(self) -> dict | None:
+        try:
+            with open(self.path) as f:
+                d = json.load(f)
+        except (OSError, ValueError):
+            return None
+        return d if d.get("key") == self.key else None
+
+    def save(self, data: dict) -> None:
+        from .job import atomic_write
+
+        atomic_write(self.path, json.dumps({"key": self.key, **data}))
+
+    def remove(self) -> None:
+        if os.path.exists(self.path):
+            os.remove(self.path)
+
+
+# ------------------------------------------------------------------------------------------------ the job
+def run_sensitive_search(o: SearchOptions, *, echo: Callable[[str], None] = print):
+    """``qsens search``: returns the :class:`~qsens.search.job.SearchResult`."""
+    from ..calibrate import SENSITIVE_NAMES, Calibration, calibrate, write_tables
+    from ..data.dataset import select_files
+    from ..engine import CompileStats, enable_compilation_cache
+    from ..pipeline import load_inputs
+    from ..tables import CaliTable, cali_header_lines, check_table_matches, read_cali_table
+    from .job import SearchConfig, search
+
+    t0 = time.time()
+    enable_compilation_cache()
+    out_dir = ensure_out_dir(o.out_dir)
+    qpath = o.quantize_table if os.path.isabs(o.quantize_table) else os.path.join(out_dir, o.quantize_table)
+    ensure_out_dir(os.path.dirname(os.path.abspath(qpath)))
+    post = load_post_process(o.post_process)
+    compare, cweights = parse_compare_layers(o.global_compare_layers)
+    cfg = SearchConfig(methods=tuple(o.methods.split(",")), max_float_layers=o.max_float_layers,
+                       expected_cos=o.expected_cos, strategy=o.strategy, method_batch=o.method_batch,
+                       compare_layers=compare, compare_weights=cweights, chip=o.chip)
+    fn, params = load_model(o)
+    g = fn.graph
+    if compare:
+        unknown = [c for c in compare if c not in g.tensors]
+        if unknown:
+            raise SearchError(f"--global_compare_layers names {unknown} which are not canonical tensors of the model (see `qsens ops`)")
+    dataset = o.dataset if (o.dataset or o.data_list) else None
+    cal_files = select_files(dataset=dataset, data_list=o.data_list, input_num=o.input_num, seed=o.seed)
+    pool = select_files(dataset=dataset, data_list=o.data_list, input_num=0, seed=o.seed)
+    if o.inference_num > len(pool):
+        raise SearchError(f"--inference_num {o.inference_num} but only {len(pool)} samples are available in "
+                          f"{o.dataset or o.data_list}; lower --inference_num or add images")
+    inf_files = pool[: o.inference_num]
+    pp = preprocess_for(o, g)
+    stats = CompileStats()
+    base = None
+    if o.calibration_table:
+        base = read_cali_table(o.calibration_table)
+        check_table_matches(base, g.tensors, o.calibration_table)
+    # TPU-MLIR's flow: run_calibration (v2 statistics, KL tuned) gives the base table, run_sensitive_layer then
+    # generates its per-method tables with the v1 statistics (checked against 1.23: tests/test_tpu_mlir_oracle.py)
+    phase = PhaseCheckpoint(os.path.join(out_dir, CAL_CKPT), {
+        "model": file_sha(o.model), "ops": g.op_names, "files": cal_files, "pp": repr(pp), "methods": cfg.methods,
+        "hist": o.hist, "tune_num": o.tune_num, "batch": o.batch, "base": base is None})
+    saved = phase.load() if o.resume else None
+    t_cal = time.time()
+    if saved is not None:
+        cal = Calibration.from_json(saved["cal"])
+        base_cal = Calibration.from_json(saved["base_cal"]) if saved.get("base_cal") else None
+        echo(f"resuming: calibration reused from {phase.path}")
+    else:
+        cal = calibrate(fn.model, cal_files, pp, methods=cfg.methods, hist=o.hist, tune_num=o.tune_num,
+                        tune_methods=cfg.methods, progress=not o.quiet,
+                        stats=stats, batch=o.batch)  # the search's chunk: both share the compiled executables
+        base_cal = None
+        if base is None:
+            base_cal = calibrate(fn.model, cal_files, pp, methods=("kl",), hist="v2", tune_num=o.tune_num,
+                                 progress=not o.quiet, stats=stats, batch=o.batch)
+        phase.save({"cal": cal.to_json(), "base_cal": base_cal.to_json() if base_cal is not None else None})
+    t_cal = time.time() - t_cal
+    if o.tune_num <= 0:
+        print("note: --tune_num 0: untuned method thresholds (TPU-MLIR's SL-old would crash here)", file=sys.stderr)
+    cali_path = os.path.join(out_dir, "cali_table")
+    if base is None:  # the table qsens writes to <out_dir>/cali_table, headers included
+        base = CaliTable(base_cal.table_entries("kl", True), headers=tuple(cali_header_lines(
+            method="kl", mlir=o.model, histogram_bins=2048, sample_number=base_cal.n_samples,
+            tune_number=base_cal.tune_num, version_style="kld-mid")))  # run_calibration 1.23's header
+    inputs = load_inputs(inf_files, g, pp)
+
+    def extra_files():  # run_sensitive_layer always writes its per-method tables; the base only if qsens made it
+        base_files = [] if base_cal is None else write_tables(base_cal, cali_path, main_method="kl", mlir=o.model,
+                                                              write_method_tables=False)
+        return {"calibration_tables": base_files + write_tables(cal, cali_path, main_method=None, mlir=o.model,
+                                                                method_names=SENSITIVE_NAMES)}
+
+    post_id = file_sha(o.post_process) if o.post_process else None
+    from ..zoo import labels_if_known
+
+    res = search(fn.model, base, cal.tuned, inputs, cfg, out_dir=out_dir, qtable_path=o.quantize_table, chunk=o.batch,
+                 labels=labels_if_known(inf_files), resume=o.resume, post_process=post, progress=not o.quiet,
+                 extra_files=extra_files, stats=stats, post_process_id=post_id, echo=echo)
+    phase.remove()  # the search finished (or exited early): nothing left to resume
+    if res.early_exit:
+        return res
+    s = res.summary
+    echo(">>>run result:")
+    echo(f"int8 outputs_cos:{s['int8']['similarity']:.6f} old")
+    echo(f"mix model outputs_cos:{s['mix_new_table']['similarity']:.6f}")
+    echo(f"  (plain cosine: INT8 {s['int8']['cosine']:.6f}, MIX original table {s['mix_original_table']['cosine']:.6f}, "
+         f"MIX new table {s['mix_new_table']['cosine']:.6f}; similarity = 0.5+0.5*cos)")
+    if "top1_agreement" in s["int8"]:
+        echo(f"  top-1 agreement with FP32 on {s['n_images']} images: INT8 {s['int8']['top1_agreement']:.3f}, "
+             f"MIX original table {s['mix_original_table']['top1_agreement']:.3f}, MIX new table {s['mix_new_table']['top1_agreement']:.3f}")
+    if "labelled" in s:
+        lab = s["labelled"]
+        echo(f"  labelled images ({lab['fp32']['n']}): top-1 / top-5 FP32 {lab['fp32']['top1']:.3f} / {lab['fp32']['top5']:.3f}, "
+             f"INT8 {lab['int8']['top1']:.3f} / {lab['int8']['top5']:.3f}, MIX new table "
+             f"{lab['mix_new_table']['top1']:.3f} / {lab['mix_new_table']['top5']:.3f}")
+    if s.get("f32_ops"):
+        echo("  ops BM1684 keeps in F32 inside the INT8 model: " + "; ".join(f"{k} ({v})" for k, v in s["f32_ops"].items()))
+    echo(f"float layers ({len(res.float_layers)}): {', '.join(res.float_layers)}")
+    echo(f"Output mix quantization table to {res.files['qtable']}")
+    echo(f"total time:{time.time() - t0}  (calibration {t_cal:.1f} s, search {res.timings['search_s']:.1f} s, "
+         f"{res.evaluated_ops} ops evaluated, XLA compile {stats.compile_s:.1f} s for {stats.traces} executables)")
+    echo("success sensitive layer search")
+    return res
+
+
+# ------------------------------------------------------------------------------------------------ qtable
+@dataclasses.dataclass
+class QtableOptions:
+    """TPU-MLIR ``run_qtable.py`` flags (``--input_num``: the images the search scores, default 10)."""
+
+    model: str
+    calibration_table: str | None = None
+    dataset: str | None = None
+    data_list: str | None = None
+    input_shapes: Any = None
+    name_style: str = "tpu_mlir"
+    input_num: int = 10
+    seed: int = 1684
+    preset: str | None = None
+    resize_dims: Any = None
+    keep_aspect_ratio: bool | None = None
+    keep_ratio_mode: str | None = None
+    pad_type: str | None = None
+    pad_value: int | None = None
+    pixel_format: str | None = None
+    channel_format: str | None = None
+    mean: Any = None
+    scale: Any = None
+    expected_cos: float = 0.99
+    min_layer_cos: float = 0.99
+    global_compare_layers: str | None = None
+    post_process: str | None = None
+    chip: str = "bm1684"
+    fp_type: str = "auto"
+    checkpoint_every_s: float = 10.0
+    loss_table: str = "full_loss_table.txt"
+    quantize_table: str = "qtable"
+    out_dir: str = "."
+    resume: bool = False
+    batch: int = 10
+    quiet: bool = False
+
+    @classmethod
+    def from_namespace(cls, ns) -> QtableOptions:
+        return cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls) if hasattr(ns, f.name)})
+
+
+def run_qtable(o: QtableOptions, *, echo: Callable[[str], None] = print):
+    """``qsens qtable``: returns the :class:`~qsens.search.job.QtableResult`."""
+    from ..data.dataset import select_files
+    from ..engine import CompileStats, enable_compilation_cache
+    from ..pipeline import load_inputs
+    from ..tables import check_table_matches, read_cali_table
+    from .job import qtable_search
+
+    t0 = time.time()
+    if not o.calibration_table:
+        raise SearchError("qsens qtable needs --calibration_table (the table run_qtable.py searches with; make one "
+                          "with `qsens calibrate`)")
+    if o.chip.lower() != "bm1684":
+        raise SearchError(f"--chip {o.chip}: qsens simulates BM1684 only; use --chip bm1684")
+    if o.fp_type.upper() not in ("AUTO", "F32"):
+        raise SearchError(f"--fp_type {o.fp_type}: BM1684 mixes INT8 with F32 only; use auto or F32")
+    if not 0.0 < float(o.min_layer_cos) <= 1.0:
+        raise SearchError(f"--min_layer_cos {o.min_layer_cos} is outside (0, 1]; TPU-MLIR's scale is "
+                          "0.5+0.5*cos (default 0.99)")
+    enable_compilation_cache()
+    out_dir = ensure_out_dir(o.out_dir)
+    for p in (o.quantize_table, o.loss_table):
+        path = p if os.path.isabs(p) else os.path.join(out_dir, p)
+        ensure_out_dir(os.path.dirname(os.path.abspath(path)))
+    compare, cweights = parse_compare_layers(o.global_compare_layers)
+    post = load_post_process(o.post_process)
+    fn, _ = load_model(o)
+    g = fn.graph
+    table = read_cali_table(o.calibration_table)
+    check_table_matches(table, g.tensors, o.calibration_table)
+    if compare:
+        unknown = [c for c in compare if c not in g.tensors]
+        if unknown:
+            raise SearchError(f"--global_compare_layers names {unknown} which are not canonical tensors of the model (see `qsens ops`)")
+    dataset = o.dataset if (o.dataset or o.data_list) else None
+    files = select_files(dataset=dataset, data_list=o.data_list, input_num=o.input_num, seed=o.seed)
+    inputs = load_inputs(files, g, preprocess_for(o, g))
+    stats = CompileStats()
+    res = qtable_search(fn.model, table, inputs, expected_cos=o.expected_cos, min_layer_cos=o.min_layer_cos,
+                        out_dir=out_dir, qtable_path=o.quantize_table, loss_table=o.loss_table,
+                        mlir_name=os.path.basename(o.model), resume=o.resume, compare_layers=compare,
+                        compare_weights=cweights, post_process=post,
+                        post_process_id=file_sha(o.post_process) if o.post_process else None,
+                        progress=not o.quiet, echo=echo, stats=stats, chunk=o.batch,
+                        checkpoint_every_s=o.checkpoint_every_s)
+    if res.early_exit:
+        return res
+    s = res.summary
+    echo(">>>run result:")
+    echo(f"int8 outputs_cos:{res.all_int8_similarity:.6f} old")
+    echo(f"mix model outputs_cos:{res.reported_mix_similarity:.6f}")
+    echo(f"  (TPU-MLIR reports the last step's value; the qtable's model scores {res.true_mix_similarity:.6f}; "
+         f"{s['n_steps']} float steps, {s['n_reverted']} reverted, end: {s['end']}"
+         + (f" '{s['exception']}'" if s["exception"] else "") + ")")
+    echo(f"float layers ({len(res.float_layers)}): {', '.join(res.float_layers)}")
+    echo(f"Output mix quantization table to {res.files['qtable']}")
+    echo(f"total time:{time.time() - t0}  (search {res.timings['search_s']:.1f} s, XLA compile "
+         f"{stats.compile_s:.1f} s for {stats.traces} executables)")
+    return res
