@@ -31,8 +31,17 @@ under the harness interpreter):
 6. ``--steps deploy`` (after ``dump``): ``model_deploy.py`` to a BM1684 bmodel of ``cali_table`` and
    ``model_runner.py`` on it (the chip simulator, CPU) for the dumped samples -> ``bmodel/outputs.npz``.
 7. ``--steps search_qtable`` / ``search_threshold``: ``run_calibration.py --search ...`` (the newer searchers; use
-   ``--version 1.30.2`` for the newest release) -> ``search_qtable/`` / ``search_threshold/`` with the tables,
-   qtable and logs it writes.
+   ``--version 1.30.2`` for the newest release), each in a fresh ``work/<dir>`` (an existing ``cali_table`` there
+   would make 1.30.2 skip its calibration) -> ``OUT/<dir>`` (default ``search_qtable`` / ``search_threshold``;
+   ``--search_dir``) with the tables it writes (``cali_table``, ``cali_table_<m>.1`` / ``_tune``,
+   ``new_cali_table.txt``), ``qtable``, ``tmp_mix_table.txt``, its log (``Search_Qtable`` / ``Search_Threshold``,
+   banners dropped) and ``summary.json``: the command, wall time, every parsed log value (type screening,
+   per-layer trials and best thresholds, the ranking, each mix-model evaluation incl. adjust_qtable's probes, the
+   final lines; search_threshold: the scores and the chosen method), the qtable's layers, the op lists the
+   searcher does not log rebuilt with its own functions (fixed float ops, non-float and searched layers) and the
+   samples. ``--search_mode fast_search`` runs ``--search fast_search``; ``--search_args`` adds flags (use
+   ``--search_args=--cluster``); ``--search_collect_only`` rebuilds ``OUT/<dir>`` from an earlier run.
+   ``docs/search_qtable.md`` specifies what 1.30.2 computes.
 
 ``meta.json`` records the TPU-MLIR version, every command line and its wall time. Nothing here is part of
 the normal test run; ``tests/fixtures/tpu_mlir/`` holds what this script produced, and
@@ -215,6 +224,273 @@ def parse_qtable_run(log: str, dot: str, full_op_list: list[str]) -> dict:
     return s
 
 
+SEARCH_LOGS = {"search_qtable": "Search_Qtable", "fast_search": "Search_Qtable", "search_threshold": "Search_Threshold"}
+INT_DTYPES = ("I8", "U8", "F8E4", "U16", "I16", "I32", "U32")  # get_fixed_float_layers' integer storage types
+
+
+def _log_msgs(log: str) -> list[str]:
+    """The messages of a ``logger`` file (``INFO:root:`` / ``WARNING:root:`` prefixes dropped), in order."""
+    out = []
+    for line in log.splitlines():
+        m = re.match(r"(INFO|WARNING|DEBUG|ERROR):root:(.*)", line)
+        if m:
+            out.append(m[2])
+    return out
+
+
+def _float(x: str):
+    try:
+        return float(x)
+    except ValueError:
+        return x
+
+
+def parse_search_qtable_log(log: str) -> dict:
+    """What ``SearchQtable.run`` / ``SearchQtableFast.run`` (TPU-MLIR 1.30.2 calibration/search_qtable.py) logged,
+    in order: type screening, per-layer trials and best thresholds, the ranking, every mix-model evaluation
+    (``float layer number: N, mix model outputs_cos: C``: step 6, then the adjust_qtable probes, then the
+    6-decimal one of print_log_info), the final result."""
+    import ast
+
+    msgs = _log_msgs(log)
+    s: dict = {"warnings": [l.split(":", 2)[2] for l in log.splitlines() if l.startswith("WARNING:root:")]}
+    s["job_success_early"] = None
+    s["type_screen"], s["layers"], s["ranking"], s["partners"], s["set_fp_layer_lists"] = [], [], [], [], []
+    s["evaluations"], s["fast_trials"] = [], []
+    s["n_int8_runs"] = sum(1 for l in msgs if l.startswith("run int8 mode:"))
+    s["n_float_runs"] = sum(1 for l in msgs if l.startswith("run float mode:"))
+    cur = None
+    after_result = False
+    for l in msgs:
+        if m := re.fullmatch(r"quantize_method_list=(\[.*\])", l):
+            s["quantize_method_list"] = ast.literal_eval(m[1])
+        elif m := re.fullmatch(r"all_int8_cos=(\S+) with default mse_tune calitable", l):
+            s["all_int8_cos"] = float(m[1])
+        elif m := re.match(r"job success, current int8 cos:(\S+) is higher than expected_cos:([^,]+),?(.*)", l):
+            s["job_success_early"] = {"int8_cos": float(m[1]), "expected_cos": float(m[2]), "message": l}
+        elif m := re.fullmatch(r"all layer number: (\d+)", l):
+            s["n_all_layers"] = int(m[1])
+        elif m := re.fullmatch(r"all layer number no float: (\d+)", l):
+            s["n_layers_no_float"] = int(m[1])
+        elif m := re.fullmatch(r"op_type : (\S+), similarity : (\S+)", l):
+            s["type_screen"].append([m[1], float(m[2])])
+        elif m := re.fullmatch(r"sensitive_op_type : (\[.*\]), please pay attention to these types of operations", l):
+            s["sensitive_op_type"] = ast.literal_eval(m[1])
+        elif m := re.fullmatch(r"all search layer number: (\d+)", l):
+            s["n_search_layers"] = int(m[1])
+        elif m := re.fullmatch(r"Global metrics layer is : (.*)", l):
+            s["global_compare_layers"] = m[1]
+        elif m := re.fullmatch(r"start to handle layer: (\S+), type: (\S+)", l):
+            cur = {"name": m[1], "type": m[2], "trials": []}
+            s["layers"].append(cur)
+        elif m := re.fullmatch(r"adjust layer (\S+) th, with method (\S+), and threshlod (\S+)", l):
+            cur["trials"].append({"method": m[2], "th": float(m[3])})
+        elif m := re.fullmatch(r"outputs_cos_los = (\S+)", l):
+            cur["trials"][-1]["loss"] = float(m[1])
+        elif m := re.fullmatch(r"layer (\S+), layer type is (\S+), best_th = (\S+), best_method = (\S+), best_cos_loss = (\S+)", l):
+            cur.update({"best_th": float(m[3]), "best_method": m[4], "best_loss": float(m[5])})
+        elif m := re.fullmatch(r"layer (\S+), outputs_cos:(\S+), outputs_snr:(\S+)", l):  # fast_search (and 4-bit)
+            s["fast_trials"].append([m[1], _float(m[2]), _float(m[3])])
+        elif m := re.fullmatch(r"total time of sensitive_layer search is: (\S+)", l):
+            s["sensitive_search_s"] = float(m[1])
+        elif m := re.fullmatch(r"the layer (\S+) is (\d+) sensitive layer, loss is (\S+), type is (\S+)", l):
+            s["ranking"].append([m[1], int(m[2]), float(m[3]), m[4]])
+        elif m := re.fullmatch(r"(next scale op|pre conv op): (\S+)", l):
+            s["partners"].append([m[1], m[2]])
+        elif m := re.fullmatch(r"set_fp_layer_list = (\[.*\])", l):
+            s["set_fp_layer_lists"].append(ast.literal_eval(m[1]))
+        elif m := re.fullmatch(r"selected_layers = (\[.*\])", l):  # --cluster: the KMeans cluster of larger cos loss
+            s["cluster_selected_layers"] = ast.literal_eval(m[1])
+        elif l == ">>>run result:":
+            after_result = True
+        elif m := re.fullmatch(r"float layer number: (\d+), mix model outputs_cos: (\S+)", l):
+            if after_result:
+                s["final_float_layer_number"], s["final_mix_outputs_cos"] = int(m[1]), float(m[2])
+            else:
+                s["evaluations"].append([int(m[1]), float(m[2])])
+        elif m := re.fullmatch(r"int8 outputs_cos:(\S+) old", l):
+            s["int8_outputs_cos_old"] = float(m[1])
+        elif m := re.fullmatch(r"mix model outputs_cos:(\S+)", l):
+            s["mix_outputs_cos"] = float(m[1])
+        elif m := re.fullmatch(r"Output mix quantization table to (\S+)", l):
+            s["quantize_table"] = m[1]
+        elif m := re.fullmatch(r"total time:(\S+)", l):
+            s["total_time"] = float(m[1])
+    # the evaluations: [0] = step 6 (top-K of --max_float_layers), then adjust_qtable's N//5 and bisection probes
+    s["adjust_qtable_probes"] = s["evaluations"][1:]
+    return s
+
+
+def parse_fast_rounds(log: str, stdout: str) -> list[dict]:
+    """fast_search: the per-layer (cos loss, snr) of each round. A round ends with the evaluation of the model
+    with the float layers so far (a ``run int8 mode`` line not preceded by ``start to handle layer``); that
+    round cos is only shown (4 decimals) in tqdm's ``fast_search`` bar."""
+    rounds, cur, pending = [], [], False
+    for l in _log_msgs(log):
+        if l.startswith("start to handle layer:"):
+            pending = True
+        elif l.startswith("run int8 mode:"):
+            if not pending and cur:
+                rounds.append({"trials": cur})
+                cur = []
+            pending = False
+        elif m := re.fullmatch(r"layer (\S+), outputs_cos:(\S+), outputs_snr:(\S+)", l):
+            cur.append([m[1], _float(m[2]), _float(m[3])])
+    if cur:
+        rounds.append({"trials": cur})
+    cos: dict[int, float] = {}  # the bar after round n is redrawn: keep its last value (set after update(1))
+    for m in re.finditer(r"fast_search: (\d+)/\d+ rounds \| cos=,? ?([0-9.]+)", stdout.replace("\r", "\n")):
+        if int(m[1]) >= 1:
+            cos[int(m[1])] = float(m[2])
+    for n, c in cos.items():
+        if n - 1 < len(rounds):
+            rounds[n - 1]["outputs_cos_4dp"] = c
+    return rounds
+
+
+def parse_search_threshold_log(log: str) -> dict:
+    """What ``SearchThreshold.run_search_calitable`` (1.30.2 calibration/search_threshold.py) logged."""
+    import ast
+
+    s: dict = {"tried": [], "warnings": [l.split(":", 2)[2] for l in log.splitlines() if l.startswith("WARNING:root:")]}
+    for l in _log_msgs(log):
+        if m := re.fullmatch(r"Quantization threshold calculation method: (\[.*\])", l):
+            s["methods"] = ast.literal_eval(m[1])
+        elif m := re.fullmatch(r"Trying multi algorithm threshold of (\S+) with (\S+) in \[.*\]", l):
+            s["tried"].append([m[1], m[2]])
+        elif m := re.fullmatch(r"(cos|snr) similarity scores: (\{.*\})", l):
+            s["benchmark_method"], s["scores"] = m[1], ast.literal_eval(m[2])
+        elif m := re.fullmatch(r"optimal_method_name: (\S+), optimal_value: (\S+)", l):
+            s["optimal_method"], s["optimal_value"] = m[1], float(m[2])
+        elif l == "success":
+            s["success"] = True
+    return s
+
+
+def _qtable_layers(path: Path) -> dict:
+    """A 1.30.2 QuantizeTable dump split by its ``# pattern/shape/custom layers`` sections."""
+    sec, out = None, {"pattern": [], "shape": [], "custom": []}
+    if not path.exists():
+        return out
+    for line in path.read_text().splitlines():
+        m = re.fullmatch(r"# (pattern|shape|custom) layers", line.strip())
+        if m:
+            sec = m[1]
+        elif line.strip() and not line.startswith("#") and sec:
+            out[sec].append(line.split()[:2])
+    return out
+
+
+def search_lists(sw: Path, mlir_name: str, chip: str, sensitive_types: list[str] | None) -> dict:
+    """Rebuild, with the searcher's own functions on the same lowering, the op lists SearchQtable.run does not
+    log: ``float_ops`` (get_fixed_float_layers on the all-INT8 model of the initial qtable), the non-float layers
+    and the searched layers (their types among ``sensitive_op_type``)."""
+    from calibration.mix_precision import MixQuantModel
+    from calibration.utils import get_mix_prec, get_no_fused_tensors
+    from utils.mlir_parser import MlirParser
+
+    cwd = os.getcwd()
+    os.chdir(sw)
+    try:
+        q = _qtable_layers(Path("qtable"))
+        init = [l for l, _ in q["pattern"] + q["shape"]]  # the initial (pattern/shape) float layers
+        mix = Path("collect_mix_table.txt")
+        mix.write_text("".join(f"{l} {m}\n" for l, m in q["pattern"] + q["shape"]))
+        low, high = get_mix_prec(chip, "wi8ai8_fp", "auto")
+        m = MixQuantModel(mlir_name, chip, low, high, "cali_table", str(mix))
+        float_ops = [t for t in m.module.all_tensor_names if m.module.get_tensor_qinfo(t).dtype not in INT_DTYPES]
+        m.clean()
+        mix.unlink()
+        p = MlirParser(mlir_name)
+        all_ops = get_no_fused_tensors(p, p.get_op_name_list())
+        quant = [l for l in all_ops if l not in float_ops]
+        out = {"initial_float_layers": init, "float_ops": [t for t in float_ops if t in all_ops],
+               "float_tensors_not_top_ops": [t for t in float_ops if t not in all_ops],
+               "all_op_names": [[l, p.get_op_type_by_op_name(l)] for l in all_ops],
+               "layer_names_quant": quant}
+        if sensitive_types is not None:
+            out["search_layers"] = [l for l in quant if p.get_op_type_by_op_name(l) in sensitive_types]
+        return out
+    finally:
+        os.chdir(cwd)
+
+
+def search_step(a, r: Runner, name: str, kind: str, work: Path, mlir: Path) -> None:
+    """``run_calibration.py --search`` in a fresh ``work/<dir>`` (a ``cali_table`` left there from an earlier run
+    would be reused: 1.30.2 then skips its calibration), its outputs and ``summary.json`` in ``OUT/<dir>``."""
+    import shlex
+
+    mode = a.search_mode if kind == "search_qtable" else kind
+    dname = a.search_dir or (kind if mode == kind else f"search_qtable_{mode}")
+    sw, sd = work / dname, a.out / dname
+    logname = SEARCH_LOGS[mode]
+    extra_user = shlex.split(a.search_args)
+    cmd = ["run_calibration.py", mlir.name, *data_flags(a), "--input_num", str(a.input_num), "--inference_num",
+           str(a.inference_num), "--tune_num", str(a.tune_num), "--search", mode, "--chip", a.chip,
+           "--expected_cos", str(a.expected_cos), "--quantize_table", "qtable"]  # required by both
+    if kind == "search_qtable":
+        cmd += ["--quantize_method_list", a.quantize_method_list, "--max_float_layers", str(a.max_float_layers)]
+    cmd += [*extra_user, "-o", "cali_table"]
+    if a.search_collect_only:
+        prev = [c for c in r.meta["commands"] if c["cmd"].startswith("run_calibration.py") and f"--search {mode}" in c["cmd"]
+                and c["cwd"].endswith(dname)]
+        if not prev:
+            sys.exit(f"run.py: no earlier {mode} command in meta.json to collect")
+        dt, cmdline = prev[-1]["wall_s"], prev[-1]["cmd"]
+    else:
+        if sw.exists():
+            shutil.rmtree(sw)
+        sw.mkdir()
+        for f in work.glob(f"{name}*"):
+            if f.is_file() and (f.suffix in (".mlir", ".npz")):
+                shutil.copy(f, sw / f.name)
+        dt = r.run(cmd, sw, "stdout.log")
+        cmdline = r.meta["commands"][-1]["cmd"]
+    if sd.exists():
+        shutil.rmtree(sd)
+    sd.mkdir()
+    for f in sorted(sw.iterdir()):
+        if f.is_file() and (f.name in ("qtable", "new_cali_table.txt", "tmp_mix_table.txt") or f.name.startswith("cali_table")):
+            shutil.copy(f, sd / f.name)
+    if (sw / logname).exists():
+        clean_log(sw / logname, sd / logname)
+    log = (sd / logname).read_text(errors="replace") if (sd / logname).exists() else ""
+    stdout = (sw / "stdout.log").read_text(errors="replace")
+    summ: dict = {"setting": a.search_setting, "mode": mode, "command": cmdline, "wall_s": round(dt, 2),
+                  "expected_cos": a.expected_cos, "input_num": a.input_num, "inference_num": a.inference_num,
+                  "tune_num": a.tune_num, "extra_args": extra_user}
+    if kind == "search_qtable":
+        summ.update({"max_float_layers": a.max_float_layers, "quantize_method_list_arg": a.quantize_method_list})
+        p = parse_search_qtable_log(log)
+        summ.update(p)
+        q = _qtable_layers(sd / "qtable")
+        summ["qtable_layers"] = q
+        summ["fp_layers"] = [l for l, _ in q["custom"]]
+        summ["success_printed"] = "success search qtable" in stdout
+        if mode == "fast_search":
+            summ["fast_rounds"] = parse_fast_rounds(log, stdout)
+        if p.get("n_layers_no_float") is not None or mode == "fast_search":
+            lists = search_lists(sw, mlir.name, a.chip, p.get("sensitive_op_type"))
+            summ.update(lists)
+            if mode == "search_qtable":
+                handled = [d["name"] for d in p["layers"]]
+                summ["check"] = {"n_layers_no_float": len(lists["layer_names_quant"]) == p["n_layers_no_float"],
+                                 "search_layers": lists.get("search_layers") == handled if "n_search_layers" in p else None}
+    else:
+        summ.update(parse_search_threshold_log(log))
+    from calibration.data_selector import DataSelector
+
+    rel = (lambda f: os.path.relpath(f, a.dataset)) if a.dataset else (lambda f: f)
+    summ["calibration_samples"] = [rel(f) for f in DataSelector(a.dataset, a.input_num, a.data_list).data_list]
+    summ["inference_samples"] = [rel(f) for f in DataSelector(a.dataset, a.inference_num, a.data_list).data_list]
+    summ["samples_how"] = ("DataSelector(dataset, n, data_list).data_list replayed in the harness (sorted glob, "
+                           "random.seed(1684), shuffle, first n): n = --input_num for the calibration, --inference_num "
+                           "for the searcher's MixPrecSearcher; the tuner uses the first --tune_num calibration samples")
+    tr = [c for c in r.meta["commands"] if c["cmd"].startswith("model_transform.py")]
+    summ["transform_command"] = tr[-1]["cmd"] if tr else None
+    (sd / "summary.json").write_text(json.dumps(summ, indent=1))
+
+
 def dump(a, r: Runner, name: str) -> None:
     import numpy as np
     import pymlir
@@ -298,6 +574,14 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", default=",".join(STEPS))
     ap.add_argument("--keep_mlir", action="store_true")
     ap.add_argument("--quantize_method_list", default="MSE", help="search_qtable's methods (TPU-MLIR default MSE)")
+    ap.add_argument("--search_mode", default="search_qtable", choices=["search_qtable", "fast_search"],
+                    help="the search_qtable step's --search value (fast_search: SearchQtableFast)")
+    ap.add_argument("--search_dir", default="", help="the search step's folder in OUT and OUT/work (default: the step, "
+                    "search_qtable_fast_search for --search_mode fast_search)")
+    ap.add_argument("--search_args", default="", help="more run_calibration flags for the search step, e.g. '--cluster'")
+    ap.add_argument("--search_setting", default="", help="why this setting, kept in the search step's summary.json")
+    ap.add_argument("--search_collect_only", action="store_true",
+                    help="rebuild OUT/<dir> and its summary.json from an earlier run's work folder (no run)")
     ap.add_argument("--cali_methods", default="max,percentile9999,mse",
                     help="run_calibration --cali_method use_<m> tables written besides the default KL one")
     for k in ("input_shapes", "resize_dims", "mean", "scale", "pixel_format", "channel_format", "keep_ratio_mode",
@@ -429,25 +713,8 @@ def main(argv=None) -> None:
         summ["commands"] = ([tr[-1]] if tr else []) + [r.meta["commands"][-1]]  # the model's transform, this run
         (qd / "summary.json").write_text(json.dumps(summ, indent=1))
     for kind in ("search_qtable", "search_threshold"):  # run_calibration --search (1.23 and 1.30.2 ship it)
-        if kind not in steps:
-            continue
-        sw = work / kind
-        sw.mkdir(exist_ok=True)
-        for f in work.glob(f"{name}*"):
-            if f.is_file() and (f.suffix in (".mlir", ".npz")):
-                shutil.copy(f, sw / f.name)
-        extra = ["--quantize_table", "qtable"]  # required by both (search_threshold writes none)
-        if kind == "search_qtable":
-            extra += ["--quantize_method_list", a.quantize_method_list, "--max_float_layers", str(a.max_float_layers)]
-        dt = r.run(["run_calibration.py", mlir.name, *data_flags(a), "--input_num", str(a.input_num),
-                    "--inference_num", str(a.inference_num), "--tune_num", str(a.tune_num), "--search", kind,
-                    "--chip", a.chip, "--expected_cos", str(a.expected_cos), *extra, "-o", "cali_table"], sw, "stdout.log")
-        sd = a.out / kind
-        sd.mkdir(exist_ok=True)
-        for f in sorted(sw.iterdir()):
-            if f.is_file() and (f.name in ("qtable", "Search_Qtable", "Search_Threshold") or f.name.startswith("cali_table")):
-                shutil.copy(f, sd / f.name)
-        (sd / "wall_s.json").write_text(json.dumps({"wall_s": round(dt, 2)}))
+        if kind in steps:
+            search_step(a, r, name, kind, work, mlir)
     if "dump" in steps:
         dump(a, r, name)
     if "deploy" in steps:  # the bmodel of cali_table on the BM1684 simulator (cmodel, CPU), the dumped samples
