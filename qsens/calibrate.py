@@ -260,7 +260,7 @@ SENSITIVE_NAMES = {"max": "MAX", "percentile9999": "Percentile9999", "kl": "KL",
 
 
 def write_tables(cal: Calibration, out: str, *, main_method: str | None, mlir: str, write_method_tables: bool = True,
-                 method_names: dict[str, str] | None = None) -> list[str]:
+                 method_names: dict[str, str] | None = None, version_style: str | None = None) -> list[str]:
     """Write ``out`` (main method, tuned; run_calibration's header) unless ``main_method`` is None, and
     ``<out>_<method>.1`` / ``<out>_<method>_tune`` for every method (``method_names`` renames them, e.g.
     :data:`SENSITIVE_NAMES` for run_sensitive_layer's files and header style)."""
@@ -269,10 +269,12 @@ def write_tables(cal: Calibration, out: str, *, main_method: str | None, mlir: s
     written = []
     d = os.path.dirname(os.path.abspath(out))
     os.makedirs(d, exist_ok=True)
-    style = "kld-old" if method_names else "kld-mid"
+    style = version_style or ("kld-old" if method_names else "kld-mid")
     for m in cal.untuned:
         if write_method_tables:
-            for suffix, tuned, tn in ((".1", False, None), ("_tune", True, cal.tune_num)):
+            # TPU-MLIR 1.30.2 (kld-new) prints the tune number in the .1 table too
+            first_tn = cal.tune_num if style == "kld-new" else None
+            for suffix, tuned, tn in ((".1", False, first_tn), ("_tune", True, cal.tune_num)):
                 p = f"{out}_{(method_names or {}).get(m, m)}{suffix}"
                 write_cali_table(p, cal.table_entries(m, tuned), method=m, mlir=mlir, histogram_bins=2048,
                                  sample_number=cal.n_samples, tune_number=tn, version_style=style)

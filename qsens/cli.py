@@ -134,6 +134,11 @@ def cmd_check(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
+    if args.search and args.search.lower() != "false":
+        from .search.workflows import CalibrationSearchOptions, run_calibration_search
+
+        run_calibration_search(CalibrationSearchOptions.from_namespace(args), echo=_echo)
+        return 0
     from .calibrate import calibrate, parse_method, write_tables
     from .engine import enable_compilation_cache
 
@@ -222,6 +227,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "per-method tables use)")
     s.add_argument("--batch", type=int, default=None, help="images per compiled batch (default min(10, input_num))")
     s.add_argument("-o", "--calibration_table", default="cali_table", help="output table path")
+    g = s.add_argument_group("--search (TPU-MLIR 1.30.2 run_calibration.py --search; logs next to -o)")
+    g.add_argument("--search", default="False", choices=("False", "search_qtable", "search_threshold"),
+                   help="search_qtable: float layers by per-layer loss (qtable at --quantize_table); search_threshold: "
+                   "the best of the KL/MAX/Percentile9999/MSE tables by the INT8 model's score")
+    g.add_argument("--inference_num", type=int, default=30, help="images the searches score (default 30)")
+    g.add_argument("--expected_cos", type=float, default=0.99, help="TPU-MLIR scale 0.5+0.5*cos")
+    g.add_argument("--max_float_layers", type=int, default=5)
+    g.add_argument("--quantize_method_list", default="MSE", help="search_qtable's methods (default MSE)")
+    g.add_argument("--benchmark_method", choices=("cos", "snr"), default="cos", help="search_threshold's score")
+    g.add_argument("--quantize_table", default=None, help="the qtable to write (required with --search)")
+    g.add_argument("--chip", "--processor", dest="chip", default="bm1684")
+    g.add_argument("--resume", action="store_true", help="continue an interrupted --search in the same place")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_calibrate)
 

@@ -608,3 +608,22 @@ def read_qtable(path) -> QTable:
             f"blanks), got {line!r}"
         )
     return QTable(ops=tuple(ops), headers=tuple(headers))
+
+
+def quantize_table_lines(custom: Sequence[tuple[str, str]], *, sample_number: int, chip: str = "bm1684",
+                         time: str | None = None) -> list[str]:
+    """TPU-MLIR 1.30.2's ``QuantizeTable.dump`` (``calibration/utils.py``), the qtable of ``run_calibration.py
+    --search``: no shape or pattern layers here (none on the CNNs qsens supports), ``custom`` in append order
+    (duplicates kept), ``total layers`` counting unique names; the ``# # part_quant_mode: None`` line is
+    TPU-MLIR's (``None != 'None'``)."""
+    t = generated_time() if time is None else time
+    return [f"# generated time: {t}", f"# sample number: {sample_number}", f"# chip: {chip}",
+            f"# total layers: {len(dict.fromkeys(n for n, _ in custom))} (unique list blow)",
+            "# number of shape layers: 0", "# number of pattern layers: 0",
+            f"# number of custom layers: {len(custom)}", "# # part_quant_mode: None", "###",
+            "# op_name   quantize_mode", "# pattern layers", "# shape layers", "# custom layers",
+            *[f"{n} {m}" for n, m in custom]]
+
+
+def write_quantize_table(path, custom: Sequence[tuple[str, str]], *, sample_number: int, chip: str = "bm1684") -> None:
+    _write_text(path, [ln + "\n" for ln in quantize_table_lines(custom, sample_number=sample_number, chip=chip)])

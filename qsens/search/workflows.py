@@ -376,3 +376,190 @@ def run_qtable(o: QtableOptions, *, echo: Callable[[str], None] = print):
     echo(f"total time:{time.time() - t0}  (search {res.timings['search_s']:.1f} s, XLA compile "
          f"{stats.compile_s:.1f} s for {stats.traces} executables)")
     return res
+
+
+# ------------------------------------------------------------------------------------------------ calibrate --search
+@dataclasses.dataclass
+class CalibrationSearchOptions:
+    """TPU-MLIR 1.30.2 ``run_calibration.py --search ...`` flags (its defaults)."""
+
+    model: str
+    search: str = "search_qtable"  # search_qtable | search_threshold
+    calibration_table: str = "cali_table"
+    quantize_table: str | None = None
+    dataset: str | None = None
+    data_list: str | None = None
+    input_shapes: Any = None
+    name_style: str = "tpu_mlir"
+    input_num: int = 0
+    inference_num: int = 30
+    seed: int = 1684
+    preset: str | None = None
+    resize_dims: Any = None
+    keep_aspect_ratio: bool | None = None
+    keep_ratio_mode: str | None = None
+    pad_type: str | None = None
+    pad_value: int | None = None
+    pixel_format: str | None = None
+    channel_format: str | None = None
+    mean: Any = None
+    scale: Any = None
+    tune_num: int = 5
+    expected_cos: float = 0.99
+    max_float_layers: int = 5
+    quantize_method_list: str = "MSE"
+    benchmark_method: str = "cos"
+    chip: str = "bm1684"
+    resume: bool = False
+    batch: int = 10
+    quiet: bool = False
+
+    @classmethod
+    def from_namespace(cls, ns) -> CalibrationSearchOptions:
+        return cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls) if hasattr(ns, f.name)})
+
+
+def parse_method_list(s: str) -> list[str]:
+    """``--quantize_method_list``: comma list, case-insensitive, ``use_`` prefixes allowed (TPU-MLIR drops names it
+    does not know; qsens names them, since a silently dropped method changes the search)."""
+    from ..calibrate import METHODS
+
+    out = []
+    for m in s.split(","):
+        k = m.strip().lower().removeprefix("use_")
+        if not k:
+            continue
+        if k in ("aciq_gauss", "aciq_laplace"):
+            raise SearchError(f"--quantize_method_list {m.strip()}: ACIQ is not implemented in qsens; use mse, kl, max "
+                              "or percentile9999")
+        if k not in METHODS:
+            raise SearchError(f"--quantize_method_list names an unknown method {m.strip()!r}; use mse, kl, max or "
+                              "percentile9999")
+        out.append(k)
+    if not out:
+        raise SearchError("--quantize_method_list is empty; the default is MSE")
+    return out
+
+
+def run_calibration_search(o: CalibrationSearchOptions, *, echo: Callable[[str], None] = print) -> dict | None:
+    """``qsens calibrate --search search_qtable | search_threshold`` (TPU-MLIR 1.30.2, docs/search_qtable.md)."""
+    import shutil
+
+    from ..calibrate import Calibration, calibrate, write_tables
+    from ..data.dataset import select_files
+    from ..engine import CompileStats, enable_compilation_cache
+    from ..pipeline import load_inputs
+    from ..tables import check_table_matches, read_cali_table, write_quantize_table
+    from .calijob import search_qtable_job, search_threshold_job
+    from .calisearch import SEARCH_METHODS, SearchQtable
+    from .problem import Problem
+
+    t0 = time.time()
+    o = dataclasses.replace(o, batch=o.batch or 10)
+    if o.search not in ("search_qtable", "search_threshold"):
+        raise SearchError(f"--search {o.search}: qsens implements search_qtable and search_threshold (fast_search, "
+                          "mix_search: use qsens qtable for the greedy search)")
+    if not o.quantize_table:
+        raise SearchError("please set --quantize_table when --search is not False (as run_calibration.py requires)")
+    if o.chip.lower() != "bm1684":
+        raise SearchError(f"--chip {o.chip}: qsens simulates BM1684 only; use --chip bm1684")
+    if o.benchmark_method not in ("cos", "snr"):
+        raise SearchError(f"--benchmark_method {o.benchmark_method}: use cos or snr")
+    if not 0.0 < float(o.expected_cos) <= 1.0:
+        raise SearchError(f"--expected_cos {o.expected_cos} is outside (0, 1]; TPU-MLIR's scale is 0.5+0.5*cos")
+    methods = list(SEARCH_METHODS) if o.search == "search_threshold" else parse_method_list(o.quantize_method_list)
+    cali = o.calibration_table
+    out_dir = ensure_out_dir(os.path.dirname(os.path.abspath(cali)))
+    ensure_out_dir(os.path.dirname(os.path.abspath(o.quantize_table)))
+    enable_compilation_cache()
+    fn, _ = load_model(o)
+    g = fn.graph
+    dataset = o.dataset if (o.dataset or o.data_list) else None
+    cal_files = select_files(dataset=dataset, data_list=o.data_list, input_num=o.input_num, seed=o.seed)
+    n_inf = o.inference_num if o.search == "search_qtable" else min(o.inference_num, len(cal_files))
+    inf_files = select_files(dataset=dataset, data_list=o.data_list, input_num=n_inf, seed=o.seed)
+    pp = preprocess_for(o, g)
+    mlir = os.path.basename(o.model)
+    write_quantize_table(o.quantize_table, [], sample_number=o.input_num)  # TPU-MLIR writes the initial qtable first
+    existing = os.path.exists(cali) and not (o.resume and os.path.exists(os.path.join(out_dir, CAL_CKPT)))
+    if existing and o.search == "search_threshold":
+        echo(f"warning: [search_threshold] {cali} already exists; skip threshold search and use it as-is "
+             "(TPU-MLIR 1.30.2 does the same; remove the file to search)")
+        return None
+    stats = CompileStats()
+    inputs = load_inputs(inf_files, g, pp)
+    suffix = "_tune" if o.tune_num > 0 else ".1"
+    head: list[str] = []
+    if existing:  # TPU-MLIR: the existing table is the only method's thresholds (the per-method tables are skipped)
+        echo(f"warning: [search_qtable] {cali} already exists; skip per-method threshold generation, run sensitivity "
+             "search against the single existing table (TPU-MLIR 1.30.2 does the same; remove the file to calibrate)")
+        base = read_cali_table(cali)
+        check_table_matches(base, g.tensors, cali)
+        method_thresholds = {methods[0]: {t: e.threshold for t, e in base.entries.items()}}
+        methods = methods[:1]
+        head.append(f"[search_qtable] {cali} already exists; skip per-method threshold generation, run sensitivity "
+                    "search against the single existing table.")
+    else:
+        phase = PhaseCheckpoint(os.path.join(out_dir, CAL_CKPT), {
+            "model": file_sha(o.model), "ops": g.op_names, "files": cal_files, "pp": repr(pp), "methods": methods,
+            "tune_num": o.tune_num, "batch": o.batch})
+        saved = phase.load() if o.resume else None
+        if saved is not None:
+            cal = Calibration.from_json(saved["cal"])
+            echo(f"resuming: calibration reused from {phase.path}")
+        else:
+            cal = calibrate(fn.model, cal_files, pp, methods=methods, hist="v2", tune_num=o.tune_num,
+                            tune_methods=methods, progress=not o.quiet, stats=stats, batch=o.batch)
+            write_tables(cal, cali, main_method=None, mlir=mlir, method_names={m: m for m in methods},
+                         version_style="kld-new")
+            phase.save({"cal": cal.to_json()})
+        method_thresholds = cal.tuned if o.tune_num > 0 else cal.untuned
+        head.append(f"quantize_method_list={methods}")
+        if o.search == "search_threshold":
+            tables = {m: f"{os.path.basename(cali)}_{m}{suffix}" for m in methods}
+            res = search_threshold_job(
+                lambda m: Problem.from_table(fn.model, read_cali_table(f"{cali}_{m}{suffix}"), inputs, stats=stats,
+                                             chunk=o.batch),
+                tables, benchmark_method=o.benchmark_method, log_dir=out_dir, mlir=mlir)
+            shutil.copyfile(f"{cali}_{res['best']}{suffix}", cali)
+            phase.remove()
+            echo(f"{o.benchmark_method} similarity scores: {res['scores']}")
+            echo(f"optimal_method_name: {res['best']}, optimal_value: {res['scores'][res['best']]}")
+            echo(f"wrote {cali} (= {os.path.basename(cali)}_{res['best']}{suffix}) in {time.time() - t0:.1f} s")
+            res["files"] = {"calibration_table": cali, "log": os.path.join(out_dir, "Search_Threshold")}
+            from .job import atomic_write
+
+            atomic_write(os.path.join(out_dir, "search_threshold.json"), json.dumps(res, indent=1) + "\n")
+            return res
+        src = f"{cali}_mse{suffix}" if "mse" in methods else f"{cali}_{methods[0]}{suffix}"
+        shutil.copyfile(src, cali)  # TPU-MLIR: the base table is a byte copy of the MSE (else first) table
+        base = read_cali_table(cali)
+    problem = Problem.from_table(fn.model, base, inputs, stats=stats, chunk=o.batch)
+    strategy = SearchQtable(methods, method_thresholds, expected_cos=o.expected_cos,
+                            max_float_layers=o.max_float_layers)
+    key = {"model": g.op_names, "table": problem.th0.tolist(), "methods": methods, "n": problem.n,
+           "expected_cos": o.expected_cos, "max_float_layers": o.max_float_layers,
+           "method_thresholds": {m: [float(v) for _, v in sorted(d.items())] for m, d in method_thresholds.items()}}
+    res = search_qtable_job(problem, strategy, base, out_dir=out_dir, qtable_path=o.quantize_table,
+                            sample_number=o.input_num, mlir=mlir, key=key, resume=o.resume, progress=not o.quiet,
+                            echo=echo, head_lines=head, reused=existing)
+    if not existing:
+        phase.remove()
+    if res is None:
+        return None
+    echo(">>>run result:")
+    echo(f"float layer number: {len(res['float_layers'])}, mix model outputs_cos: {res['reported_mix_similarity']:.6f}")
+    echo(f"int8 outputs_cos:{res['all_int8_similarity']:.6f} old")
+    echo(f"mix model outputs_cos:{res['reported_mix_similarity']:.6f}")
+    st = res["state"]
+    if res["defects"]["D1_all_searched_layers_written"]:
+        echo(f"  note: as TPU-MLIR 1.30.2 does, the qtable lists all {len(res['float_layers'])} searched layers while "
+             f"the similarity above is the top-{o.max_float_layers} model's ({st['set_fp']}); the qtable's model "
+             f"scores {res['true_mix_similarity']:.6f}")
+    elif res["defects"]["D2_last_probe"]:
+        echo(f"  note: auto-N ended on a probe below expected_cos (TPU-MLIR keeps its last probe); the qtable's "
+             f"model scores {res['true_mix_similarity']:.6f}")
+    echo(f"Output mix quantization table to {o.quantize_table}")
+    echo(f"total time:{time.time() - t0}")
+    echo("success search qtable")
+    return res

@@ -1,0 +1,224 @@
+"""TPU-MLIR 1.30.2's ``run_calibration.py --search search_qtable | search_threshold`` on the search engine.
+
+Specification: ``docs/search_qtable.md`` (every rule with its file:line in TPU-MLIR 1.30.2); fixtures
+``tests/fixtures/tpu_mlir/*/search_qtable*`` and ``*/search_threshold*``.  Both start from one statistics pass
+with the streaming (v2) histograms and every method's table tuned (``qsens.calibrate.calibrate(hist="v2",
+tune_methods=methods)``, equal to 1.30.2's ``gen_multiple_thresholds`` within 2e-6).
+
+- :class:`SearchThreshold`: the all-INT8 model of each method's ``_tune`` table scored on the inference images
+  (``cos``, or ``1 - snr``); the best method's table becomes the calibration table.
+- :class:`SearchQtable` (a strategy: ``init / update / done`` over JSON state): type screening on the first
+  image, then per searched layer the network with every other searched layer in F32 and that layer in INT8
+  for each method's threshold (the best one kept in the evolving table), then TPU-MLIR's top-K with the
+  Conv/Scale partner rule, evaluated, and ``adjust_qtable`` (auto-N by bisection).
+
+TPU-MLIR's defects are reproduced, each reported beside the faithful value (docs/search_qtable.md §9):
+D1, without the auto-N adjustment the qtable lists *every searched layer* while the logged similarity is the
+top-K model's; D2, the adjustment returns its last probe, passing or not; D3, ``-o`` is the MSE table, the
+searched thresholds are only in ``new_cali_table.txt``.  The type order is the op order (TPU-MLIR iterates a
+Python set, whose order changes from process to process).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..calibrate import round_table
+from .evaluators import Config, run_mixed, run_mixed_env
+from .mixprec import int8_type_of
+from .problem import Problem
+from .selectors import Sensitivity, analysis_sensitive_layers
+
+SEARCH_METHODS = ("kl", "max", "percentile9999", "mse")  # search_threshold's order (ties: the first wins)
+
+
+def snr_loss(ref: dict, outs: dict, n_outputs: int) -> np.ndarray:
+    """TPU-MLIR ``_snr_loss`` per image: noise / signal power of the LAST output only (its accumulator is
+    overwritten), divided by the number of outputs; float32 sums, ``+1e-7`` in float64."""
+    k = list(ref)[-1]
+    a = np.asarray(ref[k], np.float32).reshape(len(ref[k]), -1)
+    b = np.asarray(outs[list(outs)[-1]], np.float32).reshape(len(a), -1)
+    noise = np.power(b - a, 2).sum(axis=-1)
+    signal = np.power(a, 2).sum(axis=-1)
+    return (noise / (signal.astype(np.float64) + 1e-7)) / n_outputs
+
+
+def first_image_similarity(problem: Problem, config: Config) -> float:
+    """TPU-MLIR ``run_model(..., sample_num=1)``: the similarity of the first inference image only (the
+    first chunk is run)."""
+    th_eff = problem.plan.effective(np.asarray(config.thresholds, np.float32))
+    outs = run_mixed_env(problem, problem.engine.input_env(problem.chunks[0]), th_eff, config.int8_ops)
+    outs = {k: np.asarray(v)[:1] for k, v in outs.items()}
+    from ..metrics import similarity
+
+    ref = {k: v[:1] for k, v in problem.scorer.ref.items()}
+    return float(np.asarray(similarity(ref, problem.scorer._post(outs), problem.scorer.weights), np.float64)[0])
+
+
+def all_ops(problem: Problem) -> frozenset:
+    return frozenset(op.name for op in problem.ops)
+
+
+def float_ops_of(problem: Problem) -> list[str]:
+    """``get_fixed_float_layers``: the Top ops whose output the BM1684 INT8 model stores in F32 (the Input, ops
+    kept F32 by the lowering and the reshapes that follow them)."""
+    return [op.name for op in problem.ops if int8_type_of(problem, op, set()) == "F32"]
+
+
+# ----------------------------------------------------------------------------------------------- threshold
+class SearchThreshold:
+    """``--search search_threshold``: the best of the methods' tuned tables by the all-INT8 model's score."""
+
+    def __init__(self, benchmark_method: str = "cos"):
+        if benchmark_method not in ("cos", "snr"):
+            raise ValueError(f"benchmark_method must be cos or snr, got {benchmark_method!r}")
+        self.benchmark_method = benchmark_method
+
+    def score(self, problem: Problem) -> float:
+        """The all-INT8 model of ``problem``'s base table: mean similarity (``cos``) or ``1 - snr`` loss."""
+        outs = run_mixed(problem, Config(all_ops(problem), problem.th0))
+        if self.benchmark_method == "cos":
+            return float(np.mean(problem.scorer.per_sample(outs)))
+        return float(1.0 - np.mean(snr_loss(problem.scorer.ref, problem.scorer._post(outs), len(outs))))
+
+    @staticmethod
+    def best(scores: dict[str, float]) -> str:
+        return max(scores.items(), key=lambda kv: kv[1])[0]  # Python's max: the first of equal scores
+
+
+# ----------------------------------------------------------------------------------------------- qtable
+class SearchQtable:
+    """``--search search_qtable`` (default path): JSON state ``{"phase", "types", "layers", ...}``.
+
+    Phases: ``"screen"`` (one op type per update), ``"layers"`` (one searched layer per update, all its methods),
+    ``"select"`` (top-K, its evaluation and ``adjust_qtable``'s probes), ``"done"``.
+    ``method_thresholds[m][tensor]``: each method's tuned threshold (the trial tables print them ``%.7f``)."""
+
+    name = "search_qtable"
+
+    def __init__(self, methods, method_thresholds, *, expected_cos: float, max_float_layers: int):
+        self.methods = list(methods)
+        self.method_thresholds = method_thresholds
+        self.expected_cos = float(expected_cos)
+        self.max_float_layers = int(max_float_layers)
+
+    def init(self, problem: Problem, all_int8_cos: float) -> dict:
+        g = problem.graph
+        float_ops = float_ops_of(problem)
+        quant = [op.name for op in g.ops if op.name not in float_ops]
+        types = list(dict.fromkeys(f"top.{g.op(n).type}" for n in quant))
+        return {"phase": "screen", "all_int8_cos": float(all_int8_cos), "float_ops": float_ops,
+                "layer_names_quant": quant, "types": types, "type_similarity": [], "sensitive_types": None,
+                "search_layers": None, "next": 0, "th": [float(v) for v in problem.th0], "layers": [],
+                "set_fp": None, "cos_k": None, "probes": [], "final_fp": None, "final_cos": None}
+
+    def done(self, problem: Problem, state: dict) -> bool:
+        return state["phase"] == "done"
+
+    def update(self, problem: Problem, state: dict, evaluator=None, carry=None):
+        state = dict(state)
+        ev: list[str] = []
+        g = problem.graph
+        ph = state["phase"]
+        if ph == "screen":
+            k = len(state["type_similarity"])
+            t = state["types"][k]
+            int8 = frozenset(n for n in state["layer_names_quant"] if f"top.{g.op(n).type}" == t)
+            sim = first_image_similarity(problem, Config(int8, problem.th0))
+            state["type_similarity"] = state["type_similarity"] + [[t, sim]]
+            ev += ["run int8 mode: {mlir}", f"op_type : {t}, similarity : {sim}"]
+            if len(state["type_similarity"]) == len(state["types"]):
+                limit = 1.0 * max(0.999, self.expected_cos)
+                sens = [t for t, s in state["type_similarity"] if s < limit]
+                if not sens:
+                    sens = [min(state["type_similarity"], key=lambda ts: ts[1])[0]]
+                state["sensitive_types"] = sens
+                state["search_layers"] = [n for n in state["layer_names_quant"] if f"top.{g.op(n).type}" in sens]
+                state["phase"] = "layers"
+                ev += [f"sensitive_op_type : {sens}, please pay attention to these types of operations",
+                       f"all search layer number: {len(state['search_layers'])}", "Global metrics layer is : None"]
+                if not state["search_layers"]:
+                    state["phase"] = "done"
+            return state, carry, ev
+        if ph == "layers":
+            i = state["next"]
+            L = state["search_layers"][i]
+            op = g.op(L)
+            t = op.outputs[0]
+            idx = problem.plan.tensor_index[t]
+            others = set(state["search_layers"]) - {L}
+            int8 = all_ops(problem) - others
+            th = np.asarray(state["th"], np.float32)
+            ev.append(f"start to handle layer: {L}, type: top.{op.type}")
+            trials = []
+            for m in self.methods:
+                th_j = float(self.method_thresholds[m][t])
+                trial = th.copy()
+                trial[idx] = round_table(th_j)  # set_layer_new_th -> new_cali_table.txt (%.7f) -> the lowering
+                loss = problem.scorer.loss(run_mixed(problem, Config(int8, trial)))
+                trials.append({"method": m, "th": th_j, "loss": loss})
+                ev += [f"adjust layer {L} th, with method {m}, and threshlod {th_j}", "run int8 mode: {mlir}",
+                       f"outputs_cos_los = {loss}"]
+            best = trials[0]
+            for tr in trials[1:]:
+                if tr["loss"] < best["loss"]:
+                    best = tr
+            th[idx] = round_table(best["th"])
+            ev.append(f"layer {L}, layer type is top.{op.type}, best_th = {best['th']}, best_method = "
+                      f"{best['method']}, best_cos_loss = {best['loss']}")
+            state["th"] = [float(v) for v in th]
+            state["layers"] = state["layers"] + [{"name": L, "type": f"top.{op.type}", "trials": trials,
+                                                  "best_th": best["th"], "best_method": best["method"],
+                                                  "best_loss": best["loss"]}]
+            state["next"] = i + 1
+            if state["next"] >= len(state["search_layers"]):
+                state["phase"] = "select"
+            return state, carry, ev
+        if ph == "select":
+            return self._select(problem, state)
+        raise ValueError(f"unknown phase {ph!r}")
+
+    # -------------------------------------------------------------------------------------- selection
+    def _analysis(self, problem: Problem, state: dict, k: int, log: bool) -> tuple[list[str], list[str]]:
+        sens = [Sensitivity(r["name"], r["best_loss"], r["type"].removeprefix("top.")) for r in state["layers"]]
+        fp, lines = analysis_sensitive_layers(sens, k, problem.graph)
+        return fp, (lines if log else []) + [f"set_fp_layer_list = {fp}"]
+
+    def _eval(self, problem: Problem, state: dict, fp: list[str]) -> float:
+        th = np.asarray(state["th"], np.float32)
+        outs = run_mixed(problem, Config(all_ops(problem) - set(fp), th))
+        return float(np.mean(problem.scorer.per_sample(outs)))
+
+    def _select(self, problem: Problem, state: dict):
+        ev: list[str] = []
+        K = self.max_float_layers
+        fp, lines = self._analysis(problem, state, K, True)
+        ev += lines + ["run int8 mode: {mlir}"]
+        cos = self._eval(problem, state, fp)
+        ev.append(f"float layer number: {K}, mix model outputs_cos: {cos}")
+        state["set_fp"], state["cos_k"] = fp, cos
+        Q = len(state["layer_names_quant"])
+        probes = []
+        if cos < self.expected_cos and Q // 5 > K:
+            def probe(k):
+                f, ls = self._analysis(problem, state, k, False)
+                c = self._eval(problem, state, f)
+                probes.append({"k": k, "float_layers": f, "cos": c})
+                ev.extend(ls + ["run int8 mode: {mlir}", f"float layer number: {k}, mix model outputs_cos: {c}"])
+                return f, c
+
+            final, final_cos = probe(Q // 5)
+            if final_cos > self.expected_cos:
+                lo, hi = K, Q // 5
+                while lo <= hi:
+                    mid = (lo + hi) // 2
+                    final, final_cos = probe(mid)
+                    if final_cos > self.expected_cos:
+                        hi = mid - 1
+                    else:
+                        lo = mid + 1
+        else:  # TPU-MLIR returns every searched layer here (D1), with the top-K model's similarity
+            final, final_cos = [r["name"] for r in state["layers"]], cos
+        state["probes"], state["final_fp"], state["final_cos"] = probes, final, final_cos
+        state["phase"] = "done"
+        return state, None, ev

@@ -1,0 +1,106 @@
+"""``qsens calibrate --search search_qtable | search_threshold`` against TPU-MLIR 1.30.2's ``run_calibration.py
+--search`` (fixtures ``tests/fixtures/tpu_mlir/*/search_*``, written by ``reference/tpu_mlir/run.py``; the
+algorithm in ``docs/search_qtable.md``).
+
+search_qtable: the per-method tables, the searched types and layers, every layer's best method and loss, the
+top-K list and its similarity, auto-N's probes, the written qtable and the all-INT8 similarity.
+search_threshold: the per-method tables, every method's score and the chosen table.  ``fast_search`` and
+``--cluster`` are not implemented in qsens (skipped here, with the reason).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+
+try:
+    import tpu_mlir_oracle as O
+    from test_tpu_mlir_oracle import _dataset, _flag_args, assert_tables_close
+except ImportError:
+    from tests import tpu_mlir_oracle as O
+    from tests.test_tpu_mlir_oracle import _dataset, _flag_args, assert_tables_close
+
+CASES = sorted((p.parent.name, p.name) for p in O.FIXTURES.glob("*/search_*") if (p / "summary.json").exists())
+NOT_IMPLEMENTED = {"search_qtable_fast_search": "fast_search is not implemented in qsens",
+                   "search_qtable_cluster": "--cluster is not implemented in qsens"}
+#: |similarity / loss| differences allowed (float32 convolutions of XLA vs TPU-MLIR's oneDNN; decisions equal)
+TOL = {"default": 2e-6, "efficientnet_lite0_op13": 3e-4,
+       # gen_pool: where its F32 AvgPool (or Sigmoid / Concat) feeds INT8 ops through a Cast, TPU-MLIR's mixed
+       # model differs from qsens's by up to 1.8e-5 (type screen, Conv alone INT8: 0.9997778 vs 0.9997597); not
+       # located (the same net's run_qtable step and its bmodel differ too); decisions are the same
+       "gen_pool": 3e-5}
+
+
+def fixture_flags(summary: dict) -> dict:
+    toks = shlex.split(summary["command"])[2:]
+    flags, k = {}, 0
+    while k < len(toks):
+        if toks[k].startswith("--") and k + 1 < len(toks) and not toks[k + 1].startswith("--"):
+            flags[toks[k]] = toks[k + 1]
+            k += 2
+        else:
+            flags[toks[k]] = True
+            k += 1
+    return flags
+
+
+def run(name, sub, tmp_path):
+    from qsens.cli import main
+
+    fx = O.load(name)
+    s = json.loads((fx.path / sub / "summary.json").read_text())
+    f = fixture_flags(s)
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = ["calibrate", str(O.model_path(fx)), "--dataset", _dataset(fx), *_flag_args(fx)]
+    for k in ("--input_num", "--inference_num", "--tune_num", "--search", "--expected_cos", "--max_float_layers",
+              "--quantize_method_list", "--benchmark_method"):
+        if k in f:
+            argv += [k, str(f[k])]
+    argv += ["--quantize_table", str(out / "qtable"), "-o", str(out / "cali_table"), "-q"]
+    assert main(argv) == 0
+    return fx, s, out
+
+
+def tol(name):
+    return TOL.get(name, TOL["default"])
+
+
+@pytest.mark.zoo
+@pytest.mark.parametrize("name, sub", CASES, ids=[f"{a}/{b}" for a, b in CASES])
+def test_calibrate_search_equals_run_calibration(name, sub, tmp_path, zoo, capsys):
+    if sub in NOT_IMPLEMENTED:
+        pytest.skip(NOT_IMPLEMENTED[sub])
+    fx, theirs, out = run(name, sub, tmp_path)
+    d = fx.path / sub
+    for t in sorted(d.glob("cali_table_*")):  # every per-method table, .1 and _tune
+        assert_tables_close(out / t.name, t)
+    assert_tables_close(out / "cali_table", d / "cali_table")
+    t = tol(name)
+    if theirs["mode"] == "search_threshold":
+        ours = json.loads((out / "search_threshold.json").read_text())
+        for m, v in theirs["scores"].items():
+            assert abs(ours["scores"][m] - v) <= t, (m, ours["scores"][m], v)
+        assert ours["best"] == theirs["optimal_method"]
+        return
+    ours = json.loads((out / "search_qtable.json").read_text())
+    st = ours["state"]
+    assert abs(st["all_int8_cos"] - theirs["all_int8_cos"]) <= t
+    assert set(st["sensitive_types"]) == set(theirs["sensitive_op_type"])
+    assert dict((k, pytest.approx(v, abs=t)) for k, v in theirs["type_screen"]) == dict(st["type_similarity"])
+    assert st["search_layers"] == theirs["search_layers"]
+    for a, b in zip(st["layers"], theirs["layers"], strict=True):
+        assert (a["name"], a["best_method"]) == (b["name"], b["best_method"])
+        assert abs(a["best_loss"] - b["best_loss"]) <= t, (a["name"], a["best_loss"], b["best_loss"])
+    assert st["set_fp"] == theirs["set_fp_layer_lists"][0]
+    assert abs(st["cos_k"] - theirs["evaluations"][0][1]) <= t
+    assert [p["k"] for p in st["probes"]] == [k for k, _ in theirs["adjust_qtable_probes"]]
+    for p, (_, c) in zip(st["probes"], theirs["adjust_qtable_probes"]):
+        assert abs(p["cos"] - c) <= t
+    assert st["final_fp"] == theirs["fp_layers"]
+    custom = [ln.split()[0] for ln in (out / "qtable").read_text().split("# custom layers\n", 1)[1].splitlines()]
+    assert custom == [n for n, _ in theirs["qtable_layers"]["custom"]]
+    assert abs(ours["reported_mix_similarity"] - theirs["final_mix_outputs_cos"]) <= max(t, 1e-6)
