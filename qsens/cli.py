@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch", type=int, default=None, help="images per compiled batch (default min(10, input_num))")
     s.add_argument("-o", "--calibration_table", default="cali_table", help="output table path")
     g = s.add_argument_group("--search (TPU-MLIR 1.30.2 run_calibration.py --search; logs next to -o)")
-    g.add_argument("--search", default="False", choices=("False", "search_qtable", "search_threshold"),
+    g.add_argument("--search", default="False", choices=("False", "search_qtable", "fast_search", "search_threshold"),
                    help="search_qtable: float layers by per-layer loss (qtable at --quantize_table); search_threshold: "
                    "the best of the KL/MAX/Percentile9999/MSE tables by the INT8 model's score")
     g.add_argument("--inference_num", type=int, default=30, help="images the searches score (default 30)")
@@ -236,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max_float_layers", type=int, default=5)
     g.add_argument("--quantize_method_list", default="MSE", help="search_qtable's methods (default MSE)")
     g.add_argument("--benchmark_method", choices=("cos", "snr"), default="cos", help="search_threshold's score")
+    g.add_argument("--cluster", action="store_true", help="search_qtable: KMeans(2) on [cos loss, snr] picks the layers")
     g.add_argument("--quantize_table", default=None, help="the qtable to write (required with --search)")
     g.add_argument("--chip", "--processor", dest="chip", default="bm1684")
     g.add_argument("--resume", action="store_true", help="continue an interrupted --search in the same place")

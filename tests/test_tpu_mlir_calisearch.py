@@ -24,8 +24,7 @@ except ImportError:
     from tests.test_tpu_mlir_oracle import _dataset, _flag_args, assert_tables_close
 
 CASES = sorted((p.parent.name, p.name) for p in O.FIXTURES.glob("*/search_*") if (p / "summary.json").exists())
-NOT_IMPLEMENTED = {"search_qtable_fast_search": "fast_search is not implemented in qsens",
-                   "search_qtable_cluster": "--cluster is not implemented in qsens"}
+NOT_IMPLEMENTED: dict[str, str] = {}
 #: |similarity / loss| differences allowed (float32 convolutions of XLA vs TPU-MLIR's oneDNN; decisions equal)
 TOL = {"default": 2e-6, "efficientnet_lite0_op13": 3e-4,
        # gen_pool: where its F32 AvgPool (or Sigmoid / Concat) feeds INT8 ops through a Cast, TPU-MLIR's mixed
@@ -60,6 +59,8 @@ def run(name, sub, tmp_path):
               "--quantize_method_list", "--benchmark_method"):
         if k in f:
             argv += [k, str(f[k])]
+    if "--cluster" in f:
+        argv.append("--cluster")
     argv += ["--quantize_table", str(out / "qtable"), "-o", str(out / "cali_table"), "-q"]
     assert main(argv) == 0
     return fx, s, out
@@ -86,8 +87,27 @@ def test_calibrate_search_equals_run_calibration(name, sub, tmp_path, zoo, capsy
             assert abs(ours["scores"][m] - v) <= t, (m, ours["scores"][m], v)
         assert ours["best"] == theirs["optimal_method"]
         return
+    if theirs["mode"] == "fast_search":
+        ours = json.loads((out / "fast_search.json").read_text())
+        st = ours["state"]
+        assert abs(st["all_int8_cos"] - theirs["int8_outputs_cos_old"]) <= 1e-6  # printed with 6 decimals
+        assert dict((k, pytest.approx(v, abs=t)) for k, v in theirs["type_screen"]) == dict(st["type_similarity"])
+        theirs_trials = [tr for tr in theirs["fast_trials"]]
+        ours_trials = [(L, lo) for r in st["rounds"] for L, lo in r["losses"].items()]
+        assert [L for L, _ in ours_trials] == [tr[0] for tr in theirs_trials]
+        for (L, (c, snr)), tr in zip(ours_trials, theirs_trials):
+            assert abs(c - tr[1]) <= t and abs(snr - tr[2]) <= max(t, 1e-6 * abs(tr[2])), (L, c, snr, tr)
+        assert st["final_fp"] == theirs["fp_layers"]
+        assert abs(ours["reported_mix_similarity"] - theirs["final_mix_outputs_cos"]) <= max(t, 1e-6)
+        return
     ours = json.loads((out / "search_qtable.json").read_text())
     st = ours["state"]
+    if "--cluster" in fixture_flags(theirs):
+        assert st["final_fp"] == theirs["fp_layers"]
+        assert abs(st["final_cos"] - theirs["evaluations"][0][1]) <= t
+        for a, b in zip(st["layers"], theirs["layers"], strict=True):
+            assert abs(a["best_loss"] - b["best_loss"]) <= t, a["name"]
+        return
     assert abs(st["all_int8_cos"] - theirs["all_int8_cos"]) <= t
     assert set(st["sensitive_types"]) == set(theirs["sensitive_op_type"])
     assert dict((k, pytest.approx(v, abs=t)) for k, v in theirs["type_screen"]) == dict(st["type_similarity"])

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..errors import SearchError
-from .calisearch import SearchQtable, SearchThreshold, all_ops
+from .calisearch import SearchThreshold, all_ops
 from .evaluators import Config, run_mixed
 from .job import _close_logger, _fingerprint, _make_logger_named, atomic_write
 from .problem import Problem
@@ -54,7 +54,7 @@ def search_threshold_job(problem_of_method: Callable[[str], Problem], tables: di
     return {"scores": scores, "best": best, "benchmark_method": benchmark_method}
 
 
-def search_qtable_job(problem: Problem, strategy: SearchQtable, base_table, *, out_dir: str, qtable_path: str,
+def search_qtable_job(problem: Problem, strategy, base_table, *, out_dir: str, qtable_path: str,
                       sample_number: int, mlir: str, key: dict, resume: bool, progress: bool,
                       echo: Callable[[str], None], head_lines: list[str], reused: bool) -> dict | None:
     """Run the strategy with checkpoints, then write TPU-MLIR's files; None on the early exit."""
@@ -63,7 +63,7 @@ def search_qtable_job(problem: Problem, strategy: SearchQtable, base_table, *, o
     t0 = time.perf_counter()
     g = problem.graph
     all_int8 = float(np.mean(problem.scorer.per_sample(run_mixed(problem, Config(all_ops(problem), problem.th0)))))
-    ckpt = os.path.join(out_dir, "search_qtable.ckpt.json")
+    ckpt = os.path.join(out_dir, f"{strategy.name}.ckpt.json")
     fp = _fingerprint(key)
     state = None
     if resume and os.path.exists(ckpt):
@@ -81,6 +81,8 @@ def search_qtable_job(problem: Problem, strategy: SearchQtable, base_table, *, o
                 log.info(ln)
             log.info(f"run float mode: {mlir}")
             log.info(f"run int8 mode: {mlir}")
+            if strategy.name == "fast_search":  # get_fixed_float_layers runs before its early-exit test
+                log.info(f"run int8 mode: {mlir}")
             if all_int8 > strategy.expected_cos:
                 msg = (f"job success, current int8 cos:{all_int8} is higher than expected_cos:"
                        f"{strategy.expected_cos},no need for mix precsion")
@@ -88,15 +90,16 @@ def search_qtable_job(problem: Problem, strategy: SearchQtable, base_table, *, o
                 echo(msg)
                 return None
             state = strategy.init(problem, all_int8)
-            log.info(f"all_int8_cos={all_int8} with default mse_tune calitable")
-            log.info(f"run int8 mode: {mlir}")
-            log.info("layer name check pass !")
-            log.info(f"all layer number: {len(g.ops)}")
-            log.info(f"all layer number no float: {len(state['layer_names_quant'])}")
+            if strategy.name == "search_qtable":
+                log.info(f"all_int8_cos={all_int8} with default mse_tune calitable")
+                log.info(f"run int8 mode: {mlir}")
+                log.info("layer name check pass !")
+                log.info(f"all layer number: {len(g.ops)}")
+                log.info(f"all layer number no float: {len(state['layer_names_quant'])}")
 
         from tqdm import tqdm
 
-        total = len(state["types"]) + len(state["layer_names_quant"]) + 1
+        total = len(state["types"]) + len(state.get("layer_names_quant") or state.get("layer_names") or [None]) + 1
         bar = tqdm(total=total, desc="search_qtable", unit="step", file=sys.stderr, dynamic_ncols=True,
                    disable=not progress)
         t_layers = time.perf_counter()
@@ -105,7 +108,7 @@ def search_qtable_job(problem: Problem, strategy: SearchQtable, base_table, *, o
             state, _, events = strategy.update(problem, state)
             if before == "layers" and state["phase"] != "layers":
                 events = events + [f"total time of sensitive_layer search is: {time.perf_counter() - t_layers}"]
-            if before == "screen" and state["phase"] == "done":
+            if before == "screen" and state["phase"] == "done" and not state.get("search_layers"):
                 raise SearchError("search_qtable: no layer of a sensitive type to search (TPU-MLIR: 'Layer names are "
                                   "empty. All operators skipped in search phase.')")
             _log_events(log, events, mlir)
@@ -115,12 +118,14 @@ def search_qtable_job(problem: Problem, strategy: SearchQtable, base_table, *, o
             bar.update(1)
         bar.close()
         final, cos = state["final_fp"], state["final_cos"]
-        # new_cali_table.txt: the base table with every searched layer's best threshold (TPU-MLIR's update_to)
-        table = base_table
-        for r in state["layers"]:
-            table = update_threshold(table, g.op(r["name"]).outputs[0], r["best_th"])
-        ncal = os.path.join(out_dir, "new_cali_table.txt")
-        dump_cali_table(ncal, table)
+        ncal = None
+        if strategy.name == "search_qtable":
+            # new_cali_table.txt: the base table with every searched layer's best threshold (TPU-MLIR's update_to)
+            table = base_table
+            for r in state["layers"]:
+                table = update_threshold(table, g.op(r["name"]).outputs[0], r["best_th"])
+            ncal = os.path.join(out_dir, "new_cali_table.txt")
+            dump_cali_table(ncal, table)
         log.info(">>>run result:")
         write_quantize_table(qtable_path, [(n, "F32") for n in final], sample_number=sample_number)
         log.info(f"float layer number: {len(final)}, mix model outputs_cos: {cos:.6f}")
@@ -128,17 +133,19 @@ def search_qtable_job(problem: Problem, strategy: SearchQtable, base_table, *, o
         log.info(f"mix model outputs_cos:{cos:.6f}")
         log.info(f"Output mix quantization table to {os.path.basename(qtable_path)}")
         log.info(f"total time:{time.perf_counter() - t0}")
-        th = np.asarray(state["th"], np.float32)
+        th = np.asarray(state.get("th", problem.th0), np.float32)
         true_cos = float(np.mean(problem.scorer.per_sample(run_mixed(problem, Config(all_ops(problem) - set(final), th)))))
         res = {"state": state, "float_layers": final, "reported_mix_similarity": cos,
                "true_mix_similarity": true_cos, "all_int8_similarity": state["all_int8_cos"],
                "reused_existing_table": reused,
-               "defects": {"D1_all_searched_layers_written": not state["probes"] and final != state["set_fp"],
-                           "D2_last_probe": bool(state["probes"]) and not cos > strategy.expected_cos,
-                           "D3_table_not_updated": True},
+               "defects": {"D1_all_searched_layers_written": bool(state.get("set_fp") is not None
+                                                                  and not state["probes"] and final != state["set_fp"]),
+                           "D2_last_probe": bool(state.get("probes")) and not cos > strategy.expected_cos,
+                           "D3_table_not_updated": strategy.name == "search_qtable",
+                           "D5_fast_search_ignores_expected_cos": strategy.name == "fast_search"},
                "files": {"qtable": qtable_path, "new_cali_table": ncal, "log": os.path.join(out_dir, "Search_Qtable")},
                "seconds": time.perf_counter() - t0}
-        atomic_write(os.path.join(out_dir, "search_qtable.json"), json.dumps(res, indent=1) + "\n")
+        atomic_write(os.path.join(out_dir, f"{strategy.name}.json"), json.dumps(res, indent=1) + "\n")
         if os.path.exists(ckpt):
             os.remove(ckpt)
         return res

@@ -96,11 +96,13 @@ class SearchQtable:
 
     name = "search_qtable"
 
-    def __init__(self, methods, method_thresholds, *, expected_cos: float, max_float_layers: int):
+    def __init__(self, methods, method_thresholds, *, expected_cos: float, max_float_layers: int,
+                 cluster: bool = False):
         self.methods = list(methods)
         self.method_thresholds = method_thresholds
         self.expected_cos = float(expected_cos)
         self.max_float_layers = int(max_float_layers)
+        self.cluster = bool(cluster)  # --cluster: KMeans(2) on [cos loss, snr] instead of top-K + auto-N
 
     def init(self, problem: Problem, all_int8_cos: float) -> dict:
         g = problem.graph
@@ -155,8 +157,12 @@ class SearchQtable:
                 th_j = float(self.method_thresholds[m][t])
                 trial = th.copy()
                 trial[idx] = round_table(th_j)  # set_layer_new_th -> new_cali_table.txt (%.7f) -> the lowering
-                loss = problem.scorer.loss(run_mixed(problem, Config(int8, trial)))
+                outs = run_mixed(problem, Config(int8, trial))
+                loss = problem.scorer.loss(outs)
                 trials.append({"method": m, "th": th_j, "loss": loss})
+                if self.cluster:  # run_model(..., ['cos', 'snr']): the snr of the same run
+                    trials[-1]["snr"] = float(np.mean(snr_loss(problem.scorer.ref, problem.scorer._post(outs),
+                                                               len(outs))))
                 ev += [f"adjust layer {L} th, with method {m}, and threshlod {th_j}", "run int8 mode: {mlir}",
                        f"outputs_cos_los = {loss}"]
             best = trials[0]
@@ -167,9 +173,11 @@ class SearchQtable:
             ev.append(f"layer {L}, layer type is top.{op.type}, best_th = {best['th']}, best_method = "
                       f"{best['method']}, best_cos_loss = {best['loss']}")
             state["th"] = [float(v) for v in th]
-            state["layers"] = state["layers"] + [{"name": L, "type": f"top.{op.type}", "trials": trials,
-                                                  "best_th": best["th"], "best_method": best["method"],
-                                                  "best_loss": best["loss"]}]
+            rec = {"name": L, "type": f"top.{op.type}", "trials": trials, "best_th": best["th"],
+                   "best_method": best["method"], "best_loss": best["loss"]}
+            if self.cluster:  # compare_loss: the element-wise minimum over the methods
+                rec["cluster_loss"] = [min(tr["loss"] for tr in trials), min(tr["snr"] for tr in trials)]
+            state["layers"] = state["layers"] + [rec]
             state["next"] = i + 1
             if state["next"] >= len(state["search_layers"]):
                 state["phase"] = "select"
@@ -192,6 +200,13 @@ class SearchQtable:
     def _select(self, problem: Problem, state: dict):
         ev: list[str] = []
         K = self.max_float_layers
+        if self.cluster:
+            sel = kmeans_select([r["name"] for r in state["layers"]], [r["cluster_loss"] for r in state["layers"]])
+            cos = self._eval(problem, state, sel)
+            ev += [f"selected_layers = {sel}", "run int8 mode: {mlir}",
+                   f"float layer number: {K}, mix model outputs_cos: {cos}"]
+            state.update(set_fp=sel, cos_k=cos, probes=[], final_fp=sel, final_cos=cos, phase="done")
+            return state, None, ev
         fp, lines = self._analysis(problem, state, K, True)
         ev += lines + ["run int8 mode: {mlir}"]
         cos = self._eval(problem, state, fp)
@@ -222,3 +237,117 @@ class SearchQtable:
         state["probes"], state["final_fp"], state["final_cos"] = probes, final, final_cos
         state["phase"] = "done"
         return state, None, ev
+
+
+def kmeans_select(names: list[str], losses: list[list[float]]) -> list[str]:
+    """TPU-MLIR's ``cluster(loss_dict, 2)``: ``KMeans(n_clusters=2, random_state=42)`` (scikit-learn, its
+    defaults: k-means++, one init, Lloyd) on the unscaled rows ``[cos loss, snr]``; the cluster whose centroid
+    has the larger cos loss, in search order."""
+    from ..errors import SearchError
+
+    if len(names) < 2:
+        raise SearchError(f"--cluster needs at least 2 searched layers, got {len(names)} (TPU-MLIR's KMeans fails too)")
+    try:
+        from sklearn.cluster import KMeans
+    except ImportError:
+        raise SearchError("--cluster needs scikit-learn (pip install scikit-learn), as TPU-MLIR's does") from None
+    X = np.asarray(losses, np.float64)
+    km = KMeans(n_clusters=2, random_state=42)
+    labels = km.fit_predict(X)
+    hi = int(np.argmax(km.cluster_centers_[:, 0]))
+    return [n for n, lab in zip(names, labels) if lab == hi]
+
+
+# ----------------------------------------------------------------------------------------------- fast_search
+class FastSearch:
+    """``--search fast_search`` (``SearchQtableFast.run``, docs/search_qtable.md §5): rounds of per-layer
+    losses on the first image (cos and snr), the 5 layers of the highest combined rank go float each round;
+    stops when a round gains less than ``eps`` (half the first round's gain) and less than 0.001, when more
+    than 20 % of the ops are float, or after ``max_rounds`` (``--inference_num``) rounds.  As in TPU-MLIR,
+    ``expected_cos`` is only the early-exit test (D5) and a round that lowered the similarity is kept."""
+
+    name = "fast_search"
+
+    def __init__(self, *, expected_cos: float, max_rounds: int):
+        self.expected_cos = float(expected_cos)
+        self.max_rounds = int(max_rounds)
+
+    def init(self, problem: Problem, all_int8_cos: float) -> dict:
+        g = problem.graph
+        float_ops = float_ops_of(problem)
+        types = list(dict.fromkeys(f"top.{op.type}" for op in g.ops))
+        return {"phase": "screen", "all_int8_cos": float(all_int8_cos), "float_ops": float_ops, "types": types,
+                "type_similarity": [], "sensitive_types": None, "layer_names": None, "sensitive": [],
+                "round": 0, "cos_sim": float(all_int8_cos), "eps": 0.0, "rounds": [], "final_fp": None,
+                "final_cos": None}
+
+    def done(self, problem: Problem, state: dict) -> bool:
+        return state["phase"] == "done"
+
+    def update(self, problem: Problem, state: dict, evaluator=None, carry=None):
+        state = dict(state)
+        g = problem.graph
+        ev: list[str] = []
+        if state["phase"] == "screen":
+            t = state["types"][len(state["type_similarity"])]
+            int8 = frozenset(op.name for op in g.ops if f"top.{op.type}" == t)
+            sim = first_image_similarity(problem, Config(int8, problem.th0))
+            state["type_similarity"] = state["type_similarity"] + [[t, sim]]
+            ev += ["run int8 mode: {mlir}", f"op_type : {t}, similarity : {sim}"]
+            if len(state["type_similarity"]) == len(state["types"]):
+                limit = 1.0 * max(0.999, self.expected_cos)
+                sens = [t for t, s in state["type_similarity"] if s < limit] or \
+                    [min(state["type_similarity"], key=lambda ts: ts[1])[0]]
+                state["sensitive_types"] = sens
+                state["layer_names"] = [op.name for op in g.ops if f"top.{op.type}" in sens
+                                        and op.name not in state["float_ops"]]
+                state["phase"] = "rounds"
+                ev += [f"sensitive_op_type : {sens}, please pay attention to these types of operations",
+                       f"all search layer number: {len(state['layer_names'])}"]
+            return state, None, ev
+        # one round
+        state["round"] += 1
+        names = list(state["layer_names"])
+        sensitive = list(state["sensitive"])
+        fp_base = sensitive + [n for n in names if n not in sensitive]
+        loss = {}
+        for L in names:
+            fp = set(fp_base) - {L}
+            sim, snr = _first_image_cos_snr(problem, Config(all_ops(problem) - fp, problem.th0))
+            loss[L] = [1 - sim, snr]
+            ev += [f"start to handle layer: {L}, type: top.{g.op(L).type}", "run int8 mode: {mlir}",
+                   f"layer {L}, outputs_cos:{1 - sim}, outputs_snr:{snr}"]
+        keys = list(loss)
+        r1 = {k: i for i, k in enumerate(sorted(keys, key=lambda k: loss[k][0]))}
+        r2 = {k: i for i, k in enumerate(sorted(keys, key=lambda k: loss[k][1]))}
+        ordered = sorted(keys, key=lambda k: (r1[k] + r2[k], loss[k][0]))
+        top5 = ordered[-5:]
+        state["layer_names"] = [n for n in names if n not in top5]
+        sensitive += [n for n in top5 if n not in sensitive]
+        state["sensitive"] = sensitive
+        outs = run_mixed(problem, Config(all_ops(problem) - set(sensitive), problem.th0))
+        cos = float(np.mean(problem.scorer.per_sample(outs)))
+        ev.append("run int8 mode: {mlir}")
+        state["rounds"] = state["rounds"] + [{"round": state["round"], "losses": loss, "added": top5, "cos": cos}]
+        stop = (cos - state["cos_sim"] < state["eps"] and cos - state["cos_sim"] < 0.001) or \
+            len(sensitive) > 0.2 * len(g.ops)
+        if not stop:
+            if state["round"] == 1:
+                state["eps"] = abs(cos - state["cos_sim"]) / 2
+            state["cos_sim"] = cos
+            stop = state["round"] >= self.max_rounds
+        if stop:
+            state.update(phase="done", final_fp=sensitive, final_cos=cos)
+        return state, None, ev
+
+
+def _first_image_cos_snr(problem: Problem, config: Config) -> tuple[float, float]:
+    """``run_model(..., sample_num=1, loss_methods=['cos', 'snr'])``."""
+    from ..metrics import similarity
+
+    th_eff = problem.plan.effective(np.asarray(config.thresholds, np.float32))
+    outs = run_mixed_env(problem, problem.engine.input_env(problem.chunks[0]), th_eff, config.int8_ops)
+    outs = problem.scorer._post({k: np.asarray(v)[:1] for k, v in outs.items()})
+    ref = {k: v[:1] for k, v in problem.scorer.ref.items()}
+    sim = float(np.asarray(similarity(ref, outs, problem.scorer.weights), np.float64)[0])
+    return sim, float(snr_loss(ref, outs, len(outs))[0])

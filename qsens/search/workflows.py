@@ -409,6 +409,7 @@ class CalibrationSearchOptions:
     max_float_layers: int = 5
     quantize_method_list: str = "MSE"
     benchmark_method: str = "cos"
+    cluster: bool = False
     chip: str = "bm1684"
     resume: bool = False
     batch: int = 10
@@ -456,9 +457,9 @@ def run_calibration_search(o: CalibrationSearchOptions, *, echo: Callable[[str],
 
     t0 = time.time()
     o = dataclasses.replace(o, batch=o.batch or 10)
-    if o.search not in ("search_qtable", "search_threshold"):
-        raise SearchError(f"--search {o.search}: qsens implements search_qtable and search_threshold (fast_search, "
-                          "mix_search: use qsens qtable for the greedy search)")
+    if o.search not in ("search_qtable", "search_threshold", "fast_search"):
+        raise SearchError(f"--search {o.search}: qsens implements search_qtable, fast_search and search_threshold "
+                          "(mix_search is run_qtable's greedy search: use qsens qtable)")
     if not o.quantize_table:
         raise SearchError("please set --quantize_table when --search is not False (as run_calibration.py requires)")
     if o.chip.lower() != "bm1684":
@@ -467,7 +468,8 @@ def run_calibration_search(o: CalibrationSearchOptions, *, echo: Callable[[str],
         raise SearchError(f"--benchmark_method {o.benchmark_method}: use cos or snr")
     if not 0.0 < float(o.expected_cos) <= 1.0:
         raise SearchError(f"--expected_cos {o.expected_cos} is outside (0, 1]; TPU-MLIR's scale is 0.5+0.5*cos")
-    methods = list(SEARCH_METHODS) if o.search == "search_threshold" else parse_method_list(o.quantize_method_list)
+    methods = list(SEARCH_METHODS) if o.search == "search_threshold" else (
+        ["kl"] if o.search == "fast_search" else parse_method_list(o.quantize_method_list))
     cali = o.calibration_table
     out_dir = ensure_out_dir(os.path.dirname(os.path.abspath(cali)))
     ensure_out_dir(os.path.dirname(os.path.abspath(o.quantize_table)))
@@ -476,7 +478,7 @@ def run_calibration_search(o: CalibrationSearchOptions, *, echo: Callable[[str],
     g = fn.graph
     dataset = o.dataset if (o.dataset or o.data_list) else None
     cal_files = select_files(dataset=dataset, data_list=o.data_list, input_num=o.input_num, seed=o.seed)
-    n_inf = o.inference_num if o.search == "search_qtable" else min(o.inference_num, len(cal_files))
+    n_inf = min(o.inference_num, len(cal_files)) if o.search == "search_threshold" else o.inference_num
     inf_files = select_files(dataset=dataset, data_list=o.data_list, input_num=n_inf, seed=o.seed)
     pp = preprocess_for(o, g)
     mlir = os.path.basename(o.model)
@@ -490,6 +492,29 @@ def run_calibration_search(o: CalibrationSearchOptions, *, echo: Callable[[str],
     inputs = load_inputs(inf_files, g, pp)
     suffix = "_tune" if o.tune_num > 0 else ".1"
     head: list[str] = []
+    if o.search == "fast_search":
+        from .calisearch import FastSearch
+
+        if existing:  # TPU-MLIR uses an existing table silently
+            base = read_cali_table(cali)
+            check_table_matches(base, g.tensors, cali)
+        else:  # plain run_calibration: KL (v2 statistics) tuned, its .1 removed
+            cal = calibrate(fn.model, cal_files, pp, methods=("kl",), hist="v2", tune_num=o.tune_num,
+                            tune_methods=("kl",), progress=not o.quiet, stats=stats, batch=o.batch)
+            from ..tables import write_cali_table
+
+            write_cali_table(cali, cal.table_entries("kl", o.tune_num > 0), method="['kl']", mlir=mlir,
+                             histogram_bins=2048, sample_number=cal.n_samples, tune_number=cal.tune_num,
+                             version_style="kld-new")
+            base = read_cali_table(cali)
+        problem = Problem.from_table(fn.model, base, inputs, stats=stats, chunk=o.batch)
+        strategy = FastSearch(expected_cos=o.expected_cos, max_rounds=o.inference_num)
+        key = {"model": g.op_names, "table": problem.th0.tolist(), "n": problem.n, "expected_cos": o.expected_cos,
+               "search": "fast_search"}
+        res = search_qtable_job(problem, strategy, base, out_dir=out_dir, qtable_path=o.quantize_table,
+                                sample_number=o.input_num, mlir=mlir, key=key, resume=o.resume,
+                                progress=not o.quiet, echo=echo, head_lines=[], reused=existing)
+        return _echo_qtable_result(res, o, echo, t0)
     if existing:  # TPU-MLIR: the existing table is the only method's thresholds (the per-method tables are skipped)
         echo(f"warning: [search_qtable] {cali} already exists; skip per-method threshold generation, run sensitivity "
              "search against the single existing table (TPU-MLIR 1.30.2 does the same; remove the file to calibrate)")
@@ -536,15 +561,19 @@ def run_calibration_search(o: CalibrationSearchOptions, *, echo: Callable[[str],
         base = read_cali_table(cali)
     problem = Problem.from_table(fn.model, base, inputs, stats=stats, chunk=o.batch)
     strategy = SearchQtable(methods, method_thresholds, expected_cos=o.expected_cos,
-                            max_float_layers=o.max_float_layers)
+                            max_float_layers=o.max_float_layers, cluster=o.cluster)
     key = {"model": g.op_names, "table": problem.th0.tolist(), "methods": methods, "n": problem.n,
-           "expected_cos": o.expected_cos, "max_float_layers": o.max_float_layers,
+           "expected_cos": o.expected_cos, "max_float_layers": o.max_float_layers, "cluster": o.cluster,
            "method_thresholds": {m: [float(v) for _, v in sorted(d.items())] for m, d in method_thresholds.items()}}
     res = search_qtable_job(problem, strategy, base, out_dir=out_dir, qtable_path=o.quantize_table,
                             sample_number=o.input_num, mlir=mlir, key=key, resume=o.resume, progress=not o.quiet,
                             echo=echo, head_lines=head, reused=existing)
     if not existing:
         phase.remove()
+    return _echo_qtable_result(res, o, echo, t0)
+
+
+def _echo_qtable_result(res, o, echo, t0):
     if res is None:
         return None
     echo(">>>run result:")
