@@ -237,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--quantize_method_list", default="MSE", help="search_qtable's methods (default MSE)")
     g.add_argument("--benchmark_method", choices=("cos", "snr"), default="cos", help="search_threshold's score")
     g.add_argument("--cluster", action="store_true", help="search_qtable: KMeans(2) on [cos loss, snr] picks the layers")
+    g.add_argument("--post_process", default=None, help="python file defining PostProcess(outputs_dict)")
     g.add_argument("--quantize_table", default=None, help="the qtable to write (required with --search)")
     g.add_argument("--chip", "--processor", dest="chip", default="bm1684")
     g.add_argument("--resume", action="store_true", help="continue an interrupted --search in the same place")

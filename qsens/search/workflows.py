@@ -410,6 +410,7 @@ class CalibrationSearchOptions:
     quantize_method_list: str = "MSE"
     benchmark_method: str = "cos"
     cluster: bool = False
+    post_process: str | None = None
     chip: str = "bm1684"
     resume: bool = False
     batch: int = 10
@@ -491,6 +492,8 @@ def run_calibration_search(o: CalibrationSearchOptions, *, echo: Callable[[str],
     stats = CompileStats()
     inputs = load_inputs(inf_files, g, pp)
     suffix = "_tune" if o.tune_num > 0 else ".1"
+    post = load_post_process(o.post_process)
+    pkw = {"stats": stats, "chunk": o.batch, "post_process": post}
     head: list[str] = []
     if o.search == "fast_search":
         from .calisearch import FastSearch
@@ -507,7 +510,7 @@ def run_calibration_search(o: CalibrationSearchOptions, *, echo: Callable[[str],
                              histogram_bins=2048, sample_number=cal.n_samples, tune_number=cal.tune_num,
                              version_style="kld-new")
             base = read_cali_table(cali)
-        problem = Problem.from_table(fn.model, base, inputs, stats=stats, chunk=o.batch)
+        problem = Problem.from_table(fn.model, base, inputs, **pkw)
         strategy = FastSearch(expected_cos=o.expected_cos, max_rounds=o.inference_num)
         key = {"model": g.op_names, "table": problem.th0.tolist(), "n": problem.n, "expected_cos": o.expected_cos,
                "search": "fast_search"}
@@ -543,8 +546,7 @@ def run_calibration_search(o: CalibrationSearchOptions, *, echo: Callable[[str],
         if o.search == "search_threshold":
             tables = {m: f"{os.path.basename(cali)}_{m}{suffix}" for m in methods}
             res = search_threshold_job(
-                lambda m: Problem.from_table(fn.model, read_cali_table(f"{cali}_{m}{suffix}"), inputs, stats=stats,
-                                             chunk=o.batch),
+                lambda m: Problem.from_table(fn.model, read_cali_table(f"{cali}_{m}{suffix}"), inputs, **pkw),
                 tables, benchmark_method=o.benchmark_method, log_dir=out_dir, mlir=mlir)
             shutil.copyfile(f"{cali}_{res['best']}{suffix}", cali)
             phase.remove()
@@ -559,10 +561,11 @@ def run_calibration_search(o: CalibrationSearchOptions, *, echo: Callable[[str],
         src = f"{cali}_mse{suffix}" if "mse" in methods else f"{cali}_{methods[0]}{suffix}"
         shutil.copyfile(src, cali)  # TPU-MLIR: the base table is a byte copy of the MSE (else first) table
         base = read_cali_table(cali)
-    problem = Problem.from_table(fn.model, base, inputs, stats=stats, chunk=o.batch)
+    problem = Problem.from_table(fn.model, base, inputs, **pkw)
     strategy = SearchQtable(methods, method_thresholds, expected_cos=o.expected_cos,
                             max_float_layers=o.max_float_layers, cluster=o.cluster)
     key = {"model": g.op_names, "table": problem.th0.tolist(), "methods": methods, "n": problem.n,
+           "post_process": file_sha(o.post_process) if o.post_process else None,
            "expected_cos": o.expected_cos, "max_float_layers": o.max_float_layers, "cluster": o.cluster,
            "method_thresholds": {m: [float(v) for _, v in sorted(d.items())] for m, d in method_thresholds.items()}}
     res = search_qtable_job(problem, strategy, base, out_dir=out_dir, qtable_path=o.quantize_table,
