@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # GPU checks, one short run on the lent GPU machine (no network there; its python3 has jax[cuda], onnx,
 # onnxruntime, opencv, matplotlib, tqdm, pytest, hypothesis).  The zoo travels in .gpuzoo/ (git-ignored):
-#   mkdir -p .gpuzoo/zoo && cp -r ~/.cache/qsens/zoo/{efficientnet_lite0.onnx,images,images100,manifest.json} .gpuzoo/zoo/
-#   (device tool) run: QSENS_GIT_REV=<commit> bash benchmarks/gpu.sh   carry: [".gpuzoo"]   (STEPS=tests,forward,search)
+#   mkdir -p .gpuzoo/zoo && cp -r ~/.cache/qsens/zoo/{efficientnet_lite0.onnx,efficientnet_lite0_op13.onnx,images,images100,manifest.json} .gpuzoo/zoo/
+#   (device tool) run: QSENS_GIT_REV=<commit> bash benchmarks/gpu.sh   carry: [".gpuzoo"]   (STEPS=tests,forward,search,qtable)
 # Steps (each bounded by `timeout`, all logged; one failing does not stop the others):
 #   1. the INT8 / mixed-precision / search / calibration tests on the GPU backend (bit-exact integer paths;
 #      the zoo-model tests need the whole zoo, which is not carried, and are deselected);
 #   2. benchmarks/forward.py (native convolutions on GPU, whole batch per step);
 #   3. benchmarks/search.py (cold, warm, concat, naive), then the per-(op, method) losses against the committed
-#      CPU run.
+#      CPU run;
+#   4. benchmarks/qtable.py --skip-tpu-mlir (qsens qtable on Lite0, cold and warm).
 # Results land in $OUT (else benchmarks/results/gpu_out).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -24,10 +25,10 @@ step() { local t=$1; shift; echo "=== $* (limit ${t}s)" | tee -a "$log"; timeout
 
 step 60 nvidia-smi -L
 step 60 $PY -c "import jax, jaxlib, onnx, onnxruntime; print(jax.__version__, jaxlib.__version__, onnx.__version__, onnxruntime.__version__, jax.devices())"
-[[ $STEPS == *tests* ]] && step 200 $PY -m pytest -q -p no:cacheprovider tests/quant tests/test_mixed.py tests/test_search.py tests/calib -n 4 -k "not lite0 and not pnet"
+[[ $STEPS == *tests* ]] && step 200 $PY -m pytest -q -p no:cacheprovider tests/quant tests/test_mixed.py tests/test_search.py tests/calib tests/test_qtable.py tests/test_calisearch.py tests/test_layering.py -n 4 -k "not lite0 and not pnet"
 [[ $STEPS == *forward* ]] && step 90 $PY benchmarks/forward.py --no-split
 if [[ $STEPS == *search* ]]; then
-step 240 $PY benchmarks/search.py
+step 240 $PY benchmarks/search.py --skip-naive
 $PY - "$OUT" <<'PY' 2>&1 | tee -a "$log"
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
@@ -41,5 +42,6 @@ print(f"CPU vs GPU: max |loss difference| {d:.2e}; same float layers: {same}")
                                                   "gpu": gpu["warm"]["float_layers"], "cpu": cpu["warm"]["float_layers"]}, indent=1))
 PY
 fi
+[[ $STEPS == *qtable* ]] && step 150 $PY benchmarks/qtable.py --skip-tpu-mlir
 cp benchmarks/results/*_gpu.json "$OUT"/ 2>/dev/null
 ls -la "$OUT"
