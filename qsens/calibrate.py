@@ -107,43 +107,59 @@ def collect_statistics(model: Model, files, pp, *, methods: Sequence[str], hist:
     Returns ``(results, tune_acts)``: ``tune_acts`` holds every tensor of the first ``tune_num`` samples
     (engine layout) for the SimpleTuner.
     """
+    (res,), tune_acts = collect_statistics_multi(model, files, pp, specs=[(methods, hist)], batch=batch,
+                                                 progress=progress, stats=stats, tune_num=tune_num)
+    return res, tune_acts
+
+
+def collect_statistics_multi(model: Model, files, pp, *, specs: Sequence[tuple[Sequence[str], str]], batch: int = 30,
+                             progress: bool = True, stats: CompileStats | None = None, tune_num: int = 0
+                             ) -> tuple[list[dict[str, calib.CalibResult]], dict[str, np.ndarray]]:
+    """Several statistics (``specs``: ``(methods, hist)`` each) from the same forward passes: every state sees
+    the same per-sample activations in the same order as it would alone, so each result equals
+    :func:`collect_statistics` of its spec (a v1 state takes two passes, a v2 state the first one)."""
     g = model.graph
     tensors = g.tensors
     op_index = {t: g.index(g.producer(t).name) for t in tensors}
     n = len(files)
     engine = Engine(model, batch, stats=stats)
-    state = calib.init(tensors, len(g.ops), n_samples=n, op_index=op_index, mode=hist,
-                       absmax_mse=g.inputs, mse="mse" in methods,
-                       mse_tail=[(t, g.producer(t).type in ("Conv", "MatMul")) for t in tensors[-5:][::-1]])
+    states = [calib.init(tensors, len(g.ops), n_samples=n, op_index=op_index, mode=hist,
+                         absmax_mse=g.inputs, mse="mse" in methods,
+                         mse_tail=[(t, g.producer(t).type in ("Conv", "MatMul")) for t in tensors[-5:][::-1]])
+              for methods, hist in specs]
     tune_acts: dict[str, np.ndarray] = {}
-    passes = 2 if hist == "v1" else 1
+    passes = 2 if any(h == "v1" for _, h in specs) else 1
     for p in range(passes):
+        active = [k for k, (_, h) in enumerate(specs) if p == 0 or h == "v1"]
         bar = _progress(n, f"calibration pass {p + 1}/{passes}" if passes > 1 else "calibration", progress)
         off = 0
         for inp in iter_inputs(files, engine.graph, pp, batch):
             inp, k = pad_batch(inp, batch)
-            box = {"state": state}
+            box = {"states": states}
 
-            def consume(t, v, k=k, off=off, box=box, take=(min(k, tune_num - off) if p == 0 else 0)):  # noqa: B008
+            def consume(t, v, k=k, off=off, box=box, take=(min(k, tune_num - off) if p == 0 else 0), active=active):  # noqa: B008
                 a = np.asarray(v)[:k]
                 if take > 0:  # the tuner's samples: the first tune_num, whatever the batch size
                     part = a[:take].copy()
                     tune_acts[t] = part if t not in tune_acts else np.concatenate([tune_acts[t], part])
-                box["state"] = calib.update(box["state"], {t: a}, off)
+                sts = list(box["states"])
+                for j in active:
+                    sts[j] = calib.update(sts[j], {t: a}, off)
+                box["states"] = sts
 
             env = engine.input_env(inp)
             for t in engine.graph.inputs:
                 consume(t, env[t])
             engine.run(env, on_output=consume)
-            state = box["state"]
+            states = box["states"]
             off += k
             if bar:
                 bar.update(k)
         if bar:
             bar.close()
-        if hist == "v1" and p == 0:
-            state = calib.begin_histograms(state)
-    return calib.finalize(state), tune_acts
+        if p == 0:
+            states = [calib.begin_histograms(st) if h == "v1" else st for st, (_, h) in zip(states, specs)]
+    return [calib.finalize(st) for st in states], tune_acts
 
 
 def round_table(th: float) -> float:
@@ -227,32 +243,48 @@ def calibrate(model: Model, files: Sequence[str], pp, *, methods: Sequence[str] 
     ``tune_methods`` (default: ``["kl"]`` like run_calibration; the sensitive-layer search tunes every method,
     which changes only KL/MSE: MAX and Percentile are their own upper bound) are tuned, the rest are copied.
     """
-    methods = [parse_method(m) for m in methods]
-    if hist not in ("v1", "v2"):
-        raise QsensError(f"--hist must be v1 or v2, got {hist!r}")
+    return calibrate_multi(model, files, pp, specs=[(methods, hist, tune_methods)], tune_num=tune_num, batch=batch,
+                           progress=progress, stats=stats)[0]
+
+
+def calibrate_multi(model: Model, files: Sequence[str], pp, *, specs: Sequence[tuple], tune_num: int = 5,
+                    batch: int | None = None, progress: bool = True, stats: CompileStats | None = None
+                    ) -> list[Calibration]:
+    """:func:`calibrate` for several ``(methods, hist, tune_methods)`` specs from the same forward passes (one
+    image decode and one forward per pass for all of them); each result equals its own :func:`calibrate`.
+    ``qsens search`` uses it for run_sensitive_layer's v1 method tables and run_calibration's v2 base table."""
     if not files:
         raise QsensError("no calibration samples")
+    specs = [([parse_method(m) for m in ms], h, ["kl"] if tm is None else [parse_method(m) for m in tm])
+             for ms, h, tm in specs]
+    for _, h, _ in specs:
+        if h not in ("v1", "v2"):
+            raise QsensError(f"--hist must be v1 or v2, got {h!r}")
     t0 = time.perf_counter()
     batch = min(DEFAULT_CHUNK, len(files)) if batch is None else batch
-    tune_methods = ["kl"] if tune_methods is None else [parse_method(m) for m in tune_methods]
-    n_tune = min(tune_num, len(files)) if any(m in tune_methods for m in methods) else 0
-    res, tune_acts = collect_statistics(model, files, pp, methods=methods, hist=hist, batch=batch, progress=progress,
-                                        stats=stats, tune_num=n_tune)
+    n_tune = min(tune_num, len(files)) if any(m in tm for ms, _, tm in specs for m in ms) else 0
+    results, tune_acts = collect_statistics_multi(model, files, pp, specs=[(ms, h) for ms, h, _ in specs],
+                                                  batch=batch, progress=progress, stats=stats, tune_num=n_tune)
     t1 = time.perf_counter()
     g = model.graph
-    untuned = {m: {t: calib.table_threshold(res[t].threshold(m)) for t in g.tensors} for m in methods}
-    # thresholds as the tools downstream read them back from the %.7f tables (the tuner may refine KL/MSE)
-    tuned = {m: {t: round_table(v) for t, v in ths.items()} for m, ths in untuned.items()}
-    if n_tune > 0:
-        for m in methods:
-            if m not in tune_methods:
-                continue
-            start = tuned[m]
-            amax = {t: (res[t].p99 if m == "percentile9999" else res[t].abs_max) for t in g.tensors}
-            tuned[m] = tune(model, tune_acts, start, amax, batch=batch, stats=stats, progress=progress)
-    t2 = time.perf_counter()
-    return Calibration(tuple(g.tensors), res, untuned, tuned, len(files), n_tune, hist,
-                       {"statistics_s": t1 - t0, "tune_s": t2 - t1})
+    out = []
+    for (methods, hist, tune_methods), res in zip(specs, results):
+        t2 = time.perf_counter()
+        untuned = {m: {t: calib.table_threshold(res[t].threshold(m)) for t in g.tensors} for m in methods}
+        # thresholds as the tools downstream read them back from the %.7f tables (the tuner may refine KL/MSE)
+        tuned = {m: {t: round_table(v) for t, v in ths.items()} for m, ths in untuned.items()}
+        n_t = n_tune if any(m in tune_methods for m in methods) else 0
+        if n_t > 0:
+            for m in methods:
+                if m not in tune_methods:
+                    continue
+                start = tuned[m]
+                amax = {t: (res[t].p99 if m == "percentile9999" else res[t].abs_max) for t in g.tensors}
+                tuned[m] = tune(model, {t: v[:n_t] for t, v in tune_acts.items()}, start, amax, batch=batch,
+                                stats=stats, progress=progress)
+        out.append(Calibration(tuple(g.tensors), res, untuned, tuned, len(files), n_t, hist,
+                               {"statistics_s": t1 - t0, "tune_s": time.perf_counter() - t2}))
+    return out
 
 
 #: run_sensitive_layer's names for its per-method tables (``<table>_KL.1``, ``<table>_MAX_tune``, ...)

@@ -170,7 +170,7 @@ class PhaseCheckpoint:
 # ------------------------------------------------------------------------------------------------ the job
 def run_sensitive_search(o: SearchOptions, *, echo: Callable[[str], None] = print):
     """``qsens search``: returns the :class:`~qsens.search.job.SearchResult`."""
-    from ..calibrate import SENSITIVE_NAMES, Calibration, calibrate, write_tables
+    from ..calibrate import SENSITIVE_NAMES, Calibration, calibrate_multi, write_tables
     from ..data.dataset import select_files
     from ..engine import CompileStats, enable_compilation_cache
     from ..pipeline import load_inputs
@@ -218,13 +218,12 @@ def run_sensitive_search(o: SearchOptions, *, echo: Callable[[str], None] = prin
         base_cal = Calibration.from_json(saved["base_cal"]) if saved.get("base_cal") else None
         echo(f"resuming: calibration reused from {phase.path}")
     else:
-        cal = calibrate(fn.model, cal_files, pp, methods=cfg.methods, hist=o.hist, tune_num=o.tune_num,
-                        tune_methods=cfg.methods, progress=not o.quiet,
-                        stats=stats, batch=o.batch)  # the search's chunk: both share the compiled executables
-        base_cal = None
-        if base is None:
-            base_cal = calibrate(fn.model, cal_files, pp, methods=("kl",), hist="v2", tune_num=o.tune_num,
-                                 progress=not o.quiet, stats=stats, batch=o.batch)
+        # one statistics pass for both: run_sensitive_layer's method tables (o.hist, v1 by default) and, without
+        # --calibration_table, run_calibration's base table (v2, KL tuned); the search's chunk shares executables
+        specs = [(cfg.methods, o.hist, cfg.methods)] + ([(("kl",), "v2", ("kl",))] if base is None else [])
+        cals = calibrate_multi(fn.model, cal_files, pp, specs=specs, tune_num=o.tune_num, progress=not o.quiet,
+                               stats=stats, batch=o.batch)
+        cal, base_cal = cals[0], (cals[1] if base is None else None)
         phase.save({"cal": cal.to_json(), "base_cal": base_cal.to_json() if base_cal is not None else None})
     t_cal = time.time() - t_cal
     if o.tune_num <= 0:
