@@ -5,44 +5,18 @@ Fidelity against TPU-MLIR 1.30.2: tests/test_tpu_mlir_calisearch.py.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 try:
     import search_models as sm
+    from cli_util import EPOCH, gate_file, kill_at_gate, one_line_error, run_cli
 except ImportError:
     from tests import search_models as sm
+    from tests.cli_util import EPOCH, gate_file, kill_at_gate, one_line_error, run_cli
 
 from qsens import cli
-
-EPOCH = "1700000000"
-REPO = Path(__file__).resolve().parents[1]
-GATE = '''\
-import json, os, time
-
-
-def PostProcess(outputs):
-    """Identity; with QSENS_TEST_GATE set, block once the search_qtable checkpoint has 2 finished layers."""
-    gate = os.environ.get("QSENS_TEST_GATE")
-    if gate:
-        try:
-            with open(gate) as f:
-                st = json.load(f)
-            n = len(st["layers"])
-        except (OSError, ValueError, KeyError):
-            n = 0
-        if n >= 2:
-            with open(gate + ".ready", "w") as f:
-                f.write(str(n))
-            time.sleep(600)
-    return outputs
-'''
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +24,8 @@ def net(tmp_path_factory):
     d = tmp_path_factory.mktemp("cs")
     model = sm.save(sm.resnet_ish(blocks=3, hw=12, seed=5), d / "net.onnx")
     data = sm.npy_dataset(d / "data", n=10, shape=(1, 3, 12, 12), seed=1)
-    post = d / "post.py"
-    post.write_text(GATE)
-    return {"model": model, "data": data, "post": str(post)}
+    post = gate_file(d / "post.py", 'len(ck["layers"]) >= 2')  # blocks once 2 layers are searched
+    return {"model": model, "data": data, "post": post}
 
 
 def argv(net, out: Path, *extra, search="search_qtable"):
@@ -60,16 +33,6 @@ def argv(net, out: Path, *extra, search="search_qtable"):
             "--tune_num", "1", "--search", search, "--expected_cos", "0.999999", "--max_float_layers", "2",
             "--quantize_table", str(out / "qtable"), "-o", str(out / "cali_table"), "--post_process", net["post"],
             "-q", *extra]
-
-
-def run_cli(args, capsys):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SOURCE_DATE_EPOCH", EPOCH)
-        mp.delenv("QSENS_TEST_GATE", raising=False)
-        mp.delenv("QSENS_DEBUG", raising=False)
-        rc = cli.main(args)
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 @pytest.fixture(scope="module")
@@ -106,26 +69,7 @@ def test_search_qtable_resume_after_sigkill(net, full, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     gate = out / "search_qtable.ckpt.json"
-    env = dict(os.environ, SOURCE_DATE_EPOCH=EPOCH, QSENS_TEST_GATE=str(gate),
-               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.pop("QSENS_DEBUG", None)
-    log = tmp_path / "killed.log"
-    with open(log, "wb") as logf:
-        proc = subprocess.Popen([sys.executable, "-m", "qsens"] + argv(net, out), cwd=str(tmp_path), env=env,
-                                stdout=logf, stderr=subprocess.STDOUT)
-        ready = Path(str(gate) + ".ready")
-        t0 = time.time()
-        try:
-            while not ready.exists():
-                assert proc.poll() is None, f"search ended before the gate: {log.read_text()[-2000:]}"
-                assert time.time() - t0 < 240, "the checkpoint never recorded 2 layers"
-                time.sleep(0.05)
-        finally:
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
-    ready.unlink()
+    kill_at_gate(argv(net, out), gate, tmp_path)
     assert len(json.loads(gate.read_text())["layers"]) >= 2
     assert not (out / "search_qtable.json").exists() and not (out / "new_cali_table.txt").exists()
     rc, stdout, _ = run_cli(argv(net, out, "--resume"), capsys)
@@ -151,14 +95,6 @@ def test_search_threshold(net, tmp_path, capsys):
     # TPU-MLIR 1.30.2: an existing table is kept as it is (a warning, nothing searched)
     rc, stdout, _ = run_cli(argv(net, out, search="search_threshold"), capsys)
     assert rc == 0 and "already exists; skip threshold search" in stdout
-
-
-def one_line_error(rc, err, *needles):
-    assert rc == 2
-    lines = [ln for ln in err.strip().splitlines() if ln]
-    assert len(lines) == 1 and lines[0].startswith("qsens: error: "), err
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
 
 
 def test_errors(net, tmp_path, capsys):

@@ -7,10 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,37 +15,17 @@ import pytest
 try:
     import search_models as sm
     import tpu_mlir_parser as ref
+    from cli_util import EPOCH, gate_file, kill_at_gate, one_line_error, run_cli
 except ImportError:
     from tests import search_models as sm
     from tests import tpu_mlir_parser as ref
+    from tests.cli_util import EPOCH, gate_file, kill_at_gate, one_line_error, run_cli
 
 from qsens import cli
 from qsens.metrics import cos_sim
-from qsens.search.evaluators import Config, mixed_similarity, run_mixed_env
+from qsens.search.evaluators import Config, mixed_similarity
 from qsens.search.mixprec import Int8Prefix, MixPrecision, all_int8_similarity
 from qsens.search.problem import Problem
-
-EPOCH = "1700000000"
-REPO = Path(__file__).resolve().parents[1]
-GATE = '''\
-import json, os, time
-
-
-def PostProcess(outputs):
-    """Identity; with QSENS_TEST_GATE set, block once the qtable checkpoint has walked >= 3 ops."""
-    gate = os.environ.get("QSENS_TEST_GATE")
-    if gate:
-        try:
-            with open(gate) as f:
-                n = json.load(f)["next"]
-        except (OSError, ValueError):
-            n = 0
-        if n >= 3:
-            with open(gate + ".ready", "w") as f:
-                f.write(str(n))
-            time.sleep(600)
-    return outputs
-'''
 
 
 @pytest.fixture(scope="module")
@@ -61,25 +37,14 @@ def net(tmp_path_factory):
     table = d / "cali_table"
     assert cli.main(["calibrate", model, "--dataset", data, "--input_num", "8", "--tune_num", "1", "-q",
                      "-o", str(table)]) == 0
-    post = d / "post.py"
-    post.write_text(GATE)
-    return {"dir": d, "model": model, "data": data, "table": str(table), "post": str(post)}
+    post = gate_file(d / "post.py", 'ck["next"] >= 3')  # blocks once the qtable checkpoint has walked 3 ops
+    return {"dir": d, "model": model, "data": data, "table": str(table), "post": post}
 
 
 def argv(net, out, *extra, min_layer_cos="0.99999", expected_cos="0.999999"):
     return ["qtable", net["model"], "--dataset", net["data"], "--input_num", "6", "--calibration_table",
             net["table"], "--expected_cos", expected_cos, "--min_layer_cos", min_layer_cos, "--out_dir", str(out),
             "-q", *extra]
-
-
-def run_cli(args, capsys):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SOURCE_DATE_EPOCH", EPOCH)
-        mp.delenv("QSENS_TEST_GATE", raising=False)
-        mp.delenv("QSENS_DEBUG", raising=False)
-        rc = cli.main(args)
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 @pytest.fixture(scope="module")
@@ -207,26 +172,7 @@ def test_prefix_equals_whole_graph(problem):
 def test_resume_after_sigkill(net, full, tmp_path, capsys):
     out = tmp_path / "out"
     gate = out / "qtable.ckpt.json"
-    cmd = [sys.executable, "-m", "qsens"] + argv(net, out, "--post_process", net["post"], "--checkpoint_every_s", "0")
-    env = dict(os.environ, SOURCE_DATE_EPOCH=EPOCH, QSENS_TEST_GATE=str(gate),
-               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.pop("QSENS_DEBUG", None)
-    log = tmp_path / "killed.log"
-    with open(log, "wb") as logf:
-        proc = subprocess.Popen(cmd, cwd=str(tmp_path), env=env, stdout=logf, stderr=subprocess.STDOUT)
-        ready = Path(str(gate) + ".ready")
-        t0 = time.time()
-        try:
-            while not ready.exists():
-                assert proc.poll() is None, f"qtable ended before the gate: {log.read_text()[-2000:]}"
-                assert time.time() - t0 < 240, "the checkpoint never passed op 3"
-                time.sleep(0.05)
-        finally:
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
-    ready.unlink()
+    kill_at_gate(argv(net, out, "--post_process", net["post"], "--checkpoint_every_s", "0"), gate, tmp_path)
     k = json.loads(gate.read_text())["next"]
     assert 3 <= k < 14
     for name in ("qtable", "full_loss_table.txt", "qtable.json"):  # nothing looks complete
@@ -248,14 +194,6 @@ def test_early_exit_writes_nothing(net, tmp_path, capsys):
     assert rc == 0
     assert "job success, current int8 cos:" in stdout and "no need for mix precsion" in stdout
     assert not out.exists() or not any(out.iterdir())
-
-
-def one_line_error(rc, err, *needles):
-    assert rc == 2
-    lines = [ln for ln in err.strip().splitlines() if ln]
-    assert len(lines) == 1 and lines[0].startswith("qsens: error: "), err
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
 
 
 @pytest.mark.parametrize("value", ["0", "1.5", "-0.2"])

@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import SearchError
 from .calisearch import SearchThreshold, all_ops
 from .evaluators import Config, run_mixed
-from .job import _close_logger, _fingerprint, _make_logger_named, atomic_write
+from .job import _close_logger, _fingerprint, _make_logger_named, atomic_write, load_checkpoint
 from .problem import Problem
 
 
@@ -65,14 +65,8 @@ def search_qtable_job(problem: Problem, strategy, base_table, *, out_dir: str, q
     all_int8 = float(np.mean(problem.scorer.per_sample(run_mixed(problem, Config(all_ops(problem), problem.th0)))))
     ckpt = os.path.join(out_dir, f"{strategy.name}.ckpt.json")
     fp = _fingerprint(key)
-    state = None
-    if resume and os.path.exists(ckpt):
-        with open(ckpt) as f:
-            ck = json.load(f)
-        if ck.pop("key", None) != fp:
-            raise SearchError(f"{ckpt} was written by a different search_qtable (model, tables, images or flags "
-                              "differ); remove it or drop --resume")
-        state = ck
+    state = load_checkpoint(ckpt, fp, strategy.name) if resume else None
+    if state is not None:
         echo(f"resuming: search_qtable state of phase {state['phase']!r} from {ckpt}")
     log = _make_logger_named(out_dir, "Search_Qtable", state is not None)
     try:

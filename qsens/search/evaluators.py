@@ -94,12 +94,14 @@ def run_int8_op(problem: Problem, engine: Engine, i: int, env, th_eff: np.ndarra
     return out
 
 
-def run_mixed_env(problem: Problem, env, th_eff: np.ndarray, int8_ops, start: int = 0, engine: Engine | None = None):
-    """Advance ``env`` through ops ``[start, end)``, ops in ``int8_ops`` INT8; returns the scored outputs."""
+def advance_mixed(problem: Problem, env, th_eff: np.ndarray, int8_ops, start: int = 0, engine: Engine | None = None,
+                  keep=()) -> dict:
+    """Advance ``env`` in place through ops ``[start, end)``, ops in ``int8_ops`` INT8 (the others float); dead
+    tensors are dropped unless in ``keep`` or the problem's compare layers.  Returns ``env``."""
     e = engine or problem.engine
     g = problem.graph
     last = g.last_use
-    keep = problem.keep
+    keep = problem.keep | set(keep)
     for i in range(start, len(g.ops)):
         op = g.ops[i]
         if op.type == "Input":  # never quantized by itself: each INT8 consumer casts it (TPU-MLIR lowering)
@@ -114,7 +116,13 @@ def run_mixed_env(problem: Problem, env, th_eff: np.ndarray, int8_ops, start: in
         for t in set(op.inputs):
             if last.get(t, -1) <= i and t not in keep:
                 env.pop(t, None)
-    return problem.outputs(e, env)
+    return env
+
+
+def run_mixed_env(problem: Problem, env, th_eff: np.ndarray, int8_ops, start: int = 0, engine: Engine | None = None):
+    """Advance ``env`` through ops ``[start, end)``, ops in ``int8_ops`` INT8; returns the scored outputs."""
+    e = engine or problem.engine
+    return problem.outputs(e, advance_mixed(problem, env, th_eff, int8_ops, start, e))
 
 
 def run_mixed(problem: Problem, config: Config) -> dict[str, np.ndarray]:

@@ -114,6 +114,29 @@ def _close_logger(log: logging.Logger) -> None:
         log.removeHandler(h)
 
 
+def load_checkpoint(path: str, key: str, what: str) -> dict | None:
+    """A job's checkpoint (its strategy state) if ``path`` exists; one-line error if another job wrote it."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        ck = json.load(f)
+    if ck.pop("key", None) != key:
+        raise SearchError(f"{path} was written by a different {what} (model, table, methods, images or flags "
+                          "differ); remove it or drop --resume")
+    return ck
+
+
+def save_figure(fig, path: str) -> None:
+    """Write a matplotlib figure atomically (temp file + rename) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=130)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
 def _fingerprint(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -181,12 +204,8 @@ def _run_strategy(problem: Problem, strategy, evaluator, key: str, out_dir: str,
     """Drive ``strategy`` to its end: checkpoint after every update, log its events, show progress."""
     ckpt_path = os.path.join(out_dir, CKPT)
     state = strategy.init(problem)
-    if resume and os.path.exists(ckpt_path):
-        with open(ckpt_path) as f:
-            ck = json.load(f)
-        if ck.pop("key", None) != key:
-            raise SearchError(f"{ckpt_path} was written by a different search (model, table, methods, images or "
-                              "strategy differ); remove it or drop --resume")
+    ck = load_checkpoint(ckpt_path, key, "search") if resume else None
+    if ck is not None:
         state = ck
         echo(f"resuming: {state['next']} of {len(problem.ops)} ops already evaluated in {ckpt_path}")
     for line in first_lines:
@@ -320,11 +339,7 @@ def plot_losses(result: SearchResult, path: str, methods: Sequence[str]) -> None
     ax.set_title(f"sensitive-layer search: INT8 {s['int8']['similarity']:.4f} -> MIX {s['mix_new_table']['similarity']:.4f} "
                  f"with {len(result.float_layers)} float layers (red)", fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=130)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------------- qtable job
@@ -420,12 +435,8 @@ def qtable_search(model, table, inputs: Mapping[str, np.ndarray], *, expected_co
                         "expected_cos": expected_cos, "min_layer_cos": min_layer_cos, "compare": compare_layers,
                         "compare_weights": compare_weights, "post_process": post_process_id})
     state, carry = None, None
-    if resume and os.path.exists(ckpt):
-        with open(ckpt) as f:
-            ck = json.load(f)
-        if ck.pop("key", None) != key:
-            raise SearchError(f"{ckpt} was written by a different qtable search (model, table, images or flags "
-                              "differ); remove it or drop --resume")
+    ck = load_checkpoint(ckpt, key, "qtable search") if resume else None
+    if ck is not None:
         index = ck.pop("int8_index")
         state = ck
         carry = ev.init(problem, state["next"], _load_carry(ckpt_npz, index, len(problem.chunks)))
@@ -552,8 +563,4 @@ def plot_layer_cos(result: QtableResult, path: str, min_layer_cos: float) -> Non
                  f"{result.true_mix_similarity:.4f}, {len(result.float_layers)} float layers "
                  f"(steps red, reverted orange; end: {result.state['end']})", fontsize=8)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=130)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)

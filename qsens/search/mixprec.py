@@ -36,7 +36,7 @@ import numpy as np
 
 from ..quant.kernels import dequantize, quantize
 from ..quant.mixed import FOLLOWS_INPUT_TYPE
-from .evaluators import Config, FloatPrefix, mixed_similarity, run_int8_op
+from .evaluators import Config, FloatPrefix, advance_mixed, mixed_similarity, run_int8_op
 from .problem import Problem, concat_chunks
 
 
@@ -146,7 +146,6 @@ class Int8Prefix:
         for later in g.ops[i + 1 :]:
             feed |= {t for t in later.inputs if pos[g.producer(t).name] < i}
         int8_ops = {op.name for op in g.ops} - fp_ops
-        last = g.last_use
         outs, kept = [], []
         for ienv, fenv in zip(carry.int8, carry.ref.envs):
             env = {}
@@ -155,20 +154,7 @@ class Int8Prefix:
                 if src.get(t) is None:
                     raise QtableAbort(f"{g.ops[i].name} 's input:{g.producer(t).name} not exist")
                 env[t] = src[t]
-            for j in range(i, len(g.ops)):
-                op = g.ops[j]
-                if op.type == "Input":
-                    continue
-                if op.name in int8_ops and op.name not in problem.plan.f32_reason:
-                    o = [run_int8_op(problem, e, j, env, th_eff, [th_eff[problem.plan.tensor_index[op.outputs[0]]]])[0]]
-                else:
-                    o = e.call(e.float_exe(j), e.weights(op), [env[t] for t in op.inputs])
-                o = jax.block_until_ready(o)
-                for t, v in zip(op.outputs, o):
-                    env[t] = v
-                for t in set(op.inputs):
-                    if last.get(t, -1) <= j and t not in keep and t not in problem.keep:
-                        env.pop(t, None)
+            advance_mixed(problem, env, th_eff, int8_ops, start=i, keep=keep)
             # outputs made before op i were never computed in TPU-MLIR's fresh mixed module: zeros
             for t in (problem.compare or g.outputs):
                 if t not in env:

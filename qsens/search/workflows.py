@@ -27,16 +27,14 @@ CAL_CKPT = "calibration.ckpt.json"
 
 
 @dataclasses.dataclass
-class SearchOptions:
-    """TPU-MLIR ``run_sensitive_layer.py`` flags (names and defaults as in ``qsens search --help``)."""
+class DataOptions:
+    """The model and its data: TPU-MLIR's model_transform / dataset flags, shared by every verb's options."""
 
     model: str
     dataset: str | None = None
     data_list: str | None = None
     input_shapes: Any = None
     name_style: str = "tpu_mlir"
-    input_num: int = 10
-    inference_num: int = 10
     seed: int = 1684
     preset: str | None = None
     resize_dims: Any = None
@@ -48,6 +46,18 @@ class SearchOptions:
     channel_format: str | None = None
     mean: Any = None
     scale: Any = None
+
+    @classmethod
+    def from_namespace(cls, ns):
+        return cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls) if hasattr(ns, f.name)})
+
+
+@dataclasses.dataclass
+class SearchOptions(DataOptions):
+    """TPU-MLIR ``run_sensitive_layer.py`` flags (names and defaults as in ``qsens search --help``)."""
+
+    input_num: int = 10
+    inference_num: int = 10
     max_float_layers: int = 5
     expected_cos: float = 0.99
     post_process: str | None = None
@@ -65,9 +75,6 @@ class SearchOptions:
     method_batch: str = "loop"
     quiet: bool = False
 
-    @classmethod
-    def from_namespace(cls, ns) -> SearchOptions:
-        return cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls) if hasattr(ns, f.name)})
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -276,27 +283,11 @@ def run_sensitive_search(o: SearchOptions, *, echo: Callable[[str], None] = prin
 
 # ------------------------------------------------------------------------------------------------ qtable
 @dataclasses.dataclass
-class QtableOptions:
+class QtableOptions(DataOptions):
     """TPU-MLIR ``run_qtable.py`` flags (``--input_num``: the images the search scores, default 10)."""
 
-    model: str
     calibration_table: str | None = None
-    dataset: str | None = None
-    data_list: str | None = None
-    input_shapes: Any = None
-    name_style: str = "tpu_mlir"
     input_num: int = 10
-    seed: int = 1684
-    preset: str | None = None
-    resize_dims: Any = None
-    keep_aspect_ratio: bool | None = None
-    keep_ratio_mode: str | None = None
-    pad_type: str | None = None
-    pad_value: int | None = None
-    pixel_format: str | None = None
-    channel_format: str | None = None
-    mean: Any = None
-    scale: Any = None
     expected_cos: float = 0.99
     min_layer_cos: float = 0.99
     global_compare_layers: str | None = None
@@ -311,9 +302,6 @@ class QtableOptions:
     batch: int = 10
     quiet: bool = False
 
-    @classmethod
-    def from_namespace(cls, ns) -> QtableOptions:
-        return cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls) if hasattr(ns, f.name)})
 
 
 def run_qtable(o: QtableOptions, *, echo: Callable[[str], None] = print):
@@ -379,30 +367,14 @@ def run_qtable(o: QtableOptions, *, echo: Callable[[str], None] = print):
 
 # ------------------------------------------------------------------------------------------------ calibrate --search
 @dataclasses.dataclass
-class CalibrationSearchOptions:
+class CalibrationSearchOptions(DataOptions):
     """TPU-MLIR 1.30.2 ``run_calibration.py --search ...`` flags (its defaults)."""
 
-    model: str
     search: str = "search_qtable"  # search_qtable | search_threshold
     calibration_table: str = "cali_table"
     quantize_table: str | None = None
-    dataset: str | None = None
-    data_list: str | None = None
-    input_shapes: Any = None
-    name_style: str = "tpu_mlir"
     input_num: int = 0
     inference_num: int = 30
-    seed: int = 1684
-    preset: str | None = None
-    resize_dims: Any = None
-    keep_aspect_ratio: bool | None = None
-    keep_ratio_mode: str | None = None
-    pad_type: str | None = None
-    pad_value: int | None = None
-    pixel_format: str | None = None
-    channel_format: str | None = None
-    mean: Any = None
-    scale: Any = None
     tune_num: int = 5
     expected_cos: float = 0.99
     max_float_layers: int = 5
@@ -415,9 +387,6 @@ class CalibrationSearchOptions:
     batch: int = 10
     quiet: bool = False
 
-    @classmethod
-    def from_namespace(cls, ns) -> CalibrationSearchOptions:
-        return cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls) if hasattr(ns, f.name)})
 
 
 def parse_method_list(s: str) -> list[str]:
