@@ -26,9 +26,11 @@ import pytest
 try:  # tests/ is a rootdir-relative path entry (no tests/__init__.py) ...
     import search_models as sm
     import tpu_mlir_parser as ref
+    from cli_util import run_cli, sub_env
 except ImportError:  # ... or a package
     from tests import search_models as sm
     from tests import tpu_mlir_parser as ref
+    from tests.cli_util import run_cli, sub_env
 
 from qsens import cli
 from qsens.calibrate import SL_NAMES, calibrate
@@ -268,26 +270,6 @@ def clidata(tmp_path_factory):
 def search_argv(cd, out_dir, *extra, expected_cos="1.0"):
     return ["search", cd["model"], "--dataset", cd["data"], "--input_num", "8", "--inference_num", "4",
             "--tune_num", "1", "--expected_cos", expected_cos, "--out_dir", str(out_dir), "-q", *extra]
-
-
-def run_cli(argv, capsys):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SOURCE_DATE_EPOCH", EPOCH)
-        mp.delenv("QSENS_TEST_GATE", raising=False)
-        mp.delenv("QSENS_DEBUG", raising=False)
-        rc = cli.main(argv)
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def sub_env(**extra):
-    env = dict(os.environ)
-    env.pop("QSENS_DEBUG", None)
-    env.pop("QSENS_TEST_GATE", None)
-    env["SOURCE_DATE_EPOCH"] = EPOCH
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env.update(extra)
-    return env
 
 
 OUTPUTS = ("qtable", "new_cali_table.txt")
