@@ -288,7 +288,7 @@ def calibrate_multi(model: Model, files: Sequence[str], pp, *, specs: Sequence[t
 
 
 #: run_sensitive_layer's names for its per-method tables (``<table>_KL.1``, ``<table>_MAX_tune``, ...)
-SENSITIVE_NAMES = {"max": "MAX", "percentile9999": "Percentile9999", "kl": "KL", "mse": "MSE"}
+SENSITIVE_NAMES = SL_NAMES
 
 
 def write_tables(cal: Calibration, out: str, *, main_method: str | None, mlir: str, write_method_tables: bool = True,

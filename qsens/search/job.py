@@ -21,7 +21,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -142,6 +142,27 @@ def _fingerprint(obj) -> str:
 
 
 # --------------------------------------------------------------------------------------------- the job
+@dataclasses.dataclass
+class JobIO:
+    """Where a job writes and reports: its folder, log, console, progress, resume flag, files, compile stats."""
+
+    out_dir: str
+    log: logging.Logger
+    echo: Callable[[str], None]
+    progress: bool
+    resume: bool
+    files: dict
+    stats: CompileStats
+    t_start: float
+    qtable_path: str = "qtable"
+
+
+class AllInt8(NamedTuple):
+    similarity: float
+    cosine: float
+    first_output: np.ndarray
+
+
 def search(model, base_table, method_thresholds: Mapping[str, Mapping[str, float]], inputs: Mapping[str, np.ndarray],
            config: SearchConfig = SearchConfig(), *, out_dir: str = ".", qtable_path: str = "qtable",
            resume: bool = False, post_process: Callable | None = None, progress: bool = True,
@@ -186,35 +207,34 @@ def search(model, base_table, method_thresholds: Mapping[str, Mapping[str, float
         "strategy": cfg.strategy, "compare": cfg.compare_layers, "compare_weights": cfg.compare_weights,
         "post_process": post_process_id, "method_batch": cfg.method_batch, "expected_cos": cfg.expected_cos,
     })
+    io = JobIO(out_dir, log, echo, progress, resume, files, stats, t_start, qtable_path)
     try:
         state, evaluated, t_search, t_done = _run_strategy(
-            problem, strategy, evaluator, key, out_dir, resume, progress, echo, log,
-            [f"all_int8_cos={int8_sim}", "layer name check pass !"]
+            problem, strategy, evaluator, key, io, [f"all_int8_cos={int8_sim}", "layer name check pass !"]
             + ([f"Global metrics layer is : {list(cfg.compare_layers)}"] if cfg.compare_layers else []))
-        return _finish(problem, strategy.results(state), TopN(cfg.max_float_layers), base_table, cfg, candidates.labels,
-                       int8_sim, int8_cos, int8_first, out_dir, qtable_path, log, echo, files, stats, labels, evaluated,
-                       {"float_reference_s": t_ref - t_start, "int8_model_s": t_int8 - t_ref,
-                        "search_s": t_done - t_search}, t_start, t_done)
+        timings = {"float_reference_s": t_ref - t_start, "int8_model_s": t_int8 - t_ref, "search_s": t_done - t_search}
+        return _finish(problem, io, cfg, strategy.results(state), TopN(cfg.max_float_layers), base_table,
+                       candidates.labels, AllInt8(int8_sim, int8_cos, int8_first), labels, evaluated, timings, t_done)
     finally:
         _close_logger(log)
 
 
-def _run_strategy(problem: Problem, strategy, evaluator, key: str, out_dir: str, resume: bool, progress: bool,
-                  echo, log, first_lines: Sequence[str]):
+def _run_strategy(problem: Problem, strategy, evaluator, key: str, io: JobIO, first_lines: Sequence[str]):
     """Drive ``strategy`` to its end: checkpoint after every update, log its events, show progress."""
-    ckpt_path = os.path.join(out_dir, CKPT)
+    ckpt_path = os.path.join(io.out_dir, CKPT)
+    log = io.log
     state = strategy.init(problem)
-    ck = load_checkpoint(ckpt_path, key, "search") if resume else None
+    ck = load_checkpoint(ckpt_path, key, "search") if io.resume else None
     if ck is not None:
         state = ck
-        echo(f"resuming: {state['next']} of {len(problem.ops)} ops already evaluated in {ckpt_path}")
+        io.echo(f"resuming: {state['next']} of {len(problem.ops)} ops already evaluated in {ckpt_path}")
     for line in first_lines:
         log.info(line)
 
     from tqdm import tqdm
 
     bar = tqdm(total=len(problem.ops), initial=state["next"], desc=f"{strategy.name.replace('_', '-')} search",
-               unit="op", file=sys.stderr, dynamic_ncols=True, disable=not progress)
+               unit="op", file=sys.stderr, dynamic_ncols=True, disable=not io.progress)
     t_search = time.perf_counter()
     carry = evaluator.init(problem, start=state["next"])
     evaluated = 0
@@ -229,10 +249,11 @@ def _run_strategy(problem: Problem, strategy, evaluator, key: str, out_dir: str,
     return state, evaluated, t_search, time.perf_counter()
 
 
-def _finish(problem: Problem, done: list[OpResult], selector: TopN, base_table, cfg, method_labels, int8_sim, int8_cos,
-            int8_first, out_dir, qtable_path, log, echo, files, stats, labels, evaluated, timings, t_start, t_done
-            ) -> SearchResult:
+def _finish(problem: Problem, io: JobIO, cfg, done: list[OpResult], selector: TopN, base_table, method_labels,
+            int8: AllInt8, labels, evaluated: int, timings: dict, t_done: float) -> SearchResult:
     """Selection, new table, summary, files (the table first, the qtable last), plot, search.json."""
+    out_dir, qtable_path, log, echo, files, stats = io.out_dir, io.qtable_path, io.log, io.echo, io.files, io.stats
+    int8_sim, int8_cos, int8_first = int8
     from ..tables import dump_cali_table, update_threshold, write_qtable
 
     g = problem.graph
@@ -284,7 +305,7 @@ def _finish(problem: Problem, done: list[OpResult], selector: TopN, base_table, 
     write_qtable(qpath, [(name, "F32") for name in float_layers], sample_number=n, chip="bm1684", mix_mode="F32")
     log.info(f"Output mix quantization table to {qpath}")
     files.update({"qtable": qpath, "new_cali_table": ncal, "log": os.path.join(out_dir, LOG_NAME)})
-    timings.update({"summary_s": time.perf_counter() - t_done, "total_s": time.perf_counter() - t_start,
+    timings.update({"summary_s": time.perf_counter() - t_done, "total_s": time.perf_counter() - io.t_start,
                     "compile": stats.as_dict()})
     log.info(f"total time:{timings['total_s']}")
     result = SearchResult(False, int8_sim, int8_cos, done, float_layers, new_th, summary, timings, files, evaluated)
