@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import shlex
-from pathlib import Path
 
 import pytest
 
@@ -31,10 +30,12 @@ TOL = {"default": 2e-6,
        # convolutions in the statistics); a threshold one digit apart moves INT8 codes, which this 0.84-cosine
        # INT8 network amplifies (all-INT8 of the MAX table: 0.853610 vs 0.853937); same choices everywhere
        "efficientnet_lite0_op13": 5e-4,
-       # gen_pool: where its F32 AvgPool (or Sigmoid / Concat) feeds INT8 ops through a Cast, TPU-MLIR's mixed
-       # model differs from qsens's by up to 1.8e-5 (type screen, Conv alone INT8: 0.9997778 vs 0.9997597); not
-       # located (the same net's run_qtable step and its bmodel differ too); decisions are the same
-       "gen_pool": 3e-5}
+       # gen_pool: the mixed model equals TPU-MLIR 1.23's bit for bit (every tensor; F32 AvgPool summed row-major
+       # and divided exactly), but 1.30.2's F32 -> INT8 Cast rounds a few exact-tie products differently (3 of
+       # 4,096 codes behind the F32 AvgPool with the MSE table, no rule found: neither half-even nor half-away
+       # from zero fits all three), which moves the Conv type screen by 1.8e-5; decisions equal
+       "gen_pool": 3e-5,
+}
 
 
 def fixture_flags(summary: dict) -> dict:

@@ -24,10 +24,6 @@ CASES = sorted((p.parent.name, p.name) for p in O.FIXTURES.glob("*/run_qtable*")
 COS = 1.5e-6  # TPU-MLIR prints 6 decimals
 #: per case: outputs-cos tolerance of the float steps where it differs (the decisions are still the same)
 STEP_TOL = {
-    # the step that sets prelu10 + averagepool11 float feeds two INT8 convs through a Cast of the F32 AvgPool:
-    # qsens 0.9995988 vs 0.999596 (all other steps and layer cos within 1e-6); not located (gen_pool's bmodel
-    # also differs from TPU-MLIR's interpreter, tests/test_tpu_mlir_oracle.py)
-    ("gen_pool", "run_qtable"): 4e-6,
     # Lite0 (all-INT8 cos 0.844): each float step's ops run in float32 on XLA here and oneDNN in TPU-MLIR; codes
     # of the Casts behind them differ by one here and there and the difference grows through the INT8 ops after
     # them (the same effect as the sensitive search's 3e-4 on Lite0's mix model).  Same 27 layers, same 7 steps,

@@ -245,8 +245,10 @@ def run_nhwc(op: Op, ins: list, weights: dict, consts: dict) -> list:
             init = -jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
             return [lax.reduce_window(x, jnp.asarray(init, x.dtype), lax.max, *win)]
         z = jnp.zeros((), x.dtype)
-        total = lax.reduce_window(x, z, lax.add, *win)
         from .ops.conv import conv_pads
+        from .ops.pool import exact_divide, window_sum_rowmajor
+
+        total = window_sum_rowmajor(x, tuple(k), tuple(s), ((pt, pb), (pl, pr)), (1, 1), (1, 2))
 
         orig = conv_pads(a, x.shape[1:3], k, s, (1, 1))
         hw = x.shape[1:3]
@@ -258,7 +260,7 @@ def run_nhwc(op: Op, ins: list, weights: dict, consts: dict) -> list:
             ones = jnp.ones(hw, x.dtype)
             pads2 = ((pt, pb), (pl, pr))
         cnt = lax.reduce_window(ones, z, lax.add, tuple(k), tuple(s), pads2)
-        return [total / cnt[None, :, :, None]]
+        return [exact_divide(total, cnt[None, :, :, None])]
     if t in ("GlobalAveragePool", "ReduceMean"):
         return [ins[0].mean(axis=(1, 2), keepdims=True)]
     if t == "GlobalMaxPool":
