@@ -13,10 +13,8 @@ import io
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -26,11 +24,11 @@ import pytest
 try:  # tests/ is a rootdir-relative path entry (no tests/__init__.py) ...
     import search_models as sm
     import tpu_mlir_parser as ref
-    from cli_util import run_cli, sub_env
+    from cli_util import kill_at_gate, run_cli, sub_env
 except ImportError:  # ... or a package
     from tests import search_models as sm
     from tests import tpu_mlir_parser as ref
-    from tests.cli_util import run_cli, sub_env
+    from tests.cli_util import kill_at_gate, run_cli, sub_env
 
 from qsens import cli
 from qsens.calibrate import SL_NAMES, calibrate
@@ -297,24 +295,8 @@ def full_run(clidata, tmp_path_factory):
 def test_resume_after_sigkill(clidata, full_run, tmp_path, capsys):
     out = tmp_path / "out"
     gate = out / CKPT
-    cmd = [sys.executable, "-m", "qsens"] + search_argv(clidata, out, "--post_process", clidata["post"])
-    log = tmp_path / "killed_run.log"
-    with open(log, "wb") as logf:  # a file, not a pipe: a full pipe could block the child before the gate
-        proc = subprocess.Popen(cmd, cwd=str(tmp_path), env=sub_env(QSENS_TEST_GATE=str(gate)),
-                                stdout=logf, stderr=subprocess.STDOUT)
-        ready = Path(str(gate) + ".ready")
-        t0 = time.time()
-        try:
-            while not ready.exists():
-                assert proc.poll() is None, f"search ended before the gate: {log.read_text()[-2000:]}"
-                assert time.time() - t0 < 240, "checkpoint never recorded a finished op"
-                time.sleep(0.05)
-        finally:
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
-    ready.unlink()
+    kill_at_gate(search_argv(clidata, out, "--post_process", clidata["post"]), gate, tmp_path,
+                 "a checkpoint with a finished op")
     ck = json.loads(gate.read_text())
     k = len(ck["ops"])
     total = len(json.loads((full_run["out"] / "search.json").read_text())["ops"])

@@ -46,13 +46,27 @@ def snr_loss(ref: dict, outs: dict, n_outputs: int) -> np.ndarray:
 def first_image_similarity(problem: Problem, config: Config) -> float:
     """TPU-MLIR ``run_model(..., sample_num=1)``: the similarity of the first inference image only (the
     first chunk is run)."""
-    th_eff = problem.plan.effective(np.asarray(config.thresholds, np.float32))
-    outs = run_mixed_env(problem, problem.engine.input_env(problem.chunks[0]), th_eff, config.int8_ops)
-    outs = {k: np.asarray(v)[:1] for k, v in outs.items()}
-    from ..metrics import similarity
+    return _first_image_cos_snr(problem, config)[0]
 
-    ref = {k: v[:1] for k, v in problem.scorer.ref.items()}
-    return float(np.asarray(similarity(ref, problem.scorer._post(outs), problem.scorer.weights), np.float64)[0])
+
+def screen_type(problem: Problem, state: dict, names: list[str], expected_cos: float) -> tuple[list[str], bool]:
+    """One step of TPU-MLIR's ``search_layer_type_no_need_quant`` on ``state`` (updated in place): the next type
+    of ``state["types"]`` alone in INT8 (its ops among ``names``), scored on the first image.  When every type is
+    scored, ``state["sensitive_types"]`` = those below ``max(0.999, expected_cos)``, else the least similar one.
+    Returns the log lines and whether the screening is complete."""
+    g = problem.graph
+    t = state["types"][len(state["type_similarity"])]
+    int8 = frozenset(n for n in names if f"top.{g.op(n).type}" == t)
+    sim = first_image_similarity(problem, Config(int8, problem.th0))
+    state["type_similarity"] = state["type_similarity"] + [[t, sim]]
+    ev = ["run int8 mode: {mlir}", f"op_type : {t}, similarity : {sim}"]
+    if len(state["type_similarity"]) < len(state["types"]):
+        return ev, False
+    limit = 1.0 * max(0.999, expected_cos)
+    sens = [t for t, s in state["type_similarity"] if s < limit] or \
+        [min(state["type_similarity"], key=lambda ts: ts[1])[0]]
+    state["sensitive_types"] = sens
+    return ev + [f"sensitive_op_type : {sens}, please pay attention to these types of operations"], True
 
 
 def all_ops(problem: Problem) -> frozenset:
@@ -123,24 +137,13 @@ class SearchQtable:
         g = problem.graph
         ph = state["phase"]
         if ph == "screen":
-            k = len(state["type_similarity"])
-            t = state["types"][k]
-            int8 = frozenset(n for n in state["layer_names_quant"] if f"top.{g.op(n).type}" == t)
-            sim = first_image_similarity(problem, Config(int8, problem.th0))
-            state["type_similarity"] = state["type_similarity"] + [[t, sim]]
-            ev += ["run int8 mode: {mlir}", f"op_type : {t}, similarity : {sim}"]
-            if len(state["type_similarity"]) == len(state["types"]):
-                limit = 1.0 * max(0.999, self.expected_cos)
-                sens = [t for t, s in state["type_similarity"] if s < limit]
-                if not sens:
-                    sens = [min(state["type_similarity"], key=lambda ts: ts[1])[0]]
-                state["sensitive_types"] = sens
+            lines, complete = screen_type(problem, state, state["layer_names_quant"], self.expected_cos)
+            ev += lines
+            if complete:
+                sens = state["sensitive_types"]
                 state["search_layers"] = [n for n in state["layer_names_quant"] if f"top.{g.op(n).type}" in sens]
-                state["phase"] = "layers"
-                ev += [f"sensitive_op_type : {sens}, please pay attention to these types of operations",
-                       f"all search layer number: {len(state['search_layers'])}", "Global metrics layer is : None"]
-                if not state["search_layers"]:
-                    state["phase"] = "done"
+                state["phase"] = "layers" if state["search_layers"] else "done"
+                ev += [f"all search layer number: {len(state['search_layers'])}", "Global metrics layer is : None"]
             return state, carry, ev
         if ph == "layers":
             i = state["next"]
@@ -288,22 +291,15 @@ class FastSearch:
         state = dict(state)
         g = problem.graph
         ev: list[str] = []
-        if state["phase"] == "screen":
-            t = state["types"][len(state["type_similarity"])]
-            int8 = frozenset(op.name for op in g.ops if f"top.{op.type}" == t)
-            sim = first_image_similarity(problem, Config(int8, problem.th0))
-            state["type_similarity"] = state["type_similarity"] + [[t, sim]]
-            ev += ["run int8 mode: {mlir}", f"op_type : {t}, similarity : {sim}"]
-            if len(state["type_similarity"]) == len(state["types"]):
-                limit = 1.0 * max(0.999, self.expected_cos)
-                sens = [t for t, s in state["type_similarity"] if s < limit] or \
-                    [min(state["type_similarity"], key=lambda ts: ts[1])[0]]
-                state["sensitive_types"] = sens
+        if state["phase"] == "screen":  # over every op, the Input and the fixed float ops included
+            lines, complete = screen_type(problem, state, list(g.op_names), self.expected_cos)
+            ev += lines
+            if complete:
+                sens = state["sensitive_types"]
                 state["layer_names"] = [op.name for op in g.ops if f"top.{op.type}" in sens
                                         and op.name not in state["float_ops"]]
                 state["phase"] = "rounds"
-                ev += [f"sensitive_op_type : {sens}, please pay attention to these types of operations",
-                       f"all search layer number: {len(state['layer_names'])}"]
+                ev.append(f"all search layer number: {len(state['layer_names'])}")
             return state, None, ev
         # one round
         state["round"] += 1

@@ -95,14 +95,14 @@ def run_int8_op(problem: Problem, engine: Engine, i: int, env, th_eff: np.ndarra
 
 
 def advance_mixed(problem: Problem, env, th_eff: np.ndarray, int8_ops, start: int = 0, engine: Engine | None = None,
-                  keep=()) -> dict:
-    """Advance ``env`` in place through ops ``[start, end)``, ops in ``int8_ops`` INT8 (the others float); dead
-    tensors are dropped unless in ``keep`` or the problem's compare layers.  Returns ``env``."""
+                  keep=(), stop: int | None = None) -> dict:
+    """Advance ``env`` in place through ops ``[start, stop)`` (default: to the end), ops in ``int8_ops`` INT8 (the
+    others float); dead tensors are dropped unless in ``keep`` or the problem's compare layers.  Returns ``env``."""
     e = engine or problem.engine
     g = problem.graph
     last = g.last_use
     keep = problem.keep | set(keep)
-    for i in range(start, len(g.ops)):
+    for i in range(start, len(g.ops) if stop is None else stop):
         op = g.ops[i]
         if op.type == "Input":  # never quantized by itself: each INT8 consumer casts it (TPU-MLIR lowering)
             continue

@@ -137,6 +137,15 @@ def save_figure(fig, path: str) -> None:
     os.replace(tmp, path)
 
 
+def plot_safely(plot, path: str, echo, files: dict) -> None:
+    """``plot(path)``, recorded in ``files["plot"]``; a failing plot is a warning, never a lost search."""
+    try:
+        plot(path)
+        files["plot"] = path
+    except Exception as e:  # noqa: BLE001
+        echo(f"warning: plot not written ({type(e).__name__}: {e})")
+
+
 def _fingerprint(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -309,12 +318,7 @@ def _finish(problem: Problem, io: JobIO, cfg, done: list[OpResult], selector: To
                     "compile": stats.as_dict()})
     log.info(f"total time:{timings['total_s']}")
     result = SearchResult(False, int8_sim, int8_cos, done, float_layers, new_th, summary, timings, files, evaluated)
-    png = os.path.join(out_dir, "sensitivity.png")
-    try:
-        plot_losses(result, png, method_labels)
-        files["plot"] = png
-    except Exception as e:  # noqa: BLE001 - a plot must never lose the search
-        echo(f"warning: plot not written ({type(e).__name__}: {e})")
+    plot_safely(lambda p: plot_losses(result, p, method_labels), os.path.join(out_dir, "sensitivity.png"), echo, files)
     files["search_json"] = os.path.join(out_dir, "search.json")
     atomic_write(files["search_json"], json.dumps(result.to_json(), indent=1) + "\n")
     if os.path.exists(ckpt_path):
@@ -508,12 +512,8 @@ def qtable_search(model, table, inputs: Mapping[str, np.ndarray], *, expected_co
                    "total_s": time.perf_counter() - t_start, "compile": stats.as_dict()}
         log.info(f"total time:{timings['total_s']}")
         res = QtableResult(False, all_int8, state["outputs_cos"], true_mix, float_layers, state, summary, timings, files)
-        png = os.path.join(out_dir, "layer_cos.png")
-        try:
-            plot_layer_cos(res, png, min_layer_cos)
-            files["plot"] = png
-        except Exception as e:  # noqa: BLE001 - a plot must never lose the search
-            echo(f"warning: plot not written ({type(e).__name__}: {e})")
+        plot_safely(lambda p: plot_layer_cos(res, p, min_layer_cos), os.path.join(out_dir, "layer_cos.png"), echo,
+                    files)
         files["qtable_json"] = os.path.join(out_dir, "qtable.json")
         atomic_write(files["qtable_json"], json.dumps(res.to_json(), indent=1) + "\n")
         for p in (ckpt, ckpt_npz):

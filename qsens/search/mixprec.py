@@ -36,7 +36,7 @@ import numpy as np
 
 from ..quant.kernels import dequantize, quantize
 from ..quant.mixed import FOLLOWS_INPUT_TYPE
-from .evaluators import Config, FloatPrefix, advance_mixed, mixed_similarity, run_int8_op
+from .evaluators import Config, FloatPrefix, advance_mixed, mixed_similarity
 from .problem import Problem, concat_chunks
 
 
@@ -89,7 +89,7 @@ class Int8Prefix:
     def int8_output(self, problem: Problem, carry: MixCarry, i: int, th_eff: np.ndarray) -> MixCarry:
         """Op ``i``'s INT8 output from the cached INT8 inputs (TPU-MLIR ``gen_ref_tensor``, INT8 model)."""
         op = problem.ops[i]
-        e = problem.engine
+        all_int8 = {o.name for o in problem.ops}
         new = []
         for env in carry.int8:
             for t in op.inputs:
@@ -97,13 +97,8 @@ class Int8Prefix:
                     raise QtableAbort(f"'{problem.graph.producer(t).name}'")
                 if env[t] is None:
                     raise QtableAbort(f"{op.name} 's input:{problem.graph.producer(t).name} not exist")
-            if op.name in problem.plan.f32_reason:
-                outs = e.call(e.float_exe(i), e.weights(op), [env[t] for t in op.inputs])
-            else:
-                out_th = th_eff[problem.plan.tensor_index[op.outputs[0]]]
-                outs = [run_int8_op(problem, e, i, env, th_eff, [out_th])[0]]
-            env = dict(env)
-            env[op.outputs[0]] = jax.block_until_ready(outs[0])
+            env = dict(env)  # the op's output only: nothing is dropped here (drop_dead does that)
+            advance_mixed(problem, env, th_eff, all_int8, start=i, keep=set(env), stop=i + 1)
             new.append(env)
         return carry._replace(int8=tuple(new))
 

@@ -320,9 +320,6 @@ def run_qtable(o: QtableOptions, *, echo: Callable[[str], None] = print):
         raise SearchError(f"--chip {o.chip}: qsens simulates BM1684 only; use --chip bm1684")
     if o.fp_type.upper() not in ("AUTO", "F32"):
         raise SearchError(f"--fp_type {o.fp_type}: BM1684 mixes INT8 with F32 only; use auto or F32")
-    if not 0.0 < float(o.min_layer_cos) <= 1.0:
-        raise SearchError(f"--min_layer_cos {o.min_layer_cos} is outside (0, 1]; TPU-MLIR's scale is "
-                          "0.5+0.5*cos (default 0.99)")
     enable_compilation_cache()
     out_dir = ensure_out_dir(o.out_dir)
     for p in (o.quantize_table, o.loss_table):
