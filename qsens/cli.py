@@ -80,6 +80,18 @@ def cmd_zoo(args) -> int:
 def cmd_ops(args) -> int:
     fn, params = load_model_from_args(args)
     g = fn.graph
+    if args.int8_report:
+        from .quant.report import format_report, int8_report
+
+        rows = int8_report(g)
+        if args.json:
+            import json
+            from pathlib import Path
+
+            Path(args.json).write_text(json.dumps(rows, indent=1))
+        print(f"# {args.model}: {len(g.ops)} canonical ops")
+        print(format_report(rows))
+        return 0
     print(f"# {args.model}: {len(g.ops)} canonical ops (incl. {len(g.inputs)} Input), opset {g.opset}, "
           f"{sum(int(v.size) for v in params.values()):,} float params")
     print(f"{'idx':>4}  {'name':<48} {'type':<10} {'shape':<20} onnx nodes")
@@ -206,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("ops", help="list the canonical (TPU-MLIR Top) ops of a model")
     _add_model_args(s)
+    s.add_argument("--int8-report", "--int8_report", dest="int8_report", action="store_true",
+                   help="each op's precision in the BM1684 INT8 model; F32 ones with the reason and TPU-MLIR's source")
+    s.add_argument("--json", help="with --int8-report: also write the rows to this JSON file")
     s.set_defaults(fn=cmd_ops)
 
     s = sub.add_parser("check", help="compare the converted model with onnxruntime on real samples")

@@ -16,9 +16,9 @@ Rules they pin down:
   ``<BN output>_Conv``; ``fuse_add_bias_into_conv``: a bias-less Conv + Add(per-channel or 1-element constant) is
   ``<Add output>_Conv``; ``fuse_matmul_add_bias_into_gemm``: MatMul(2-D) + Add(bias [N] / [1, N]) is
   ``<Add output>_Gemm``.
-* Known differences qsens does not reproduce (``KNOWN_DIFFERENCES``, strict xfail): Top ``AddToScale`` /
-  ``MulToScale`` (an Add/Mul of a per-channel weight becomes a ``Scale``) and the MatMul + Add(weight) bias fusion
-  that keeps the Add's name.
+* Top ``AddToScale`` / ``MulToScale``: an Add/Mul of a per-channel weight is a ``Scale`` (named after the Add/Mul).
+* Known differences qsens does not reproduce (``KNOWN_DIFFERENCES``, strict xfail): the MatMul + Add(weight) bias
+  fusion that keeps the Add's name.
 
 EfficientNet-Lite0/Lite2 (opset 18) are refused by TPU-MLIR 1.23 ("Unsupport opset for ReduceMean": its ONNX
 pattern matcher wants the axes attribute); their lists were observed on the same models with the one ReduceMean
@@ -305,10 +305,6 @@ QSENS_ONLY = {
 }
 
 KNOWN_DIFFERENCES = {
-    "n_conv_addbias_b": "Top AddToScale: Add(act, per-channel weight) -> Scale",
-    "f_conv_add_rev": "Top AddToScale (after SwapInput): Add(weight, act) -> Scale",
-    "f_conv_add_twice": "Top AddToScale: Add(act, per-channel weight) -> Scale",
-    "n_conv_mul": "Top MulToScale: Mul(act, per-channel weight) -> Scale",
     "f_mm_add_rev": "Top MatMul + Add(weight) bias fusion (named after the Add)",
     "f_mm3_add": "Top MatMul + Add(weight) bias fusion (named after the Add)",
 }

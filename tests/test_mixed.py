@@ -220,18 +220,19 @@ def test_all_ones_mask_is_int8_model(small):
 
 
 def fallback_model(seed: int = 0):
-    """x -> Conv -> Add(const) -> GlobalAveragePool -> Flatten -> Gemm: the constant Add stays F32."""
+    """x -> Conv -> Clip(-0.5, 0.5) -> GlobalAveragePool -> Flatten -> Gemm: the Clip stays F32 on BM1684."""
     rng = np.random.default_rng(seed)
     inits = [
         init("w1", rng.standard_normal((6, 3, 3, 3)).astype(np.float32) * 0.3),
         init("b1", rng.standard_normal(6).astype(np.float32) * 0.1),
-        init("k", rng.standard_normal((1, 6, 1, 1)).astype(np.float32)),
+        init("lo", np.array(-0.5, np.float32)),
+        init("hi", np.array(0.5, np.float32)),
         init("fw", rng.standard_normal((4, 6)).astype(np.float32) * 0.3),
     ]
     nodes = [
         # the Conv has a bias: onnxsim would fuse Add(constant) into a bias-less Conv (fuse_add_bias_into_conv)
         helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
-        helper.make_node("Add", ["c1", "k"], ["a1"]),
+        helper.make_node("Clip", ["c1", "lo", "hi"], ["a1"]),  # BM1684: F32 (MaxConst + MinConst)
         helper.make_node("GlobalAveragePool", ["a1"], ["gp"]),
         helper.make_node("Flatten", ["gp"], ["f1"]),
         helper.make_node("Gemm", ["f1", "fw"], ["y"], transB=1),
@@ -249,9 +250,9 @@ def test_fallback_ops_are_listed_and_ignore_their_mask_bit():
     table = CaliTable({t: (float(np.abs(a).max()), float(a.min()), float(a.max())) for t, a in acts.items()})
     plan = plan_from_table(g, table)
     th = thresholds_from_table(g, table)
-    add = next(op.name for op in g.ops if op.type == "Add")
+    add = next(op.name for op in g.ops if op.type == "Clip")
     assert set(plan.f32_reason) == {add}
-    assert "constant" in plan.f32_reason[add]
+    assert plan.f32_reason[add] == "Clip with a non-zero lower bound is lowered to F32 on BM1684 (MaxConst + MinConst)"
     assert add not in plan.int8_ops and len(plan.int8_ops) == len(g.ops) - 1
     apply = jax.jit(MixedModel(fn.model, plan).apply)
     ones = np.ones(len(g.ops), bool)

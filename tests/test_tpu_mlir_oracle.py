@@ -33,6 +33,15 @@ from tests.tpu_mlir_parser import python_parse
 
 FIXTURES = O.available()
 REL = 2e-6
+#: per fixture: the relative tolerance of calibration-table values where the two float models differ by design.
+#: yolo5n: TPU-MLIR's float model runs its 28 fused SiLUs as one op (x / (1 + e^-x)), qsens the ONNX nodes they came
+#: from (x * sigmoid(x)); activations deep in the net drift apart by up to 3.1e-6 relative
+REL_BY = {"yolo5n": 1e-5}
+#: TPU-MLIR 1.23 interpreter defects that change its run_sensitive_layer results (qsens computes what the chip does):
+#: gen_const's INT8 Pad with a non-zero fill value: pymlir multiplies the stored border by the scale again on every
+#: invocation (0.503 -> 0.0020 -> 0.000125; docs/bm1684.md, reference/tpu_mlir/pad_leak.py), so its all-INT8 similarity and the loss of
+#: pad30_Pad (ranked first) are wrong from the second image on; qsens's ranking equals TPU-MLIR's without that op
+INTERPRETER_DEFECT = {"gen_const": "pad30_Pad"}
 
 
 def _fx(name):
@@ -83,7 +92,8 @@ def models():
 
 
 def test_fixtures_present():
-    assert {"mtcnn_pnet", "mtcnn_rnet", "mtcnn_onet", "gen_act", "gen_pool", "efficientnet_lite0_op13"} <= set(FIXTURES)
+    assert {"mtcnn_pnet", "mtcnn_rnet", "mtcnn_onet", "gen_act", "gen_pool", "gen_const", "efficientnet_lite0_op13",
+            "mbv3s", "yolo5n", "fpn"} <= set(FIXTURES)
     for name in FIXTURES:
         fx = _fx(name)
         assert fx.meta["tpu_mlir"] == "1.23" and fx.meta["commands"], name
@@ -111,12 +121,13 @@ def test_run_calibration_tables(name, tmp_path, zoo):
 
     fx = _fx(name)
     out = tmp_path / "t"
+    rel = REL_BY.get(name, REL)
     argv = ["calibrate", str(O.model_path(fx)), "--dataset", _dataset(fx), "--input_num", str(fx.flags["input_num"]),
             *_flag_args(fx), "--methods", "max,percentile9999,mse", "-q", "-o", str(out)]
     assert main(argv) == 0
-    assert_tables_close(out, fx.file("cali_table"))
+    assert_tables_close(out, fx.file("cali_table"), rel)
     for m in ("max", "percentile9999", "mse"):
-        assert_tables_close(Path(f"{out}_{m}.1"), fx.file(f"cali_table_{m}"))
+        assert_tables_close(Path(f"{out}_{m}.1"), fx.file(f"cali_table_{m}"), rel)
     headers, _ = _table(out)
     theirs, _ = _table(fx.file("cali_table"))
     drop = ("# mlir version", "# mlir:", "# genetated time")
@@ -151,7 +162,7 @@ def test_int8_model_bit_exact(name, models, zoo):
         else:
             np.testing.assert_array_equal(ours, theirs, err_msg=t)
         checked += 1
-    assert checked >= len(plan.graph.tensors) - 2
+    assert checked == sum(qinfo[t]["dtype"] in ("I8", "U8") for t in plan.graph.tensors) >= len(plan.graph.tensors) - 3
 
 
 def _float_accumulated(plan, t, params) -> bool:
@@ -159,7 +170,8 @@ def _float_accumulated(plan, t, params) -> bool:
     op = plan.graph.producer(t)
     if op.type not in ("Conv", "MatMul"):
         return False
-    k = np.asarray(params[dict(op.weights)["filter"]])[0].size if op.type == "Conv" else plan.graph.tensor_shape(op.inputs[0])[-1]
+    w = dict(op.weights)
+    k = np.asarray(params[w.get("filter") or w["q_filter"]])[0].size if op.type == "Conv" else plan.graph.tensor_shape(op.inputs[0])[-1]
     q_in = 127 if plan.signed[op.inputs[0]] else 255
     return k * q_in * 127 >= 2**24
 
@@ -215,7 +227,8 @@ def test_sensitive_method_tables(name, searches):
     fx = _fx(name)
     for m in ("MAX", "Percentile9999", "KL"):
         for suffix in (".1", "_tune"):
-            assert_tables_close(searches[name] / f"cali_table_{m}{suffix}", fx.file("sensitive", f"cali_table_{m}{suffix}"))
+            assert_tables_close(searches[name] / f"cali_table_{m}{suffix}", fx.file("sensitive", f"cali_table_{m}{suffix}"),
+                                REL_BY.get(name, REL))
 
 
 #: per fixture: |loss difference| per (op, method), all-INT8 and mix similarity differences
@@ -224,7 +237,13 @@ TOL = {"default": (1e-6, 1.5e-6, 1.5e-6),
        # relative after three F32 layers of the mix model and move a few codes of the next INT8 layer across a
        # rounding boundary, and TPU-MLIR's interpreter sums the 1152-deep merged head conv in float32; the
        # decisions (methods, float layers, table) are the same
-       "efficientnet_lite0_op13": (2e-6, 2e-5, 3e-4)}
+       "efficientnet_lite0_op13": (2e-6, 2e-5, 3e-4),
+       # mbv3s / yolo5n: TPU-MLIR's float model runs fused ops (HardSwish as AddConst/Max/Min/Mul, merged Scales,
+       # SiLU as one op) where qsens runs the ONNX nodes: one mbv3s loss (the last Conv before the head's HardSwish,
+       # 7.3e-5) is 1.1e-6 apart with equal thresholds (its mixed outputs equal TPU-MLIR's interpreter on the dumped
+       # images), and the mix similarities (3 float layers) 3e-6 / 4e-6 apart; same decisions
+       "mbv3s": (2e-6, 1.5e-6, 5e-6),
+       "yolo5n": (1e-6, 1.5e-6, 5e-6)}
 
 
 @pytest.mark.zoo
@@ -236,8 +255,13 @@ def test_sensitive_layer_search(name, searches):
     ours = json.loads((searches[name] / "search.json").read_text())
     n = 0
     flipped = set()
+    defect = INTERPRETER_DEFECT.get(name)
+    rel = REL_BY.get(name, REL)
     for o in ours["ops"]:
         t = theirs["layers"][o["op"]]
+        if o["op"] == defect:
+            n += 3
+            continue
         if o["best_method"] != t["best_method"]:
             # only a near-tie may flip: TPU-MLIR's own losses of the two methods closer than float noise (tiny
             # nets: losses ~1e-7, and a threshold 2e-7 apart breaks a tie the tool sees as exact)
@@ -246,15 +270,18 @@ def test_sensitive_layer_search(name, searches):
             flipped.add(o["op"])
         for c in o["candidates"]:
             tm = t["methods"][c["method"]]
-            assert c["threshold"] == pytest.approx(tm["th"], rel=REL), (o["op"], c["method"])
+            assert c["threshold"] == pytest.approx(tm["th"], rel=rel), (o["op"], c["method"])
             assert abs(c["loss"] - tm["loss"]) < tol_loss, (o["op"], c["method"], c["loss"], tm["loss"])
             n += 1
     assert n == 3 * len(theirs["layers"])
+    if defect:  # the ranking without the op TPU-MLIR mis-scores; its similarities include the defect
+        assert ours["float_layers"] == [x for x in theirs["ranking"] if x != defect][: len(ours["float_layers"])]
+        return
     assert ours["float_layers"] == theirs["float_layers"]
     s = ours["summary"]
     assert round(s["int8"]["similarity"], 6) == pytest.approx(theirs["int8_outputs_cos"], abs=tol_int8)
     assert round(s["mix_new_table"]["similarity"], 6) == pytest.approx(theirs["mix_outputs_cos"], abs=tol_mix)
-    assert_tables_close(searches[name] / "new_cali_table.txt", fx.file("sensitive", "new_cali_table.txt"), skip=flipped)
+    assert_tables_close(searches[name] / "new_cali_table.txt", fx.file("sensitive", "new_cali_table.txt"), rel, skip=flipped)
     qt = [line.split() for line in (searches[name] / "qtable").read_text().splitlines() if line and line[0] != "#"]
     theirs_qt = [line.split() for line in fx.file("sensitive", "qtable").read_text().splitlines() if line and line[0] != "#"]
     assert qt == theirs_qt

@@ -43,7 +43,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import ModelError
-from . import registry
+from . import patterns, registry
 from .ir import Graph, Op, freeze_attrs
 from .load import graph_inputs, input_dtype, model_opset
 
@@ -67,7 +67,7 @@ TOP_TYPE = {
 }
 
 # producers that take a fused ReLU (TPU-MLIR's SupportFuseRelu trait, restricted to what qsens lowers)
-FUSE_RELU = {"Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "BatchNormalization", "Concat", "AveragePool",
+FUSE_RELU = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Sub", "Mul", "BatchNormalization", "Concat", "AveragePool",
              "GlobalAveragePool", "MaxPool", "ReduceMean"}
 
 WEIGHT_ROLES = {
@@ -471,6 +471,13 @@ class Canonicalizer:
             dead.add(id(r))
         kept = [r for r in kept if id(r) not in dead]
 
+        # 2a. onnx_opt's HardSigmoid / HardSwish patterns (model_transform runs them on the simplified model)
+        #     and the SiLU canonicalizer (Mul(x, Sigmoid(x))): fused ops that compute their nodes unchanged
+        kept = patterns.fuse_onnx_opt_patterns(kept, params, sole_user)
+        _reindex(kept, users, producer)
+        kept = patterns.fuse_silu(kept, producer, sole_user)
+        _reindex(kept, users, producer)
+
         # 2b. fuse a zero constant Pad of the spatial dims into the Conv that reads it (TPU-MLIR's pad fusion)
         for r in kept:
             if r.op_type != "Conv" or r.slots[0][0] != "act" or r.attrs.get("auto_pad", "NOTSET") != "NOTSET":
@@ -546,6 +553,12 @@ class Canonicalizer:
             dead.add(id(r))
         kept = [r for r in kept if id(r) not in dead]
 
+        # 3b. Top types of constant-operand ops, Resize and ConvTranspose (AddConst, MulConst, Upsample, ...), then
+        #     the Top canonicalizers that merge MulConst / AddConst / Scale chains
+        patterns.assign_top_types(kept, params, avals)
+        _reindex(kept, users, producer)
+        kept = patterns.merge_top(kept, params, producer, sole_user)
+
         # 4. emit canonical ops
         ops = []
         for r in kept:
@@ -590,15 +603,19 @@ class Canonicalizer:
                 consts.append((role, ref))
             else:
                 slots.append(("none", ""))
+        weights.extend(r.extra.get("extra_weights", ()))  # INT8-only parameters (e.g. a Scale's q_scale/q_bias)
         attrs = {k: v for k, v in r.attrs.items() if not isinstance(v, np.ndarray)}
+        attrs.update(r.extra.get("top_attrs", {}))
         top_type = TOP_TYPE.get(r.op_type, r.op_type)
         x_aval = avals.get(inputs[0]) if inputs else None
-        if r.op_type == "Conv":
+        conv_src = r.attrs if r.op_type == "Conv" else r.extra.get("conv_attrs")  # a merged Conv: its own attrs
+        if conv_src is not None:
             from .ops.conv import conv_attrs
 
-            w_shape = params[dict(weights)["filter"]].shape if "filter" in dict(weights) else None
+            wk = dict(weights).get("filter") or dict(weights).get("q_filter")
+            w_shape = params[wk].shape if wk is not None else None
             if w_shape is not None and x_aval is not None and len(w_shape) == 4:
-                k_, s_, p_, d_, g_ = conv_attrs(r.attrs, x_aval.shape, w_shape)
+                k_, s_, p_, d_, g_ = conv_attrs(conv_src, x_aval.shape, w_shape)
                 attrs.update(kernel_shape=k_, strides=s_, dilations=d_, group=g_, auto_pad="NOTSET",
                              pads=(p_[0][0], p_[1][0], p_[0][1], p_[1][1]))
         elif r.op_type in ("MaxPool", "AveragePool") and x_aval is not None and x_aval.ndim == 4:
@@ -617,6 +634,8 @@ class Canonicalizer:
         elif r.op_type == "GlobalMaxPool" and x_aval is not None:
             attrs.update(kernel_shape=tuple(x_aval.shape[2:]), strides=(1,) * (x_aval.ndim - 2),
                          canonical_pads=(0,) * (2 * (x_aval.ndim - 2)), global_pool=True)
+        if "top_type" in r.extra:
+            top_type = r.extra["top_type"]
         elif r.op_type in ("Relu", "Clip") and "relu_limit" in r.extra:
             top_type = "Relu"
             attrs["relu_limit"] = r.extra["relu_limit"]
@@ -636,6 +655,19 @@ class Canonicalizer:
             out_dtypes=tuple(np.dtype(a.dtype).name for a in out_avals), onnx_nodes=tuple(r.nodes),
             onnx_type=r.op_type, consts=tuple(consts), slots=tuple(slots),
         )
+
+
+def _reindex(kept: list[_Raw], users: dict, producer: dict) -> None:
+    """Rebuild the users / producer maps of ``kept`` in place (after fusions replaced nodes)."""
+    users.clear()
+    producer.clear()
+    for r in kept:
+        for k, v in r.slots:
+            if k == "act":
+                users.setdefault(v, []).append(r)
+        for o in r.outputs:
+            if o:
+                producer[o] = r
 
 
 def _clip_bounds(r: _Raw):
@@ -791,7 +823,11 @@ _SAMPLE_LOCAL = {"Conv", "Relu", "PRelu", "LeakyRelu", "Clip", "Sigmoid", "Tanh"
                  "Selu", "Softplus", "Exp", "Log", "Abs", "Neg", "Sqrt", "Reciprocal", "Erf", "Gelu", "Mish", "Sign",
                  "Floor", "Ceil", "Round", "Cast", "Identity", "Add", "Sub", "Mul", "Div", "Max", "Min", "Pow",
                  "BatchNormalization", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LRN",
-                 "InstanceNormalization", "Flatten", "Softmax", "LogSoftmax", "Concat", "Gemm", "MatMul", "ReduceMean"}
+                 "InstanceNormalization", "Flatten", "Softmax", "LogSoftmax", "Concat", "Gemm", "MatMul", "ReduceMean",
+                 "qsens.Chain"}
+
+
+_CHAIN_NOT_LOCAL = {"Softmax", "LogSoftmax", "Concat", "Flatten", "ReduceMean", "Gemm", "MatMul"}
 
 
 def _stacked(n: int, shape) -> tuple[int, ...]:
@@ -808,6 +844,8 @@ def _sample_local(op: Op, g: Graph, param_shapes) -> bool:
     shapes = [g.tensor_shape(t) for t in op.inputs] + list(op.out_shapes)
     if not op.inputs or any(not s or s[0] != B for s in shapes) or op.onnx_type not in _SAMPLE_LOCAL:
         return False
+    if op.onnx_type == patterns.CHAIN:  # fused nodes: elementwise steps, Conv, BatchNormalization
+        return all(t in _SAMPLE_LOCAL and t not in _CHAIN_NOT_LOCAL for t, _a, _x in op.attr("chain"))
     rank = len(op.out_shapes[0])
     t = op.onnx_type
     if t in ("Softmax", "LogSoftmax", "Concat"):

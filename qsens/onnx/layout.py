@@ -28,7 +28,7 @@ TO_NCHW = (0, 3, 1, 2)
 
 ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Relu", "Clip", "PRelu", "LeakyRelu", "Sigmoid",
                "HardSigmoid", "HardSwish", "Tanh", "Exp", "Abs", "Neg", "Sqrt", "Erf", "Elu", "Softplus", "Gelu",
-               "Identity", "Floor", "Ceil", "Reciprocal", "Log", "Pow"}
+               "Identity", "Floor", "Ceil", "Reciprocal", "Log", "Pow", "qsens.Chain"}
 
 
 _DW_PRODUCTS: contextvars.ContextVar = contextvars.ContextVar("qsens_dw_products", default=False)
@@ -81,6 +81,8 @@ def nhwc_ok(op: Op, in_shapes: list[tuple[int, ...]], weights: dict, consts: dic
         return True
     if t == "Concat":
         return True
+    if t == "qsens.Chain" and any(st not in ELEMENTWISE or st == "qsens.Chain" for st, _a, _x in op.attr("chain")):
+        return False  # a fused Conv / BatchNormalization chain runs NCHW
     if t in ELEMENTWISE:
         if len(set(in_shapes)) != 1:
             return False

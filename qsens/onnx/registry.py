@@ -47,17 +47,18 @@ def register(op_type: str, *, static: tuple[int, ...] = (), since: int = 1, nump
 
 
 def supported_ops() -> list[str]:
+    """The ONNX op types qsens converts (internal types such as ``qsens.Chain`` are not listed)."""
     _load_all()
-    return sorted(OPS)
+    return sorted(t for t in OPS if "." not in t)
 
 
 def lookup(op_type: str, *, node_name: str, opset: int, domain: str = "") -> OpDef:
     _load_all()
-    d = OPS.get(op_type) if domain in ("", "ai.onnx") else None
+    d = OPS.get(op_type) if domain in ("", "ai.onnx") and "." not in op_type else None
     if d is None:
         raise UnsupportedOpError(
             f"node '{node_name}': op {op_type!r} (domain {domain or 'ai.onnx'}, opset {opset}) is not supported "
-            f"by qsens; supported ops: {', '.join(sorted(OPS))}. Add it in qsens/onnx/ops/ (see README 'Adding an op')."
+            f"by qsens; supported ops: {', '.join(supported_ops())}. Add it in qsens/onnx/ops/ (see README 'Adding an op')."
         )
     if opset < d.since:
         raise UnsupportedOpError(
@@ -106,6 +107,22 @@ def node_attrs(node: onnx.NodeProto, opset: int) -> dict[str, Any]:
     for a in node.attribute:
         attrs[a.name] = _attr_value(a)
     return attrs
+
+
+#: Internal op type of a fused pattern (:mod:`qsens.onnx.patterns`): runs its ONNX nodes one after another.
+CHAIN = "qsens.Chain"
+
+
+@register(CHAIN)
+def _chain(xp, ins, attrs):
+    """``attrs["chain"]`` = steps ``(onnx_type, frozen attrs, args)``; an arg is ``"x"`` (the input), ``"cK"``
+    (``ins[1 + K]``, a weight or constant), ``"sK"`` (step K's output) or ``""`` (omitted)."""
+    _load_all()
+    vals = {"x": ins[0], **{f"c{k}": v for k, v in enumerate(ins[1:])}}
+    steps = attrs["chain"]
+    for k, (t, a, args) in enumerate(steps):
+        vals[f"s{k}"] = OPS[t].impl(xp, [vals[r] if r else None for r in args], dict(a))[0]
+    return [vals[f"s{len(steps) - 1}"]]
 
 
 _LOADED = False

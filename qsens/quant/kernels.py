@@ -137,6 +137,22 @@ def _conv_fn(op):
     return fn
 
 
+def _deconv_fn(op, x_shape):
+    """The ConvTranspose of ``op`` on integer-valued operands (any summation order is exact within the bounds of
+    ``_acc_mode``: every product and partial sum is an integer)."""
+    from ..onnx.ops.extra import convtranspose_as_conv
+
+    attrs = dict(op.attrs)
+
+    def fn(x, w, dt):
+        wt, padding, s, d, g, spec = convtranspose_as_conv(w, attrs, x_shape)
+        return lax.conv_general_dilated(x, wt, (1,) * (len(x_shape) - 2), padding, lhs_dilation=s, rhs_dilation=d,
+                                        dimension_numbers=spec, feature_group_count=g,
+                                        precision=lax.Precision.HIGHEST, preferred_element_type=dt)
+
+    return fn
+
+
 def _dot_fn(x, w, dt):
     return lax.dot_general(
         x, w, (((x.ndim - 1,), (0,)), ((), ())), precision=lax.Precision.HIGHEST, preferred_element_type=dt
@@ -168,6 +184,27 @@ def int8_op(op, weights, q_inputs: Sequence, qp: dict, chip: ChipSpec = BM1684):
         K = int(np.prod(w8.shape[1:]))
         acc = _exact(_conv_fn(op), x, w8, K, op.name) + qp["b16"].reshape(1, -1, 1, 1)
         return _finish(rshift_round(acc, qp["r"], hu), op, qp)
+    if kind == "Deconv":
+        x = xs[0]
+        w8 = qp["w8"]
+        cin, mg = w8.shape[0], w8.shape[1]
+        K = int(cin // int(op.attr("group", 1)) * np.prod(w8.shape[2:]))
+        acc = _exact(_deconv_fn(op, x.shape), x, w8, K, op.name) + qp["b16"].reshape(1, -1, 1, 1)
+        # the interpreter (Tpu/Interfaces/Common/Deconv.cpp) saturates with to_int8 even for a uint8 output: a Deconv
+        # with a fused ReLU never exceeds 127 (checked against TPU-MLIR 1.23, gen_const's relu42_Relu)
+        return _finish(rshift_round(acc, qp["r"], hu), op, {**qp, "hi": jnp.minimum(qp["hi"], 127)})
+    if kind == "AddConst":
+        return _finish(rshift_round(xs[0] * qp["m"] + qp["c"], qp["r"], hu), op, qp)
+    if kind == "SubConst":
+        t = qp["c"] - xs[0] * qp["m"] if op.attr("is_reverse", False) else xs[0] * qp["m"] - qp["c"]
+        if op.attr("do_relu", False):
+            t = jnp.maximum(t, 0)
+        return _finish(rshift_round(t, qp["r"], hu), op, qp)
+    if kind == "MulConst":
+        return _finish(rshift_round(xs[0] * qp["m"], qp["r"], hu), op, qp)
+    if kind == "Upsample":
+        y = jnp.repeat(jnp.repeat(xs[0], int(op.attr("scale_h")), axis=2), int(op.attr("scale_w")), axis=3)
+        return _finish(y, op, qp)
     if kind == "MatMul":
         x = xs[0]
         w8 = qp["w8"]
@@ -267,6 +304,16 @@ def _inv_scale_f32(th, signed: bool):
 @x64
 def _scale_f32(th, signed: bool):
     return (jnp.asarray(th).astype(jnp.float64) / float(qmax_of(signed))).astype(F32)
+
+
+@x64
+def pad_value_code(value: float, th, signed: bool):
+    """A constant Pad's fill value in INT8 (TopToTpu/BM1684/Pad.cpp: ``std::round(val / s_in)``, a float64 division
+    rounded half away from zero), saturated; int32 code."""
+    lo, hi = qrange(signed)
+    s = jnp.asarray(th).astype(jnp.float64) / float(qmax_of(signed))
+    q = round_to_int(jnp.float64(value) / s, Round.HALF_AWAY_FROM_ZERO)
+    return jnp.clip(q, lo, hi).astype(I32)
 
 
 def quantize(x, th, signed: bool):

@@ -46,7 +46,7 @@ from ..errors import TableError
 from ..onnx.convert import run_graph, run_op_roles
 from ..onnx.ir import Graph, Op
 from .chip import BM1684, ChipSpec
-from .kernels import dequantize, int8_op, quantize
+from .kernels import dequantize, int8_op, pad_value_code, quantize
 from .qparams import qparams_for, static_fallback
 
 #: Data movement: INT8 codes pass through unchanged (output threshold = input threshold).
@@ -57,7 +57,9 @@ FOLLOWS_INPUT_TYPE = {"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity"}
 #: Output (min, max) copied from the input by TPU-MLIR's calibration post-processing on BM1684.
 #: PRelu / LeakyRelu included: TPU-MLIR 1.23 gives their output the input's scale (tests/fixtures/tpu_mlir, the
 #: lowered INT8 models of MTCNN PNet and the generated nets).
-FORWARD_COPY = PASS_THROUGH | {"MaxPool", "AvgPool", "Relu", "PRelu", "LeakyRelu"}
+FORWARD_COPY = PASS_THROUGH | {"MaxPool", "AvgPool", "Relu", "PRelu", "LeakyRelu", "Upsample"}
+#: ... scaled by ``|const_val|`` (§3.2 step 6; checked on the generated mbv3s net's MulConst, TPU-MLIR 1.23)
+SCALED_COPY = {"MulConst"}
 UNIT_RANGE = {"Sigmoid", "Softmax"}
 
 
@@ -65,7 +67,7 @@ def int8_support(op: Op, graph: Graph) -> str | None:
     """None when BM1684 has an INT8 form of ``op`` (kernel or pass-through), else the reason it stays F32."""
     if op.type == "Input" or op.type in PASS_THROUGH:
         return None
-    if op.type == "MatMul" and op.weight("filter") is None:
+    if op.type == "MatMul" and op.weight("filter") is None and op.weight("q_filter") is None:
         return "MatMul with an activation right operand is lowered to F32 on BM1684"
     if op.type == "MatMul" and len(graph.tensor_shape(op.inputs[0])) != 2:
         return "batched MatMul is lowered to F32 on BM1684 (only plain FC is INT8)"
@@ -93,6 +95,7 @@ class QuantPlan:
     fixed_th: dict[str, float]  # Sigmoid/Softmax outputs: threshold 1
     f32_reason: dict[str, str]  # op name -> why it stays F32 in the INT8 model
     min_src: np.ndarray | None = None  # int32: where each tensor's min (-threshold) comes from (default copy_src)
+    copy_scale: np.ndarray | None = None  # float32 factor on the copied range (MulConst outputs), default 1
 
     @property
     def int8_ops(self) -> list[str]:
@@ -110,14 +113,22 @@ class QuantPlan:
                 base[..., idx] = val
             else:
                 base = base.at[..., idx].set(val)
+        scaled = self.copy_scale is not None and bool(np.any(self.copy_scale != 1))
+        fac = xp.asarray(self.copy_scale) if scaled else None
         th = xp.take(base, xp.asarray(self.copy_src), axis=-1)
+        if scaled:
+            th = th * fac
         if self.min_src is not None and not np.array_equal(self.min_src, self.copy_src):
             neg = np.array([self.signed[t] for t in self.graph.tensors])
             th_min = xp.take(base, xp.asarray(self.min_src), axis=-1)
+            if scaled:
+                th_min = th_min * fac
             th = xp.where(xp.asarray(neg), xp.maximum(th, th_min), th)
         return th
 
 
+#: §3.2 step 2 KeepSign: the output's sign follows the input's
+KEEP_SIGN = {"AvgPool", "MaxPool", "Abs"}
 #: §3.2 step 4: a single-use input of these ops takes the op's output (min, max) ...
 BACKWARD_FULL = {"Relu", "MaxPool", "DepthToSpace", "Abs"}
 #: ... or only its max, keeping its own min (checked against TPU-MLIR 1.23: PNet's conv2d_Conv with the
@@ -136,10 +147,17 @@ def make_plan(graph: Graph, table_min: Mapping[str, float] | None = None) -> Qua
     index = {t: i for i, t in enumerate(tensors)}
     src_max = np.arange(len(tensors), dtype=np.int32)
     src_min = src_max.copy()
+    fac = np.ones(len(tensors), np.float32)
     neg = {t: (True if table_min is None or table_min.get(t) is None else float(table_min[t]) < 0) for t in tensors}
     fixed: dict[str, float] = {}
-    for op in graph.ops:  # import-time ranges
+    for op in graph.ops:  # import-time ranges (ImportCalibration getMinMax)
         for t in op.outputs:
+            if op.type == "Sub":  # [-th or -1e-5, th]: always signed, do_relu or not
+                neg[t] = True
+                continue
+            if op.type == "Mul" and op.inputs and (len(set(op.inputs)) == 1 or all(
+                    graph.producer(x).type in ("Sigmoid", "Relu") for x in op.inputs)):
+                neg[t] = False  # [0, th]
             if op.attr("do_relu"):
                 neg[t] = False
             if op.type in UNIT_RANGE:
@@ -147,14 +165,36 @@ def make_plan(graph: Graph, table_min: Mapping[str, float] | None = None) -> Qua
                 neg[t] = False
     outs = set(graph.outputs)
 
+    def keep_sign():
+        """KeepSign (AvgPool, MaxPool, Abs: the output takes the input's sign, forwarded to Reshape/Permute users)
+        and SetSubConstSign (a SubConst of an unsigned input is signed)."""
+        for op in graph.ops:
+            if not op.inputs or not op.outputs:
+                continue
+            t, i = op.outputs[0], op.inputs[0]
+            if op.type in KEEP_SIGN or (op.type in ("Reshape", "Permute") and graph.producer(i).type in KEEP_SIGN):
+                neg[t] = neg[i]
+            elif op.type == "SubConst" and not neg[i] and not neg[t]:
+                neg[t] = True
+
+    keep_sign()
+    for op in graph.ops:  # KeepMulSign: two signed inputs make a signed product
+        if op.type == "Mul" and len(op.inputs) == 2 and not op.weights:
+            a, b = (neg[x] for x in op.inputs)
+            if a and b and not neg[op.outputs[0]]:
+                neg[op.outputs[0]] = True
+
     def users(t):
         return [c for c in graph.consumers(t)] + ([None] if t in outs else [])
 
-    def take_range(dst, src, *, lo=True):
+    def take_range(dst, src, *, lo=True, scale=1.0):
         src_max[index[dst]] = src_max[index[src]]
+        fac[index[dst]] = fac[index[src]] * np.float32(abs(scale))
         if lo:
             src_min[index[dst]] = src_min[index[src]]
-            neg[dst] = neg[src]
+            neg[dst] = neg[src] or scale < 0
+        if scale < 0:  # a negative factor swaps the ends: kept symmetric around the copied max
+            src_min[index[dst]] = src_max[index[dst]]
 
     for op in reversed(graph.ops):
         if not op.inputs or not op.outputs:
@@ -176,8 +216,11 @@ def make_plan(graph: Graph, table_min: Mapping[str, float] | None = None) -> Qua
         for t in op.outputs:
             if op.type in FORWARD_COPY and op.inputs:
                 take_range(t, op.inputs[0])
+            elif op.type in SCALED_COPY and op.inputs:
+                take_range(t, op.inputs[0], scale=float(op.attr("const_val")))
+    keep_sign()
     signed = {t: bool(neg[t]) for t in tensors}
-    return QuantPlan(graph, index, src_max, signed, fixed, reasons, src_min)
+    return QuantPlan(graph, index, src_max, signed, fixed, reasons, src_min, fac)
 
 
 def plan_from_table(graph: Graph, table) -> QuantPlan:
@@ -232,6 +275,8 @@ def int8_core(plan: QuantPlan, op: Op, weights: Mapping[str, Any], acts: Sequenc
     ins = list(op.inputs)
     sig_in = tuple(plan.signed[t] for t in ins)
     q = [quantize(a, th, s) for a, th, s in zip(acts, th_in, sig_in)]
+    if op.type == "Pad":
+        return [_int8_pad(op, weights, dequantize(q[0], th_in[0], sig_in[0]), th_in[0], sig_in[0])]
     if op.type in PASS_THROUGH:  # e.g. Permute: a real INT8 op (RNet's permute alone: loss 7.9e-5, as TPU-MLIR)
         return run_op_roles(op, weights, [dequantize(x, th, s) for x, th, s in zip(q, th_in, sig_in)])
     s_out = plan.signed[op.outputs[0]]
@@ -243,6 +288,27 @@ def int8_core(plan: QuantPlan, op: Op, weights: Mapping[str, Any], acts: Sequenc
     if fb is not None:  # threshold-dependent F32 fallback, decided per threshold set (only one branch runs)
         y = jax.lax.cond(jnp.asarray(fb, bool), lambda: run_op_roles(op, weights, acts)[0], lambda: y)
     return [y]
+
+
+def _int8_pad(op: Op, weights, x, th, signed: bool):
+    """INT8 Pad: codes copied, a constant border filled with the fill value's own code (``pad_value_code``; the
+    output takes the input's scale).  Checked against TPU-MLIR 1.23: gen_const's ``pad30_Pad`` (fill 0.5)."""
+    value, role = None, None
+    if op.attr("mode", "constant") == "constant":
+        if len(op.slots) > 2 and op.slots[2][0] == "const":
+            role = op.slots[2][1]
+            value = float(np.asarray(dict(op.consts)[role]).reshape(-1)[0])
+        elif len(op.slots) <= 1:  # opset < 11: attribute
+            value = float(op.attr("value", 0.0))
+    if not value:
+        return run_op_roles(op, weights, [x])[0]
+    if role is not None:
+        zero = dataclasses.replace(op, consts=tuple((r, np.zeros_like(c) if r == role else c) for r, c in op.consts))
+    else:
+        zero = dataclasses.replace(op, attrs=tuple((k, 0.0 if k == "value" else v) for k, v in op.attrs))
+    inside = run_op_roles(zero, weights, [jnp.ones_like(x)])[0] > 0
+    fill = dequantize(pad_value_code(value, th, signed), th, signed)
+    return jnp.where(inside, run_op_roles(zero, weights, [x])[0], fill)
 
 
 def int8_path(plan: QuantPlan, op: Op, weights: Mapping[str, Any], acts: Sequence[Any], th_eff, chip: ChipSpec = BM1684):

@@ -56,7 +56,7 @@ OP_ALIASES = {
     "GlobalAveragePool": "GlobalAvgPool",
     "AveragePool": "AvgPool",
 }
-LUT_OPS = ("Sigmoid", "SiLU", "HardSigmoid", "HardSwish", "Tanh")
+LUT_OPS = ("Sigmoid", "SiLU", "HardSigmoid", "HardSwish", "Tanh", "Softplus", "Exp")
 SUPPORTED = (
     "Conv",
     "MatMul",
@@ -70,7 +70,21 @@ SUPPORTED = (
     "Relu",
     "LeakyRelu",
     "PRelu",
+    "AddConst",
+    "SubConst",
+    "MulConst",
+    "Upsample",
+    "Deconv",
 ) + LUT_OPS
+
+#: Top ops BM1684 lowers to F32 in an INT8 model, with the reason (the TPU-MLIR source of the rule is in
+#: docs/bm1684.md, "Ops that stay F32").
+F32_ON_BM1684 = {
+    "Interp": "Interp (Resize other than nearest with integer scales) is lowered to F32 on BM1684",
+    "Clip": "Clip with a non-zero lower bound is lowered to F32 on BM1684 (MaxConst + MinConst)",
+    "Div": "Div of two activations is lowered to F32 on BM1684",
+    "Reduce": "Reduce (other than a mean/max over H, W, which is a pool) is lowered to F32 on BM1684",
+}
 
 
 def op_kind(op) -> str:
@@ -151,9 +165,11 @@ def _out_range(signed_out):
 def static_fallback(op, in_shapes: Sequence[tuple[int, ...]] | None = None, chip: ChipSpec = BM1684) -> str | None:
     """Why BM1684 lowers ``op`` to F32 regardless of thresholds (None when it does not)."""
     kind = op_kind(op)
+    if kind in F32_ON_BM1684:
+        return F32_ON_BM1684[kind]
     if kind not in SUPPORTED:
         return f"{op.type} has no BM1684 INT8 kernel here"
-    if kind == "Conv":
+    if kind in ("Conv", "Deconv"):
         if any(s > chip.max_conv_stride for s in op.attr("strides", (1, 1))):
             return "conv stride > 15"
         if len(op.attr("kernel_shape", (1, 1))) != 2:
@@ -198,27 +214,32 @@ def qparams_for(
     static_fb = static_fallback(op, in_shapes, chip) is not None
     fb = xp.asarray(static_fb)
 
-    if kind in ("Conv", "MatMul"):
-        w = _f32(weights["filter"])
+    if kind in ("Conv", "MatMul", "Deconv"):
+        # Deconv: TopToTpu/BM1684/Deconv.cpp lowers it as Conv (per-layer shift, int16 bias, multiplier 1)
+        # q_filter / q_bias: a Conv/MatMul a MulConst was merged into (its float32 weights times the constant)
+        w = _f32(weights["q_filter"] if "q_filter" in weights else weights["filter"])
         if kind == "MatMul" and op.attr("transB", False):
             w = w.T
         r0 = cal_right_shift_num(xp.max(xp.abs(w)), s_in[0], s_out)
-        if kind == "Conv":
+        if kind in ("Conv", "Deconv"):
             fb = fb | (r0 < 0)
         r = xp.maximum(r0, 0)
-        b = weights.get("bias")
+        b = weights.get("q_bias") if "q_filter" in weights else weights.get("bias")
         if b is not None:
             r = _bias_backoff(xp.ravel(_f32(b)), s_out, r, chip.bias_overflow_tolerance, None)
             qp["b16"], _ = _bias_quant(_f32(b), s_out, r)
         else:
-            qp["b16"] = xp.zeros((w.shape[0] if kind == "Conv" else w.shape[-1],), I32)
+            n_out = {"Conv": w.shape[0], "Deconv": w.shape[1] * int(op.attr("group", 1))}.get(kind, w.shape[-1])
+            qp["b16"] = xp.zeros((n_out,), I32)
         scale = _f32((_pow2(r) * s_in[0]) / s_out)
         qp["w8"] = _to_int(_f32(w * scale), -128, 127)
         qp["r"] = r.astype(I32)
         qp["r0"] = r0.astype(I32)  # before the bias back-off (diagnostics)
     elif kind == "Scale":
-        a = xp.ravel(_f32(weights["scale"]))
-        b = xp.ravel(_f32(weights["bias"])) if weights.get("bias") is not None else xp.zeros_like(a)
+        # per-channel (a, b): q_scale / q_bias of an Add/Mul/BatchNormalization the canonicalizer made a Scale
+        a = xp.ravel(_f32(weights.get("q_scale", weights.get("scale"))))
+        b = weights.get("q_bias", weights.get("bias"))
+        b = xp.ravel(_f32(b)) if b is not None else xp.zeros_like(a)
         r0 = cal_right_shift_num_use_cblas(a, s_in[0], s_out)
         r = _bias_backoff(b, s_out, r0, chip.bias_overflow_tolerance, a.shape[0])
         b16, _ = _bias_quant(b, s_out, r)
@@ -243,6 +264,25 @@ def qparams_for(
             rs.append(r)
         qp["m"] = xp.stack(ms).astype(I32)
         qp["r"] = xp.stack(rs).astype(I32)
+    elif kind in ("AddConst", "SubConst"):
+        # TopToTpu/BM1684/{AddConst,SubConst}.cpp: the input's (multiplier, rshift) as in Add (coefficient 1; SubConst
+        # keeps a negative r, a left shift), the constant quantizeToInt16(c, 2^r/s_out) (RHAZ, int16 saturation);
+        # interpreter RSR(q*m + c', r, HALF_UP) / RSR(c' - q*m, r, HALF_UP) (Tpu/Interfaces/Common/{AddConst,SubConst})
+        r = cal_right_shift_num_use_cblas(xp.asarray(1.0), s_in[0], s_out)
+        if kind == "AddConst":
+            r = xp.maximum(r, 0)
+        qp["m"] = _to_int(_f32((_pow2(r) * s_in[0]) / s_out), -128, 127)
+        qp["r"] = r.astype(I32)
+        qp["c"], _ = _bias_quant(xp.asarray(float(op.attr("const_val")), F64), s_out, r)
+    elif kind == "MulConst":
+        # TopToTpu/BM1684/MulConst.cpp: scale = const*s_in/s_out, r = calRightShiftNumUseCblas(scale), m = to_int8(
+        # scale*2^r); interpreter RSR(q*m, r, HALF_UP)
+        c = float(op.attr("const_val"))
+        r = xp.maximum(cal_right_shift_num_use_cblas(xp.asarray(c), s_in[0], s_out), 0)
+        qp["m"] = _to_int(_f32(_f32(c) * _f32((_pow2(r) * s_in[0]) / s_out)), -128, 127)
+        qp["r"] = r.astype(I32)
+    elif kind == "Upsample":
+        pass  # codes repeated; the output takes the input's range (§3.2 forward copy)
     elif kind == "Mul":
         sc = xp.asarray(1.0, F64)
         for s in s_in:
@@ -308,10 +348,15 @@ def _lut_fn(op, kind):
 
         return tanh
     if kind == "HardSigmoid":
-        a, b = float(op.attr("alpha", 0.2)), float(op.attr("beta", 0.5))
+        # BM1684/HardSigmoid.cpp casts alpha, beta to float
+        a, b = float(np.float32(op.attr("alpha", 0.2))), float(np.float32(op.attr("beta", 0.5)))
         return lambda x: xp.clip(a * x + b, 0.0, 1.0)
-    if kind == "HardSwish":
-        return lambda x: x * xp.clip(x / 6.0 + 0.5, 0.0, 1.0)
+    if kind == "HardSwish":  # BM1684/HardSwish.cpp: x * min(max(x + 3, 0), 6) / 6
+        return lambda x: x * xp.clip(x + 3.0, 0.0, 6.0) / 6.0
+    if kind == "Exp":
+        return lambda x: xp.exp(x)
+    if kind == "Softplus":
+        return lambda x: xp.log1p(xp.exp(x))
     raise ValueError(kind)
 
 

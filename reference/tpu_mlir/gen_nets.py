@@ -48,9 +48,18 @@ class B:
             ins.append(self.w((cout,), 0.2))
         return self.node("Conv", ins, kernel_shape=[k, k], strides=[stride, stride], pads=[pad] * 4, group=group)
 
-    def save(self, out: Path, y, yshape):
+    def c(self, value):
+        """A float32 constant initializer (exact value, given shape)."""
+        self.n += 1
+        nm = f"c{self.n}"
+        self.inits.append(numpy_helper.from_array(np.asarray(value, np.float32), nm))
+        return nm
+
+    def save(self, out: Path, y, yshape, more=()):
+        outs = [helper.make_tensor_value_info(y, TensorProto.FLOAT, yshape)]
+        outs += [helper.make_tensor_value_info(t, TensorProto.FLOAT, s) for t, s in more]
         g = helper.make_graph(self.nodes, self.name, [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 16, 16])],
-                              [helper.make_tensor_value_info(y, TensorProto.FLOAT, yshape)], self.inits)
+                              outs, self.inits)
         m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], producer_name="qsens-gen")
         m.ir_version = 8
         onnx.checker.check_model(m)
@@ -95,11 +104,50 @@ def gen_pool(out: Path):
     b.save(out, y, [1, 6, 4, 4])
 
 
+def gen_const(out: Path):
+    """Constant-operand ops and the rest of issue 12's BM1684 list: SubConst (c - x), Div by a constant (MulConst),
+    Add/Mul of a per-channel weight (Scale), a lone BatchNormalization (Scale), HardSigmoid(alpha 0.2) and Exp
+    lookup tables, Clip(-1, 2) (F32), Div of two activations (F32), Pad with a non-zero value, ReduceMean over H, W
+    (AvgPool), Tanh, ConvTranspose + Relu, Conv -> Mul(0.5) -> Sub(0.25) -> Mul(per channel), Concat of an unsigned
+    and two signed inputs (requantized)."""
+    b = B("gen_const", 1686)
+    c1 = b.conv("input", 3, 8)
+    sc = b.node("Sub", [b.c(0.5), c1])
+    dv = b.node("Div", [sc, b.c(3.0)])
+    ad = b.node("Add", [dv, b.w((1, 8, 1, 1), 0.5)])
+    ml = b.node("Mul", [ad, b.c(b.rng.uniform(0.5, 1.5, (8, 1, 1)))])
+    bn = b.node("BatchNormalization", [ml, b.c(b.rng.uniform(0.5, 1.5, 8)), b.w((8,), 0.2),
+                                       b.w((8,), 0.3), b.c(b.rng.uniform(0.5, 2.0, 8))], epsilon=1e-5)
+    hs = b.node("HardSigmoid", [bn], alpha=0.2, beta=0.5)
+    c2 = b.conv(hs, 8, 8)
+    ex = b.node("Exp", [c2])
+    cl = b.node("Clip", [c2, b.c(-1.0), b.c(2.0)])
+    q = b.node("Div", [cl, ex])
+    c3 = b.conv(q, 8, 8)
+    pads = f"pads{b.n}"
+    b.inits.append(numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), pads))
+    pd = b.node("Pad", [c3, pads, b.c(0.5)], mode="constant")
+    c4 = b.conv(pd, 8, 8, pad=0)
+    c5 = b.conv(c4, 8, 8, stride=2)
+    rm = b.node("ReduceMean", [c5], axes=[2, 3], keepdims=1)
+    th = b.node("Tanh", [c5])
+    dc = b.node("ConvTranspose", [th, b.w((8, 4, 2, 2)), b.w((4,), 0.2)], kernel_shape=[2, 2], strides=[2, 2])
+    r = b.node("Relu", [dc])
+    c6 = b.conv(c4, 8, 8)
+    m6 = b.node("Mul", [c6, b.c(0.5)])
+    a6 = b.node("Sub", [m6, b.c(0.25)])
+    s6 = b.node("Mul", [a6, b.c(b.rng.uniform(0.5, 1.5, (1, 8, 1, 1)))])
+    cat = b.node("Concat", [r, c4, s6], axis=1)
+    y = b.conv(cat, 20, 4, k=1, pad=0)
+    b.save(out, y, [1, 4, 16, 16], more=[(rm, [1, 8, 1, 1])])
+
+
 def main(argv=None):
     out = Path((argv or sys.argv[1:])[0])
     out.mkdir(parents=True, exist_ok=True)
     gen_act(out)
     gen_pool(out)
+    gen_const(out)
 
 
 if __name__ == "__main__":

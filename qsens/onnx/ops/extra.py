@@ -149,24 +149,33 @@ def convtranspose_geometry(attrs, in_sp, k):
     return s, d, tuple(pads), op
 
 
-@register("ConvTranspose", numpy_ok=False)
-def conv_transpose(xp, ins, attrs):
+def convtranspose_as_conv(w, attrs, x_shape):
+    """A ConvTranspose as a dilated-input conv: ``(w', padding, lhs_dilation, rhs_dilation, groups, dimension
+    numbers)`` for ``lax.conv_general_dilated`` (also the INT8 Deconv kernel's geometry)."""
     import jax.numpy as jnp
-    from jax import lax
 
-    x, w = ins[0], ins[1]
-    b = ins[2] if len(ins) > 2 else None
-    nsp = x.ndim - 2
+    nsp = len(x_shape) - 2
     k = ints(attrs["kernel_shape"]) if attrs.get("kernel_shape") is not None else tuple(w.shape[2:])
-    s, d, pads, op = convtranspose_geometry(attrs, tuple(x.shape[2:]), k)
+    s, d, pads, op = convtranspose_geometry(attrs, tuple(x_shape[2:]), k)
     g = int(attrs.get("group", 1))
     c, mg = w.shape[0], w.shape[1]
-    # (C, M/g, k...) -> (M, C/g, k...), flipped spatially: a transposed conv as a dilated-input conv
+    # (C, M/g, k...) -> (M, C/g, k...), flipped spatially
     wt = w.reshape((g, c // g, mg) + tuple(w.shape[2:]))
     wt = jnp.swapaxes(wt, 1, 2).reshape((g * mg, c // g) + tuple(w.shape[2:]))
     wt = jnp.flip(wt, axis=tuple(range(2, 2 + nsp)))
     padding = [((k[i] - 1) * d[i] - pads[i][0], (k[i] - 1) * d[i] - pads[i][1] + op[i]) for i in range(nsp)]
     spec = {1: ("NCH", "OIH", "NCH"), 2: ("NCHW", "OIHW", "NCHW"), 3: ("NCDHW", "OIDHW", "NCDHW")}[nsp]
+    return wt, padding, s, d, g, spec
+
+
+@register("ConvTranspose", numpy_ok=False)
+def conv_transpose(xp, ins, attrs):
+    from jax import lax
+
+    x, w = ins[0], ins[1]
+    b = ins[2] if len(ins) > 2 else None
+    nsp = x.ndim - 2
+    wt, padding, s, d, g, spec = convtranspose_as_conv(w, attrs, x.shape)
     y = lax.conv_general_dilated(
         x, wt, (1,) * nsp, padding, lhs_dilation=s, rhs_dilation=d, dimension_numbers=spec,
         feature_group_count=g, precision=lax.Precision.HIGHEST,
