@@ -172,7 +172,9 @@ def make_plan(graph: Graph, table_min: Mapping[str, float] | None = None) -> Qua
             if not op.inputs or not op.outputs:
                 continue
             t, i = op.outputs[0], op.inputs[0]
-            if op.type in KEEP_SIGN or (op.type in ("Reshape", "Permute") and graph.producer(i).type in KEEP_SIGN):
+            keep = op.type in KEEP_SIGN and not op.attr("do_relu")  # a fused ReLU keeps its output unsigned
+            if keep or (op.type in ("Reshape", "Permute") and graph.producer(i).type in KEEP_SIGN
+                        and not graph.producer(i).attr("do_relu")):
                 neg[t] = neg[i]
             elif op.type == "SubConst" and not neg[i] and not neg[t]:
                 neg[t] = True

@@ -412,3 +412,71 @@ def lut(fn, th_in, th_out, signed_in, signed_out):
 
 def sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))
+
+
+# ------------------------------------------------------------------------------ constant-operand ops (issue 12)
+def const_op(kind, q, c, th_in, th_out, signed_in, signed_out, is_reverse=True, do_relu=False):
+    """AddConst / SubConst / MulConst (TopToTpu/BM1684/{AddConst,SubConst,MulConst}.cpp, Tpu interpreter)."""
+    s_in, s_out = s_of(th_in, signed_in), s_of(th_out, signed_out)
+    lo, hi = qrange(signed_out)
+    if kind == "MulConst":
+        r = max(cblas(c, s_in, s_out), 0)
+        m = sat(rhaz(f32(f32(Fr(float(np.float32(c)))) * f32(f64(f64(Fr(2) ** r * s_in) / s_out)))), -128, 127)
+        cq = 0
+    else:
+        r = cblas(1.0, s_in, s_out)
+        if kind == "AddConst":
+            r = max(r, 0)
+        m = sat(rhaz(f32(f64(f64(Fr(2) ** r * s_in) / s_out))), -128, 127)
+        cq = _bias16([float(np.float32(c))], s_out, r)[0][0]
+    out = []
+    for v in np.asarray(q, np.int64).ravel().tolist():
+        if kind == "MulConst":
+            t = v * m
+        elif kind == "AddConst":
+            t = v * m + cq
+        else:
+            t = cq - v * m if is_reverse else v * m - cq
+            if do_relu:
+                t = max(t, 0)
+        y = rsr(t, r)
+        if do_relu:
+            y = max(y, 0)
+        out.append(sat(y, lo, hi))
+    return np.array(out, np.int64).reshape(np.shape(q)), dict(r=r, m=m, c=cq)
+
+
+def deconv(q, W, b, th_in, th_out, signed_in, signed_out, strides, pads, group, do_relu):
+    """ConvTranspose in BM1684 INT8 (Deconv.cpp: the Conv recipe; W (Cin, Cout/g, kh, kw)); the interpreter
+    saturates with to_int8 even for a uint8 output."""
+    low = lower_conv_like(W, b, th_in, th_out, (signed_in, signed_out))
+    q = np.asarray(q, np.int64)
+    w8 = low["w8"]
+    N, C, H, Wd = q.shape
+    _, Og, kh, kw = w8.shape
+    t, l, bo, ri = pads
+    OH = (H - 1) * strides[0] + kh - t - bo
+    OW = (Wd - 1) * strides[1] + kw - l - ri
+    cg = C // group
+    acc = np.zeros((N, Og * group, OH, OW), np.int64)
+    for n in range(N):
+        for ci in range(C):
+            g = ci // cg
+            for iy in range(H):
+                for ix in range(Wd):
+                    for o in range(Og):
+                        for i in range(kh):
+                            for j in range(kw):
+                                y, x = iy * strides[0] - t + i, ix * strides[1] - l + j
+                                if 0 <= y < OH and 0 <= x < OW:
+                                    acc[n, g * Og + o, y, x] += int(q[n, ci, iy, ix]) * int(w8[ci, o, i, j])
+    lo, hi = qrange(signed_out)
+    hi = min(hi, 127)
+    out = np.zeros_like(acc)
+    for idx, v in np.ndenumerate(acc):
+        v = int(v) + (low["b16"][idx[1]] if low["b16"] is not None else 0)
+        v = rsr(v, low["r"])
+        if do_relu:
+            v = max(v, 0)
+        out[idx] = sat(v, lo, hi)
+    return out, low
