@@ -5,7 +5,7 @@ what TPU-MLIR 1.23 does on the same nets.
     python experiments/int8_coverage.py [--before bca3c5b] [--out experiments/results/int8_coverage.json]
 
 Nets: the torch-built reference nets (MobileNetV3-small-style ``mbv3s``, YOLOv5-n-style ``yolo5n``, ``fpn``), the
-generated ``gen_const`` net (tests/fixtures/tpu_mlir/*, TPU-MLIR's results in the same folders) and
+generated ``gen_const`` and ``gen_wconst`` nets (tests/fixtures/tpu_mlir/*, TPU-MLIR's results in the same folders) and
 EfficientNet-Lite0 (which has none of these ops: its results must not change).  Each side runs ``qsens search``
 (its own KL-tuned calibration, the fixture's flags: 20 calibration / 10 inference images of the zoo's images100,
 ``--expected_cos 0.9999 --max_float_layers 3``; Lite0: its demo settings) in a fresh process on a clean checkout of
@@ -25,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = ROOT / "tests" / "fixtures" / "tpu_mlir"
-NETS = ["mbv3s", "yolo5n", "fpn", "gen_const", "efficientnet_lite0"]
+NETS = ["mbv3s", "yolo5n", "fpn", "gen_const", "gen_wconst", "efficientnet_lite0"]
 
 PROBE = r"""
 import hashlib, json, sys

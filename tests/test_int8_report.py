@@ -11,12 +11,13 @@ from qsens.quant.report import int8_report
 from tests import tpu_mlir_oracle as O
 from tests.cli_util import run_cli
 
-LOCAL = ["gen_act", "gen_pool", "gen_const", "mbv3s", "yolo5n", "fpn"]
+LOCAL = ["gen_act", "gen_pool", "gen_const", "gen_wconst", "mbv3s", "yolo5n", "fpn"]
 #: F32 ops and the source each is attributed to (issue 12: "state the list and the source line for each")
 EXPECTED_F32 = {
     "gen_act": {},
     "gen_pool": {},
     "gen_const": {"clip24_Clip": "BM1684/Clip.cpp", "div25_Div": "BM1684/Div.cpp"},
+    "gen_wconst": {"concat14_Concat": "BM1684/Concat.cpp"},
     "mbv3s": {"/blocks/blocks.0/se/GlobalAveragePool_output_0_GlobalAveragePool": "BM1684/{AvgPool,MaxPool}.cpp"},
     "yolo5n": {},
     "fpn": {"/Resize_output_0_Resize": "BM1684/Interp.cpp"},

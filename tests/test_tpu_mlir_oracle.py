@@ -92,7 +92,7 @@ def models():
 
 
 def test_fixtures_present():
-    assert {"mtcnn_pnet", "mtcnn_rnet", "mtcnn_onet", "gen_act", "gen_pool", "gen_const", "efficientnet_lite0_op13",
+    assert {"mtcnn_pnet", "mtcnn_rnet", "mtcnn_onet", "gen_act", "gen_pool", "gen_const", "gen_wconst", "efficientnet_lite0_op13",
             "mbv3s", "yolo5n", "fpn"} <= set(FIXTURES)
     for name in FIXTURES:
         fx = _fx(name)

@@ -848,6 +848,8 @@ def _sample_local(op: Op, g: Graph, param_shapes) -> bool:
         return all(t in _SAMPLE_LOCAL and t not in _CHAIN_NOT_LOCAL for t, _a, _x in op.attr("chain"))
     rank = len(op.out_shapes[0])
     t = op.onnx_type
+    if t == "Concat" and (op.weights or op.consts):  # a constant input has the deployment batch: no stacking
+        return False
     if t in ("Softmax", "LogSoftmax", "Concat"):
         return int(op.attr("axis", 1 if t == "Concat" else -1)) % rank != 0
     if t == "Flatten":

@@ -80,7 +80,7 @@ def nhwc_ok(op: Op, in_shapes: list[tuple[int, ...]], weights: dict, consts: dic
     if t == "BatchNormalization":
         return True
     if t == "Concat":
-        return True
+        return all(np.ndim(v) == 4 for v in list(weights.values()) + list(consts.values()) if v is not None)
     if t == "qsens.Chain" and any(st not in ELEMENTWISE or st == "qsens.Chain" for st, _a, _x in op.attr("chain")):
         return False  # a fused Conv / BatchNormalization chain runs NCHW
     if t in ELEMENTWISE:
@@ -271,9 +271,11 @@ def run_nhwc(op: Op, ins: list, weights: dict, consts: dict) -> list:
         sc, bi, mu, var = (weights.get(r, consts.get(r)) for r in ("scale", "bias", "mean", "var"))
         inv = sc / jnp.sqrt(var + a.get("epsilon", 1e-5))
         return [(ins[0] - mu) * inv + bi]
-    if t == "Concat":
+    if t == "Concat":  # constant inputs too (4-D: permuted like the activations)
+        from .convert import onnx_inputs
+
         axis = a["axis"] % 4
-        return [jnp.concatenate(ins, axis=TO_NHWC.index(axis))]
+        return [jnp.concatenate(onnx_inputs(op, weights, ins, lambda v: _perm_const(v, True)), axis=TO_NHWC.index(axis))]
     # element-wise: same ONNX implementation, operands permuted (Clip bounds are scalars: left alone)
     from .convert import onnx_inputs
 

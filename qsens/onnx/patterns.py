@@ -273,6 +273,11 @@ def assign_top_types(kept: list, params: dict, avals: dict) -> None:
                     _as_scale(r, params, np.ones_like(pc), pc)
                 elif pc is not None and len(shape_in) == 4:  # MulToScale: 4-D only
                     _as_scale(r, params, pc, np.zeros_like(pc))
+                elif t in ("Add", "Mul") and r.slots[1 - a][0] == "weight":
+                    # any other weight: BM1684 Add/Mul quantize it per tensor (max|w|, uint8 if no value < 0): its
+                    # signedness is a static fact of the model
+                    w = slot_value(r.slots[1 - a], params)
+                    r.extra["top_attrs"] = {"weight_signed": bool(np.min(w) < 0)}
                 continue
             if t == "Add":
                 r.extra.update(top_type="AddConst", top_attrs={"const_val": c})

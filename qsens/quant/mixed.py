@@ -71,7 +71,9 @@ def int8_support(op: Op, graph: Graph) -> str | None:
         return "MatMul with an activation right operand is lowered to F32 on BM1684"
     if op.type == "MatMul" and len(graph.tensor_shape(op.inputs[0])) != 2:
         return "batched MatMul is lowered to F32 on BM1684 (only plain FC is INT8)"
-    if op.type in ("Add", "Mul", "Concat") and (op.weights or op.consts):
+    if op.type == "Concat" and (op.weights or op.consts):
+        return "Concat with a constant input is lowered to F32 on BM1684"
+    if op.type in ("Add", "Mul") and (op.consts or (op.weights and op.attr("weight_signed") is None)):
         return f"{op.type} with a constant operand is not lowered to INT8 here"
     if op.type == "Relu" and op.attr("relu_limit", -1.0) >= 0:
         return None
@@ -155,7 +157,7 @@ def make_plan(graph: Graph, table_min: Mapping[str, float] | None = None) -> Qua
             if op.type == "Sub":  # [-th or -1e-5, th]: always signed, do_relu or not
                 neg[t] = True
                 continue
-            if op.type == "Mul" and op.inputs and (len(set(op.inputs)) == 1 or all(
+            if op.type == "Mul" and len(op.inputs) >= 2 and not op.weights and (len(set(op.inputs)) == 1 or all(
                     graph.producer(x).type in ("Sigmoid", "Relu") for x in op.inputs)):
                 neg[t] = False  # [0, th]
             if op.attr("do_relu"):
@@ -204,7 +206,7 @@ def make_plan(graph: Graph, table_min: Mapping[str, float] | None = None) -> Qua
         out = op.outputs[0]
         if op.type in BACKWARD_FULL | BACKWARD_MAX and len(op.inputs) == 1 and users(op.inputs[0]) == [op]:
             take_range(op.inputs[0], out, lo=op.type in BACKWARD_FULL)
-        elif op.type in BACKWARD_MULTI:
+        elif op.type in BACKWARD_MULTI and not op.weights and not op.consts:  # a constant input is not calibrated
             ok = all(all(u is op or (u is not None and u.type == "MaxPool") for u in users(t)) for t in op.inputs)
             same_sign = len({neg[t] for t in op.inputs}) == 1
             if ok and same_sign and len(set(op.inputs)) == len(op.inputs):
@@ -253,9 +255,13 @@ def host_qparams(plan: QuantPlan, op: Op, weights: Mapping[str, Any], th_in: Seq
     if not needs_qparams(plan, op):
         return {}
     sig_in = tuple(plan.signed[t] for t in op.inputs)
+    w = {k: np.asarray(v) for k, v in weights.items()}
+    th_in = tuple(float(t) for t in th_in)
+    if op.type in ("Add", "Mul") and op.weights:
+        _, th_in, sig_in = _with_weight_operand(op, w, [None] * len(op.inputs), th_in, sig_in, np)
+        th_in = tuple(float(t) for t in th_in)
     with host_numpy():
-        return qparams_for(op, {k: np.asarray(v) for k, v in weights.items()}, tuple(float(t) for t in th_in),
-                           float(th_out), sig_in, plan.signed[op.outputs[0]], chip,
+        return qparams_for(op, w, th_in, float(th_out), sig_in, plan.signed[op.outputs[0]], chip,
                            in_shapes=[plan.graph.tensor_shape(t) for t in op.inputs])
 
 
@@ -276,6 +282,8 @@ def int8_core(plan: QuantPlan, op: Op, weights: Mapping[str, Any], acts: Sequenc
         return run_op_roles(op, weights, acts)
     ins = list(op.inputs)
     sig_in = tuple(plan.signed[t] for t in ins)
+    if op.type in ("Add", "Mul") and op.weights:  # a weight operand, quantized per tensor (BM1684/{Add,Mul}.cpp)
+        acts, th_in, sig_in = _with_weight_operand(op, weights, acts, th_in, sig_in)
     q = [quantize(a, th, s) for a, th, s in zip(acts, th_in, sig_in)]
     if op.type == "Pad":
         return [_int8_pad(op, weights, dequantize(q[0], th_in[0], sig_in[0]), th_in[0], sig_in[0])]
@@ -290,6 +298,23 @@ def int8_core(plan: QuantPlan, op: Op, weights: Mapping[str, Any], acts: Sequenc
     if fb is not None:  # threshold-dependent F32 fallback, decided per threshold set (only one branch runs)
         y = jax.lax.cond(jnp.asarray(fb, bool), lambda: run_op_roles(op, weights, acts)[0], lambda: y)
     return [y]
+
+
+def _with_weight_operand(op: Op, weights, acts, th_in, sig_in, xp=jnp):
+    """The operands of an INT8 Add/Mul with a weight, in ONNX order: the weight's threshold is ``max|w|`` and its
+    sign the static ``weight_signed`` attribute (TPU-MLIR 1.23: gen_wconst's ``mul5_Mul`` / ``add10_Add``)."""
+    xs, ths, sgs = [], [], []
+    for kind, ref in op.slots:
+        if kind == "act":
+            xs.append(acts[ref])
+            ths.append(th_in[ref])
+            sgs.append(sig_in[ref])
+        elif kind == "weight":
+            w = weights[ref]
+            xs.append(w)
+            ths.append(xp.max(xp.abs(w)))
+            sgs.append(bool(op.attr("weight_signed")))
+    return xs, ths, tuple(sgs)
 
 
 def _int8_pad(op: Op, weights, x, th, signed: bool):

@@ -24,6 +24,7 @@ _BY_REASON = (
     ("only 2-D conv", "lib/Conversion/TopToTpu/BM1684/Conv.cpp (2-D only)"),
     ("pool kernel area", "lib/Conversion/TopToTpu/BM1684/{AvgPool,MaxPool}.cpp (kernel area > 225: mbv3s)"),
     ("MatMul", "lib/Conversion/TopToTpu/BM1684/MatMul.cpp (INT8 only for a plain FC with a weight right operand)"),
+    ("Concat with a constant", "lib/Conversion/TopToTpu/BM1684/Concat.cpp (a weight input: F32; gen_wconst)"),
 )
 QSENS_GAP = "qsens: not reproduced (F32 here; TPU-MLIR's BM1684 lowering of it is not modelled)"
 DYNAMIC = {

@@ -142,12 +142,26 @@ def gen_const(out: Path):
     b.save(out, y, [1, 4, 16, 16], more=[(rm, [1, 8, 1, 1])])
 
 
+def gen_wconst(out: Path):
+    """Add/Mul of a full-tensor weight (neither scalar nor per channel) and a Concat with a weight input."""
+    b = B("gen_wconst", 1687)
+    c1 = b.conv("input", 3, 8)
+    ml = b.node("Mul", [c1, b.c(b.rng.uniform(-1.5, 1.5, (1, 8, 16, 16)))])
+    c2 = b.conv(ml, 8, 8)
+    ad = b.node("Add", [c2, b.c(b.rng.uniform(-0.5, 0.5, (1, 8, 16, 16)))])
+    mu = b.node("Mul", [ad, b.c(b.rng.uniform(0.2, 1.0, (1, 8, 16, 16)))])  # an unsigned weight
+    cat = b.node("Concat", [mu, b.c(b.rng.uniform(-1, 1, (1, 2, 16, 16)))], axis=1)
+    y = b.conv(cat, 10, 4, k=1, pad=0)
+    b.save(out, y, [1, 4, 16, 16])
+
+
 def main(argv=None):
     out = Path((argv or sys.argv[1:])[0])
     out.mkdir(parents=True, exist_ok=True)
     gen_act(out)
     gen_pool(out)
     gen_const(out)
+    gen_wconst(out)
 
 
 if __name__ == "__main__":
