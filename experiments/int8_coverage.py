@@ -69,8 +69,8 @@ def run_side(tree: Path, python: str) -> dict:
             q = subprocess.run([python, "-m", "qsens", "search", model, *flags, "--out_dir", d, "-q"], env=env,
                                cwd=tree, capture_output=True, text=True)
             if p.returncode or q.returncode:  # kept as found (e.g. the old code could not run gen_wconst)
-                err = (p.stderr if p.returncode else q.stderr).strip().splitlines()
-                out[name] = {"error": err[-1] if err else f"exit {p.returncode or q.returncode}"}
+                err = [ln for ln in (p.stderr if p.returncode else q.stderr).splitlines() if "Error" in ln]
+                out[name] = {"error": err[-1].strip() if err else f"exit {p.returncode or q.returncode}"}
                 print(f"  {name}: failed: {out[name]['error']}", flush=True)
                 continue
             probe = json.loads(p.stdout.splitlines()[-1])
