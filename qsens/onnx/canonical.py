@@ -824,7 +824,7 @@ _SAMPLE_LOCAL = {"Conv", "Relu", "PRelu", "LeakyRelu", "Clip", "Sigmoid", "Tanh"
                  "Floor", "Ceil", "Round", "Cast", "Identity", "Add", "Sub", "Mul", "Div", "Max", "Min", "Pow",
                  "BatchNormalization", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LRN",
                  "InstanceNormalization", "Flatten", "Softmax", "LogSoftmax", "Concat", "Gemm", "MatMul", "ReduceMean",
-                 "qsens.Chain"}
+                 registry.CHAIN}
 
 
 _CHAIN_NOT_LOCAL = {"Softmax", "LogSoftmax", "Concat", "Flatten", "ReduceMean", "Gemm", "MatMul"}
@@ -844,7 +844,7 @@ def _sample_local(op: Op, g: Graph, param_shapes) -> bool:
     shapes = [g.tensor_shape(t) for t in op.inputs] + list(op.out_shapes)
     if not op.inputs or any(not s or s[0] != B for s in shapes) or op.onnx_type not in _SAMPLE_LOCAL:
         return False
-    if op.onnx_type == patterns.CHAIN:  # fused nodes: elementwise steps, Conv, BatchNormalization
+    if op.onnx_type == registry.CHAIN:  # fused nodes: elementwise steps, Conv, BatchNormalization
         return all(t in _SAMPLE_LOCAL and t not in _CHAIN_NOT_LOCAL for t, _a, _x in op.attr("chain"))
     rank = len(op.out_shapes[0])
     t = op.onnx_type

@@ -22,13 +22,14 @@ import numpy as np
 from jax import lax
 
 from .ir import Op
+from .registry import CHAIN
 
 TO_NHWC = (0, 2, 3, 1)
 TO_NCHW = (0, 3, 1, 2)
 
 ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Relu", "Clip", "PRelu", "LeakyRelu", "Sigmoid",
                "HardSigmoid", "HardSwish", "Tanh", "Exp", "Abs", "Neg", "Sqrt", "Erf", "Elu", "Softplus", "Gelu",
-               "Identity", "Floor", "Ceil", "Reciprocal", "Log", "Pow", "qsens.Chain"}
+               "Identity", "Floor", "Ceil", "Reciprocal", "Log", "Pow", CHAIN}
 
 
 _DW_PRODUCTS: contextvars.ContextVar = contextvars.ContextVar("qsens_dw_products", default=False)
@@ -81,7 +82,7 @@ def nhwc_ok(op: Op, in_shapes: list[tuple[int, ...]], weights: dict, consts: dic
         return True
     if t == "Concat":
         return all(np.ndim(v) == 4 for v in list(weights.values()) + list(consts.values()) if v is not None)
-    if t == "qsens.Chain" and any(st not in ELEMENTWISE or st == "qsens.Chain" for st, _a, _x in op.attr("chain")):
+    if t == CHAIN and any(st not in ELEMENTWISE or st == CHAIN for st, _a, _x in op.attr("chain")):
         return False  # a fused Conv / BatchNormalization chain runs NCHW
     if t in ELEMENTWISE:
         if len(set(in_shapes)) != 1:

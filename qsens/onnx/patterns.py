@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 
 from .ir import freeze_attrs
+from .registry import CHAIN
 
-CHAIN = "qsens.Chain"
 HSIG_ALPHA = float(np.float32(1.0 / 6.0))  # 0.1666666716337204, the only alpha TorchHardSwishPattern accepts
 
 
@@ -310,10 +310,6 @@ def assign_top_types(kept: list, params: dict, avals: dict) -> None:
             r.extra["top_type"] = "Deconv"
 
 
-def _f32(x) -> np.ndarray:
-    return np.asarray(x, np.float32)
-
-
 def _q(r, params, role: str):
     """An INT8 parameter of raw ``r``: its ``q_<role>`` extra weight, else None."""
     for k, key in r.extra.get("extra_weights", ()):
@@ -328,7 +324,7 @@ def _set_q(r, params, **vals) -> None:
         if v is None:
             continue
         key = f"{r.outputs[0]}@q_{role}"
-        params[key] = _f32(v)
+        params[key] = np.asarray(v, np.float32)
         ew.append((f"q_{role}", key))
     r.extra["extra_weights"] = ew
 

@@ -187,8 +187,7 @@ def int8_op(op, weights, q_inputs: Sequence, qp: dict, chip: ChipSpec = BM1684):
     if kind == "Deconv":
         x = xs[0]
         w8 = qp["w8"]
-        cin, mg = w8.shape[0], w8.shape[1]
-        K = int(cin // int(op.attr("group", 1)) * np.prod(w8.shape[2:]))
+        K = int(w8.shape[0] // int(op.attr("group", 1)) * np.prod(w8.shape[2:]))
         acc = _exact(_deconv_fn(op, x.shape), x, w8, K, op.name) + qp["b16"].reshape(1, -1, 1, 1)
         # the interpreter (Tpu/Interfaces/Common/Deconv.cpp) saturates with to_int8 even for a uint8 output: a Deconv
         # with a fused ReLU never exceeds 127 (checked against TPU-MLIR 1.23, gen_const's relu42_Relu)

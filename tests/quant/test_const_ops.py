@@ -170,11 +170,10 @@ LOWERED = [
 
 @pytest.mark.parametrize("name,op_name,expected", LOWERED, ids=[f"{a}:{b}" for a, b, _ in LOWERED])
 def test_parameters_equal_tpu_mlir_lowering(name, op_name, expected):
-    from tests import tpu_mlir_oracle as TO
-
     import qsens.onnx
     from qsens.quant.mixed import host_qparams, plan_from_table, thresholds_from_table
     from qsens.tables import read_cali_table
+    from tests import tpu_mlir_oracle as TO
 
     fx = TO.load(name)
     fn, params = qsens.onnx.to_jax(str(TO.model_path(fx)))
