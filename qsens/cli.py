@@ -283,6 +283,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--method_batch", choices=("loop", "concat"), default="loop",
                    help="fast strategy: suffixes of the candidates one after another (loop) or stacked (concat)")
     s.add_argument("-q", "--quiet", action="store_true")
+    from .search import VARIANTS
+
+    v = s.add_argument_group("variants (qsens only; the same output files; README 'Search variants')")
+    v.add_argument("--variant", default="sensitive", choices=("sensitive",) + VARIANTS,
+                   help="sensitive: TPU-MLIR's run_sensitive_layer (default); auto_n: greedy exact forward selection; "
+                   "auto_n_ordered: leave-one-in order + exact checks; neighbour: producer/consumer units; "
+                   "leave_one_out; grad_screen: straight-through gradient scores + exact top-K; threshold_grid / "
+                   "threshold_optax: new thresholds, then float layers; cost_aware: Pareto front over float MACs")
+    v.add_argument("--unit_len", type=int, default=2, help="neighbour: longest producer->consumer chain (default 2)")
+    v.add_argument("--top_k", type=int, default=10, help="grad_screen: ops scored exactly (default 10)")
+    v.add_argument("--score", choices=("taylor", "fisher"), default="taylor", help="grad_screen's ranking score")
+    v.add_argument("--grid_size", type=int, default=16,
+                   help="threshold_grid: thresholds per op between the 99.9th percentile of |x| and the max")
+    v.add_argument("--optax_steps", type=int, default=50, help="threshold_optax: Adam steps (default 50)")
+    v.add_argument("--optax_lr", type=float, default=0.02, help="threshold_optax: learning rate on log thresholds")
+    v.add_argument("--float_budget_macs", type=float, default=0.1,
+                   help="cost_aware: float MACs allowed per image (a fraction of the model's when <= 1; default 0.1)")
     s.set_defaults(fn=cmd_search)
 
     s = sub.add_parser("qtable", help="greedy mix-precision search like run_qtable.py (writes a qtable)")

@@ -103,6 +103,7 @@ class CompileStats:
 
     def __init__(self):
         self.traces = 0
+        self.calls = 0  # executable calls through Engine.call (compiles included)
         self.first_call_s = 0.0
         self._c0 = compile_seconds()
 
@@ -111,7 +112,7 @@ class CompileStats:
         return compile_seconds() - self._c0
 
     def as_dict(self) -> dict:
-        return {"executables": self.traces, "compile_s": round(self.compile_s, 3),
+        return {"executables": self.traces, "calls": self.calls, "compile_s": round(self.compile_s, 3),
                 "first_call_s": round(self.first_call_s, 3)}
 
 
@@ -201,6 +202,7 @@ class Engine:
 
     def call(self, fn, weights, acts, *extra):
         """Call a jitted executable; the first call per (executable, input shapes) is timed as a compile."""
+        self.stats.calls += 1
         sk = (tuple((tuple(a.shape), str(a.dtype)) for a in acts), tuple(np.shape(x) for x in extra))
         if not self.cache.first_call(fn, sk):
             return fn(weights, acts, *extra)

@@ -14,6 +14,11 @@ and returned: which op is next and, for the prefix evaluators, the activations c
   ``L`` are float, so ``L``'s inputs are the float activations the prefix already holds: only ``L`` (INT8, once
   per candidate) and the float suffix behind it run.  Same executables, same batches, so its losses equal
   :class:`WholeGraph`'s (tested).
+- :class:`MixedPrefix`: configurations that agree with a *base* configuration on every op before the carry's
+  next op ``L`` (precision, and the effective thresholds of the tensors those ops quantize): the base mixed
+  model's prefix is advanced once, and each configuration runs from ``L`` on.  With an all-INT8 base this is the
+  INT8-prefix evaluator of leave-one-out and the greedy searches; with an all-float base it scores units of
+  several INT8 ops.  A configuration that does not agree on the prefix is run whole (counted in ``fallbacks``).
 - :class:`~qsens.search.mixprec.Int8Prefix` (run_qtable's accumulated-error walk) lives with that strategy.
 
 Devices are the evaluators' business: nothing above them knows where arrays live.
@@ -214,6 +219,75 @@ class FloatPrefix:
                     env[out_t] = ys[m]
                     per_cand[m].append(problem.outputs(e, e.run(env, i + 1, keep=keep)))
         return [problem.scorer.loss(concat_chunks(parts, problem.counts)) for parts in per_cand]
+
+
+def prefix_compatible(problem: Problem, a: Config, a_eff: np.ndarray, b: Config, b_eff: np.ndarray, i: int) -> bool:
+    """True when configurations ``a`` and ``b`` compute the same values for every tensor made by ops ``[0, i)``
+    and cast those tensors identically: same precision for each op that can be INT8, and equal effective
+    thresholds for every tensor made before ``i`` (an INT8 producer's value and every INT8 consumer's cast
+    depend on them; a float producer's tensor is held to the same rule, which is only stricter)."""
+    plan, g = problem.plan, problem.graph
+    idx = plan.tensor_index
+    for op in g.ops[:i]:
+        if op.type == "Input" or op.name in plan.f32_reason:
+            continue
+        if (op.name in a.int8_ops) != (op.name in b.int8_ops):
+            return False
+    made = [idx[t] for op in g.ops[:i] for t in op.outputs]
+    return bool(np.array_equal(a_eff[made], b_eff[made]))
+
+
+class MixedPrefix:
+    """Configurations that agree with ``base`` before the carry's next op, on the base's mixed prefix.
+
+    The carry holds the base mixed model's live tensors after ops ``[0, next)`` (per chunk); a configuration
+    runs from op ``next`` on (its own precision and thresholds) on a copy of them, with the executables the
+    whole-graph run uses, so the losses equal :class:`WholeGraph`'s.  ``fallbacks`` counts configurations that
+    did not agree with the base on the prefix (run whole); ``suffix_runs`` those run from ``next``."""
+
+    name = "mixed_prefix"
+
+    def __init__(self, problem: Problem, base: Config):
+        self.base = Config(frozenset(base.int8_ops), np.asarray(base.thresholds, np.float32))
+        self.base_eff = problem.plan.effective(self.base.thresholds)
+        self.fallbacks = 0
+        self.suffix_runs = 0
+
+    def init(self, problem: Problem, start: int = 0) -> Prefix:
+        carry = Prefix(0, tuple(problem.engine.input_env(part) for part in problem.chunks))
+        while carry.next < start:
+            carry = self.advance(problem, carry)
+        return carry
+
+    def advance(self, problem: Problem, carry: Prefix) -> Prefix:
+        i = carry.next
+        envs = tuple(advance_mixed(problem, dict(env), self.base_eff, self.base.int8_ops, start=i, stop=i + 1)
+                     for env in carry.envs)
+        return Prefix(i + 1, envs)
+
+    def rebase(self, problem: Problem, base: Config, carry: Prefix) -> bool:
+        """Take ``base`` as the new base if it agrees with the old one before ``carry.next`` (the carry stays
+        valid); returns False (nothing changed) otherwise."""
+        base = Config(frozenset(base.int8_ops), np.asarray(base.thresholds, np.float32))
+        eff = problem.plan.effective(base.thresholds)
+        if not prefix_compatible(problem, self.base, self.base_eff, base, eff, carry.next):
+            return False
+        self.base, self.base_eff = base, eff
+        return True
+
+    def losses(self, problem: Problem, configs: Sequence[Config], carry: Prefix) -> list[float]:
+        i = carry.next
+        out = []
+        for c in configs:
+            eff = problem.plan.effective(np.asarray(c.thresholds, np.float32))
+            if not prefix_compatible(problem, self.base, self.base_eff, c, eff, i):
+                self.fallbacks += 1
+                out.append(problem.scorer.loss(run_mixed(problem, c)))
+                continue
+            self.suffix_runs += 1
+            outs = [run_mixed_env(problem, dict(env), eff, c.int8_ops, start=i) for env in carry.envs]
+            out.append(problem.scorer.loss(concat_chunks(outs, problem.counts)))
+        return out
 
 
 EVALUATORS = {"fast": FloatPrefix, "naive": WholeGraph}

@@ -74,6 +74,14 @@ class SearchOptions(DataOptions):
     batch: int = 10
     method_batch: str = "loop"
     quiet: bool = False
+    variant: str = "sensitive"  # sensitive (TPU-MLIR's) or one of qsens.search.variants.VARIANTS
+    unit_len: int = 2
+    top_k: int = 10
+    grid_size: int = 16
+    optax_steps: int = 50
+    optax_lr: float = 0.02
+    float_budget_macs: float = 0.1
+    score: str = "taylor"
 
 
 
@@ -223,6 +231,7 @@ def run_sensitive_search(o: SearchOptions, *, echo: Callable[[str], None] = prin
     if saved is not None:
         cal = Calibration.from_json(saved["cal"])
         base_cal = Calibration.from_json(saved["base_cal"]) if saved.get("base_cal") else None
+        grid_lo = saved.get("p999", {})
         echo(f"resuming: calibration reused from {phase.path}")
     else:
         # one statistics pass for both: run_sensitive_layer's method tables (o.hist, v1 by default) and, without
@@ -231,7 +240,9 @@ def run_sensitive_search(o: SearchOptions, *, echo: Callable[[str], None] = prin
         cals = calibrate_multi(fn.model, cal_files, pp, specs=specs, tune_num=o.tune_num, progress=not o.quiet,
                                stats=stats, batch=o.batch)
         cal, base_cal = cals[0], (cals[1] if base is None else None)
-        phase.save({"cal": cal.to_json(), "base_cal": base_cal.to_json() if base_cal is not None else None})
+        grid_lo = {t: abs_percentile(r, 99.9) for t, r in cal.stats.items()}
+        phase.save({"cal": cal.to_json(), "base_cal": base_cal.to_json() if base_cal is not None else None,
+                    "p999": grid_lo})
     t_cal = time.time() - t_cal
     if o.tune_num <= 0:
         print("note: --tune_num 0: untuned method thresholds (TPU-MLIR's SL-old would crash here)", file=sys.stderr)
@@ -251,6 +262,9 @@ def run_sensitive_search(o: SearchOptions, *, echo: Callable[[str], None] = prin
     post_id = file_sha(o.post_process) if o.post_process else None
     from ..zoo import labels_if_known
 
+    if o.variant != "sensitive":
+        return _run_variant(o, fn, base, cal, grid_lo, inputs, inf_files, post, post_id, compare, cweights, stats,
+                            extra_files, phase, echo, t0, t_cal)
     res = search(fn.model, base, cal.tuned, inputs, cfg, out_dir=out_dir, qtable_path=o.quantize_table, chunk=o.batch,
                  labels=labels_if_known(inf_files), resume=o.resume, post_process=post, progress=not o.quiet,
                  extra_files=extra_files, stats=stats, post_process_id=post_id, echo=echo)
@@ -278,6 +292,56 @@ def run_sensitive_search(o: SearchOptions, *, echo: Callable[[str], None] = prin
     echo(f"total time:{time.time() - t0}  (calibration {t_cal:.1f} s, search {res.timings['search_s']:.1f} s, "
          f"{res.evaluated_ops} ops evaluated, XLA compile {stats.compile_s:.1f} s for {stats.traces} executables)")
     echo("success sensitive layer search")
+    return res
+
+
+def abs_percentile(r, q: float) -> float:
+    """The ``q``-th percentile of |x| from a tensor's calibration histogram (upper edge of the bin where the
+    cumulative count reaches ``q`` %); the tensor's abs max when there is no histogram."""
+    import numpy as np
+
+    h = np.asarray(r.histogram, np.float64)
+    if h.size == 0 or h.sum() <= 0 or not r.width:
+        return float(r.abs_max)
+    k = int(np.searchsorted(np.cumsum(h), q / 100.0 * h.sum()))
+    return float(min((k + 1) * float(r.width), float(r.abs_max)))
+
+
+def _run_variant(o, fn, base, cal, grid_lo, inputs, inf_files, post, post_id, compare, cweights, stats, extra_files,
+                 phase, echo, t0, t_cal):
+    """``qsens search --variant NAME``: a :mod:`qsens.search.variants` strategy on the base table."""
+    from ..zoo import labels_if_known
+    from .variants import make_variant
+    from .varjob import variant_search
+
+    bounds = {t: (float(grid_lo.get(t, cal.stats[t].abs_max)), float(cal.stats[t].abs_max)) for t in cal.stats}
+    v = make_variant(o.variant, expected_cos=o.expected_cos, max_float_layers=o.max_float_layers,
+                     unit_len=o.unit_len, top_k=o.top_k, grid_size=o.grid_size, grid_bounds=bounds,
+                     optax_steps=o.optax_steps, optax_lr=o.optax_lr, float_budget_macs=o.float_budget_macs,
+                     score=o.score, seed=o.seed)
+    res = variant_search(fn.model, base, inputs, v, out_dir=o.out_dir, qtable_path=o.quantize_table,
+                         resume=o.resume, post_process=post, post_process_id=post_id, compare_layers=compare,
+                         compare_weights=cweights, progress=not o.quiet, echo=echo, stats=stats, chunk=o.batch,
+                         labels=labels_if_known(inf_files), extra_files=extra_files)
+    phase.remove()
+    if res["early_exit"]:
+        return res
+    s = res["summary"]
+    echo(">>>run result:")
+    echo(f"int8 outputs_cos:{s['int8']['similarity']:.6f} old")
+    if s["n_thresholds_changed"]:
+        echo(f"int8 outputs_cos with the new table:{s['int8_new_table']['similarity']:.6f} "
+             f"({s['n_thresholds_changed']} thresholds changed)")
+    echo(f"mix model outputs_cos:{s['mix_new_table']['similarity']:.6f}")
+    echo(f"  (plain cosine: INT8 {s['int8']['cosine']:.6f}, MIX new table {s['mix_new_table']['cosine']:.6f}; "
+         "similarity = 0.5+0.5*cos)")
+    echo(f"float layers ({len(res['float_layers'])}): {', '.join(res['float_layers'])}")
+    c = res["counts"]
+    echo(f"Output mix quantization table to {res['files']['qtable']}")
+    echo(f"total time:{time.time() - t0}  (calibration {t_cal:.1f} s, {o.variant} {res['timings']['search_s']:.1f} s: "
+         f"{s['n_evaluations']} exact evaluations in {c['walks']} walks + {c['whole_runs']} whole runs, XLA compile "
+         f"{stats.compile_s:.1f} s for {stats.traces} executables, {stats.calls} calls)")
+    echo(f"success {o.variant} search")
     return res
 
 
