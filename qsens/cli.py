@@ -293,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "threshold_optax: new thresholds, then float layers; cost_aware: Pareto front over float MACs")
     v.add_argument("--unit_len", type=int, default=2, help="neighbour: longest producer->consumer chain (default 2)")
     v.add_argument("--top_k", type=int, default=10, help="grad_screen: ops scored exactly (default 10)")
-    v.add_argument("--score", choices=("taylor", "fisher"), default="taylor", help="grad_screen's ranking score")
+    v.add_argument("--score", choices=("taylor", "fisher", "taylor_requant", "fisher_requant"), default="taylor",
+                   help="grad_screen's ranking score (README 'Search variants')")
     v.add_argument("--grid_size", type=int, default=16,
                    help="threshold_grid: thresholds per op between the 99.9th percentile of |x| and the max")
     v.add_argument("--optax_steps", type=int, default=50, help="threshold_optax: Adam steps (default 50)")

@@ -23,13 +23,14 @@ LAYERS = {
     "qsens.cli": 6, "qsens.__main__": 6,
 }
 #: inside qsens.search: the engine parts, then the job (the only I/O), then the workflows from files
-SEARCH = {"candidates": 0, "selectors": 0, "problem": 0, "evaluators": 1, "strategies": 2, "mixprec": 2,
-          "calisearch": 3, "job": 3, "calijob": 4, "workflows": 5}
+SEARCH = {"candidates": 0, "selectors": 0, "problem": 0, "evaluators": 1, "gradient": 1, "strategies": 2,
+          "mixprec": 2, "variants": 2, "calisearch": 3, "job": 3, "calijob": 4, "varjob": 4, "workflows": 5}
 #: the simulation and search core never touch the zoo (real-model downloads) or the CLI
 CORE = ("qsens.onnx", "qsens.quant", "qsens.calib", "qsens.engine", "qsens.calibrate", "qsens.metrics",
         "qsens.tables", "qsens.search.candidates", "qsens.search.selectors", "qsens.search.problem",
         "qsens.search.evaluators", "qsens.search.strategies", "qsens.search.mixprec", "qsens.search.calisearch",
-        "qsens.search.job", "qsens.search.calijob")
+        "qsens.search.job", "qsens.search.calijob", "qsens.search.gradient", "qsens.search.variants",
+        "qsens.search.varjob")
 
 
 def modules():

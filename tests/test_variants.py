@@ -87,11 +87,12 @@ def test_mixed_prefix_falls_back_when_the_prefix_differs(small):
     assert got == pytest.approx(_whole(pb, odd), abs=TOL)
 
 
-@pytest.mark.parametrize("name", [v for v in VARIANTS if v not in ("grad_screen", "threshold_optax")])
+@pytest.mark.parametrize("name", VARIANTS)
 def test_each_variant_evaluations_equal_whole_graph(small, name):
     """Every configuration a variant scored (and the one it chose) has the loss a whole-graph run gives."""
     pb = small["pb"]
-    v = V.make_variant(name, expected_cos=0.99999, max_float_layers=3, grid_size=4, grid_bounds=small["bounds"])
+    v = V.make_variant(name, expected_cos=0.99999, max_float_layers=3, grid_size=4, grid_bounds=small["bounds"],
+                       top_k=5, optax_steps=6)
     st = V.run_variant(pb, v)
     assert st["done"] and st["evals"]
     th_final = np.asarray(st["th"], np.float32)
@@ -104,6 +105,13 @@ def test_each_variant_evaluations_equal_whole_graph(small, name):
     assert checked >= 5
     fl = st["float_layers"]
     assert len(fl) <= 3 and set(fl) <= set(V.int8_capable(pb))
+    if name == "grad_screen":  # only the top_k of the screen are scored exactly
+        exact = [e for e in st["evals"] if e["phase"] == "exact_top_k"]
+        assert [e["float"][0] for e in exact] == st["screen_order"][:5] and len(st["screen_order"]) == 13
+        assert st["grad"]["loss"] == pytest.approx(_whole(pb, Config(V.all_ops(pb), pb.th0)), abs=TOL)
+    if name == "threshold_optax":
+        assert st["int8_after"] >= st["int8_before"] and len(st["history"]) == 6
+        assert 1 - st["int8_after"] == pytest.approx(_whole(pb, Config(V.all_ops(pb), th_final)), abs=TOL)
     if name == "threshold_grid":  # the last grid choice's loss is the new table's all-INT8 loss
         assert abs(st["best_loss"] - _whole(pb, Config(V.all_ops(pb), th_final))) <= TOL
         assert st["int8_after"] >= st["int8_before"]

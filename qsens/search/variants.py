@@ -48,6 +48,10 @@ from . import VARIANTS
 from .evaluators import Config, MixedPrefix, WholeGraph
 from .problem import Problem
 
+#: grad_screen's scores (qsens.search.gradient.grad_scores): first-order ``sum g*dy`` and its Fisher form; the
+#: ``_requant`` forms take ``dy = y_int8 - Q(y_float)`` for an op whose readers all re-quantize its output
+GRAD_SCORES = ("taylor", "fisher", "taylor_requant", "fisher_requant")
+
 
 # --------------------------------------------------------------------------------------------- helpers
 def int8_capable(problem: Problem) -> list[str]:
@@ -245,8 +249,8 @@ class Variant(_Ordered):
             raise SearchError(f"--max_float_layers {max_float_layers} must be >= 0")
         if self.unit_len < 1:
             raise SearchError(f"--unit_len {unit_len} must be >= 1")
-        if score not in ("taylor", "fisher"):
-            raise SearchError(f"--score {score}: use taylor or fisher")
+        if score not in GRAD_SCORES:
+            raise SearchError(f"--score {score}: use one of {', '.join(GRAD_SCORES)}")
 
     def settings(self) -> dict:
         """What the results depend on (part of the resume fingerprint and of search.json)."""
@@ -394,10 +398,9 @@ class GradScreen(Variant):
 
         if state["phase"] == "start":
             r = grad_scores(problem, _th(state))
-            sc = dict(zip(r["ops"], map(float, r[self.score])))
-            state.update(phase="exact", grad={"taylor": dict(zip(r["ops"], map(float, r["taylor"]))),
-                                              "fisher": dict(zip(r["ops"], map(float, r["fisher"]))),
-                                              "loss": float(r["loss"]), "seconds": float(r["seconds"])},
+            grad = {k: dict(zip(r["ops"], map(float, r[k]))) for k in GRAD_SCORES}
+            sc = grad[self.score]
+            state.update(phase="exact", grad={**grad, "loss": float(r["loss"]), "seconds": float(r["seconds"])},
                          screen_order=rank(sc, problem))
             return state, [f"gradient screen ({self.score}) of {len(sc)} ops in {r['seconds']:.2f} s"]
         top = state["screen_order"][: self.top_k]
