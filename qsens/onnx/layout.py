@@ -246,7 +246,9 @@ def run_nhwc(op: Op, ins: list, weights: dict, consts: dict) -> list:
         win = ((1,) + tuple(k) + (1,), (1,) + tuple(s) + (1,), ((0, 0), (pt, pb), (pl, pr), (0, 0)))
         if t == "MaxPool":
             init = -jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
-            return [lax.reduce_window(x, jnp.asarray(init, x.dtype), lax.max, *win)]
+            # a concrete (NumPy) init value: JAX then lowers the max monoid (reduce_window_max), which has
+            # reverse-mode derivatives (the straight-through gradient model differentiates through it)
+            return [lax.reduce_window(x, np.asarray(init, x.dtype), lax.max, *win)]
         z = jnp.zeros((), x.dtype)
         from .ops.conv import conv_pads
         from .ops.pool import exact_divide, window_sum_rowmajor

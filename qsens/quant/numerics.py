@@ -308,7 +308,8 @@ def rshift_from_qscale(qscale, max_multiplier: int = 127):
     q = _f64(qscale)
     r = xp.arange(63, dtype=np.float64)
     ok = q * xp.exp2(r + 1) >= max_multiplier
-    first = xp.argmax(ok)
+    # first True as a masked min (no xp.argmax: its int64 index breaks under an outer non-x64 jit or a jvp)
+    first = xp.min(xp.where(ok, xp.arange(63, dtype=np.int32), 63))
     return xp.where((q > max_multiplier) | ~xp.any(ok), 0, first).astype(np.int32)
 
 

@@ -40,7 +40,7 @@ def maxpool(xp, ins, attrs):
     k, s, d, pads, _ = pool_geometry(attrs, x.shape[2:])
     init = -jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
     y = lax.reduce_window(
-        x, jnp.asarray(init, x.dtype), lax.max, (1, 1) + k, (1, 1) + s, ((0, 0), (0, 0)) + pads,
+        x, np.asarray(init, x.dtype), lax.max, (1, 1) + k, (1, 1) + s, ((0, 0), (0, 0)) + pads,
         window_dilation=(1, 1) + d,
     )
     return [y]

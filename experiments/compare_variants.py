@@ -1,0 +1,310 @@
+"""Every search variant and TPU-MLIR's searchers on the same models, images and table, scored the same way.
+
+    python experiments/compare_variants.py [--models efficientnet_lite0,mtcnn_pnet,mtcnn_rnet,mtcnn_onet,
+                                            efficientnet_lite2] [--images 100] [--inference 30] [--max_k 10]
+                                           [--seed 1684] [--out experiments/results/compare_variants]
+
+Per model, each tool runs as its qsens verb in a fresh process (wall time is the process's), on the same
+seeded selection of ``images100/``: ``--images`` calibration images, the first ``--inference`` of the same
+shuffle score the search, and the other images of the folder are the *held-out* set.  All variants search
+with the base table of the sensitive run (``cali_table``: run_calibration's KL table), so the comparison is on
+the same table; ``auto_n (sensitive table)`` composes: greedy selection on the sensitive search's new table.
+
+| tool | command |
+|---|---|
+| sensitive (TPU-MLIR ``run_sensitive_layer``) | ``qsens search`` (top-N order, its new table) |
+| run_qtable (TPU-MLIR 1.23) | ``qsens qtable`` with the base table |
+| search_qtable / fast_search (TPU-MLIR 1.30.2) | ``qsens calibrate --search ...`` |
+| each variant | ``qsens search --variant NAME --calibration_table cali_table`` |
+
+Then every outcome is scored exactly: the first k layers of its order (k = 0..max_k) float with its table,
+on the search images and on the held-out images: similarity (0.5+0.5cos), plain cosine, top-1 agreement
+with FP32, labelled top-1/top-5 where the zoo knows labels; the float layers each needs for 0.99 and 0.995;
+Kendall tau of leave-one-out vs leave-one-in and of the gradient scores vs exact leave-one-out; exact
+evaluations, executables, calls and times.  Writes ``<out>/<model>.json``, ``<out>/summary.json``,
+``<out>/compare_variants.png`` and prints Markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import qsens  # noqa: F401  (first: hostmem's malloc policy)
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = ("auto_n", "auto_n_ordered", "neighbour", "leave_one_out", "grad_screen", "threshold_grid",
+            "threshold_optax", "cost_aware")
+SHAPES = {"mtcnn_pnet": "[[1,3,48,48]]"}
+TARGETS = (0.99, 0.995)
+
+
+def qtable_ops(path: Path) -> list[str]:
+    return [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+
+
+def run(cmd: list[str], env, log: Path) -> float:
+    t = time.perf_counter()
+    with open(log, "w") as f:
+        p = subprocess.run([sys.executable, "-m", "qsens", *cmd], env=env, stdout=f, stderr=subprocess.STDOUT)
+    if p.returncode != 0:
+        raise SystemExit(f"qsens {' '.join(cmd)} failed: see {log}\n{log.read_text()[-3000:]}")
+    return time.perf_counter() - t
+
+
+def run_tools(model: str, key: str, a, work: Path, env) -> dict:
+    """Run the searchers; returns {tool: {"table", "order" | "qtable", "wall_s", "json"}}."""
+    from qsens.zoo import zoo_path
+
+    images = str(zoo_path("images100"))
+    shape = ["--input_shapes", SHAPES[key]] if key in SHAPES else []
+    data = ["--dataset", images, "--input_num", str(a.images), "--seed", str(a.seed), *shape]
+    tools: dict[str, dict] = {}
+    d = work / "sensitive"
+    common = ["--inference_num", str(a.inference), "--expected_cos", "0.9999", "--max_float_layers", str(a.max_k), "-q"]
+    wall = run(["search", model, *data, *common, "--out_dir", str(d)], env, work / "sensitive.log")
+    sj = json.loads((d / "search.json").read_text())
+    from qsens.search.selectors import Sensitivity, analysis_sensitive_layers
+
+    from_json = [Sensitivity(o["op"], o["best_loss"], o["type"]) for o in sj["ops"]]
+    tools["sensitive"] = {"table": d / "new_cali_table.txt", "order": qtable_ops(d / "qtable"), "wall_s": wall,
+                          "json": sj, "scores": {s.name: s.loss for s in from_json}}
+    tools["sensitive (base table)"] = {**tools["sensitive"], "table": d / "cali_table"}
+    base = d / "cali_table"
+    assert analysis_sensitive_layers(from_json, a.max_k)  # the order the qtable holds (partner rule included)
+    for v in VARIANTS + ("auto_n@sensitive_table",):
+        name, table = (v, base) if "@" not in v else ("auto_n", d / "new_cali_table.txt")
+        out = work / v.replace("@", "_")
+        extra = ["--top_k", str(a.top_k)] if name == "grad_screen" else []
+        wall = run(["search", model, *data, *common, "--variant", name, "--calibration_table", str(table),
+                    "--out_dir", str(out), *extra], env, work / f"{v}.log")
+        vj = json.loads((out / "search.json").read_text())
+        st = vj["state"]
+        order = list(st.get("order") or vj["float_layers"])
+        label = v if "@" not in v else "auto_n (sensitive table)"
+        tools[label] = {"table": out / "new_cali_table.txt", "order": order, "wall_s": wall, "json": vj,
+                        "chosen": vj["float_layers"]}
+    q = work / "qtable"
+    wall = run(["qtable", model, "--dataset", images, "--input_num", str(a.inference), "--seed", str(a.seed), *shape,
+                "--calibration_table", str(base), "--expected_cos", "0.99", "--out_dir", str(q), "-q"], env,
+               work / "qtable.log")
+    tools["run_qtable"] = {"table": base, "qtable": qtable_ops(q / "qtable"), "wall_s": wall}
+    for mode in ("search_qtable", "fast_search"):
+        m = work / mode
+        m.mkdir(exist_ok=True)
+        wall = run(["calibrate", model, *data, "--inference_num", str(a.inference), "--search", mode,
+                    "--expected_cos", "0.99", "--quantize_table", str(m / "qtable"), "-o", str(m / "cali_table"),
+                    "-q"], env, work / f"{mode}.log")
+        table = m / "new_cali_table.txt" if mode == "search_qtable" else m / "cali_table"
+        tools[mode] = {"table": table, "qtable": qtable_ops(m / "qtable"), "wall_s": wall}
+    return tools
+
+
+def score(model: str, key: str, a, tools: dict) -> dict:
+    import numpy as np
+
+    from qsens.data.dataset import select_files
+    from qsens.onnx import to_jax
+    from qsens.pipeline import load_inputs, make_preprocess, preset_for_model
+    from qsens.search.evaluators import Config, run_mixed
+    from qsens.search.job import label_accuracy
+    from qsens.search.problem import Problem
+    from qsens.search.variants import kendall_tau
+    from qsens.tables import read_cali_table
+    from qsens.zoo import labels_if_known, zoo_path
+
+    shapes = json.loads(SHAPES[key]) if key in SHAPES else None
+    fn, _ = to_jax(model, shapes)
+    g = fn.graph
+    pool = select_files(str(zoo_path("images100")), input_num=0, seed=a.seed)
+    sets = {"search": pool[: a.inference], "held_out": pool[a.inference :]}
+    pp = make_preprocess(g, preset=preset_for_model(model))
+    xs = {k: load_inputs(f, g, pp) for k, f in sets.items()}
+    labels = {k: labels_if_known(f) for k, f in sets.items()}
+    problems: dict = {}
+
+    def problem(table: Path, which: str):
+        k = (str(table), which)
+        if k not in problems:
+            problems[k] = Problem.from_table(fn.model, read_cali_table(str(table)), xs[which])
+        return problems[k]
+
+    def evaluate(table, fl, which):
+        p = problem(table, which)
+        outs = run_mixed(p, Config(frozenset(g.op_names) - set(fl), p.th0))
+        o = np.asarray(outs[next(iter(outs))])
+        ref = np.asarray(p.ref_outputs[next(iter(p.ref_outputs))])
+        r = {"similarity": float(np.mean(p.scorer.per_sample(outs))), "cosine": p.scorer.cosine(outs)}
+        if ref.ndim == 2 and ref.shape[1] > 1:
+            r["top1_agreement"] = float(np.mean(o.argmax(1) == ref.argmax(1)))
+            if labels[which] is not None:
+                r["labelled"] = label_accuracy(o, labels[which])
+        return r
+
+    res = {"model": key, "images": a.images, "inference": a.inference, "held_out": len(sets["held_out"]),
+           "seed": a.seed, "max_k": a.max_k, "tools": {}}
+    for name, t in tools.items():
+        r: dict = {"wall_s": round(t["wall_s"], 1), "table": Path(t["table"]).name}
+        if "order" in t:
+            order = t["order"][: a.max_k]
+            r["order"] = order
+            curve = {w: [evaluate(t["table"], order[:k], w) for k in range(len(order) + 1)] for w in sets}
+            r["curve"] = {w: [c["similarity"] for c in cs] for w, cs in curve.items()}
+            r["at"] = {str(k): {w: curve[w][k] for w in sets} for k in (1, 3, 5) if k <= len(order)}
+            for tgt in TARGETS:
+                k = next((k for k, s in enumerate(r["curve"]["search"]) if s > tgt), None)
+                r[f"k_for_{tgt}"] = k
+                r[f"held_out_at_k_for_{tgt}"] = r["curve"]["held_out"][k] if k is not None else None
+        else:
+            r["float_layers"] = t["qtable"]
+            r["result"] = {w: evaluate(t["table"], t["qtable"], w) for w in sets}
+        j = t.get("json")
+        if j is not None:
+            if "counts" in j:  # a variant
+                r["n_evaluations"] = j["summary"]["n_evaluations"]
+                r["counts"] = j["counts"]
+                r["search_s"] = round(j["timings"]["search_s"], 2)
+                r["compile"] = j["timings"]["compile"]
+                r["int8_new_table"] = j["summary"]["int8_new_table"]["similarity"]
+            else:
+                r["n_evaluations"] = j["n_candidates_evaluated"]
+                r["search_s"] = round(j["timings"]["search_s"], 2)
+                r["compile"] = j["timings"]["compile"]
+        res["tools"][name] = r
+    res["int8"] = {w: evaluate(tools["sensitive (base table)"]["table"], [], w) for w in sets}
+    # rank correlations (on the ops both rankings score)
+    loo = tools["leave_one_out"]["json"]["state"]["scores"]
+    lin = tools["sensitive"]["scores"]
+    common = [o for o in loo if o in lin]
+    res["kendall_tau"] = {"leave_one_out_vs_leave_one_in": kendall_tau([loo[o] for o in common],
+                                                                       [lin[o] for o in common])}
+    gs = tools["grad_screen"]["json"]["state"]["grad"]
+    for sc in ("taylor", "fisher"):
+        ops = [o for o in loo if o in gs[sc]]
+        res["kendall_tau"][f"grad_{sc}_vs_leave_one_out"] = kendall_tau([gs[sc][o] for o in ops], [loo[o] for o in ops])
+    n = min(5, a.max_k)
+    res["overlap_top5"] = {
+        "grad_screen_vs_leave_one_out": len(set(tools["grad_screen"]["order"][:n]) & set(tools["leave_one_out"]["order"][:n])),
+        "leave_one_out_vs_sensitive": len(set(tools["leave_one_out"]["order"][:n]) & set(tools["sensitive"]["order"][:n])),
+    }
+    res["time_ratio"] = {
+        "grad_screen_over_sensitive_search": res["tools"]["grad_screen"]["search_s"] / res["tools"]["sensitive"]["search_s"],
+        "grad_screen_over_leave_one_out_search": res["tools"]["grad_screen"]["search_s"] / res["tools"]["leave_one_out"]["search_s"],
+        "grad_screen_over_sensitive_wall": res["tools"]["grad_screen"]["wall_s"] / res["tools"]["sensitive"]["wall_s"],
+    }
+    if labels["held_out"] is not None or labels["search"] is not None:
+        res["fp32_labelled"] = {w: label_accuracy(np.asarray(problem(tools["sensitive"]["table"], w).ref_outputs[
+            next(iter(problem(tools["sensitive"]["table"], w).ref_outputs))]), labels[w]) for w in sets
+            if labels[w] is not None}
+    return res
+
+
+def table(res: dict) -> str:
+    lines = [f"### {res['model']} ({res['images']} calibration / {res['inference']} search / {res['held_out']} held-out "
+             f"images; all-INT8 {res['int8']['search']['similarity']:.6f})", "",
+             "| tool | sim @1 | sim @3 | sim @5 | float layers for 0.99 / 0.995 | held-out sim at the 0.99 count | "
+             "top-1 agr. @5 | exact evals | search s | wall s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in res["tools"].items():
+        if "curve" in r:
+            at = lambda k, r=r: f"{r['at'][str(k)]['search']['similarity']:.6f}" if str(k) in r["at"] else "-"  # noqa: E731
+            agr = r["at"].get("5", {}).get("search", {}).get("top1_agreement")
+            ho = r["held_out_at_k_for_0.99"]
+            k1 = r["k_for_0.99"] if r["k_for_0.99"] is not None else f">{len(r['order'])}"
+            k2 = r["k_for_0.995"] if r["k_for_0.995"] is not None else f">{len(r['order'])}"
+            lines.append(f"| {name} | {at(1)} | {at(3)} | {at(5)} | {k1} / {k2} | "
+                         f"{'-' if ho is None else f'{ho:.6f}'} | {'-' if agr is None else f'{agr:.3f}'} | "
+                         f"{r.get('n_evaluations', '-')} | {r.get('search_s', '-')} | {r['wall_s']} |")
+        else:
+            s = r["result"]["search"]
+            lines.append(f"| {name} (its qtable: {len(r['float_layers'])} layers) | - | - | - | "
+                         f"{s['similarity']:.6f} with {len(r['float_layers'])} | "
+                         f"{r['result']['held_out']['similarity']:.6f} | - | - | - | {r['wall_s']} |")
+    kt = res["kendall_tau"]
+    lines.append("")
+    lines.append(f"Kendall tau: leave-one-out vs leave-one-in {kt['leave_one_out_vs_leave_one_in']:.3f}; gradient "
+                 f"taylor / fisher vs exact leave-one-out {kt['grad_taylor_vs_leave_one_out']:.3f} / "
+                 f"{kt['grad_fisher_vs_leave_one_out']:.3f}; top-5 overlap grad_screen/leave_one_out "
+                 f"{res['overlap_top5']['grad_screen_vs_leave_one_out']}, leave_one_out/sensitive "
+                 f"{res['overlap_top5']['leave_one_out_vs_sensitive']}; grad_screen search time / sensitive search time "
+                 f"{res['time_ratio']['grad_screen_over_sensitive_search']:.2f}")
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4.2), squeeze=False)
+    for ax, res in zip(axes[0], results):
+        for name, r in res["tools"].items():
+            if "curve" in r:
+                ax.plot(range(len(r["curve"]["search"])), r["curve"]["search"], marker="o", ms=2, lw=1, label=name)
+            else:
+                ax.plot([len(r["float_layers"])], [r["result"]["search"]["similarity"]], "k*", ms=7)
+                ax.annotate(name, (len(r["float_layers"]), r["result"]["search"]["similarity"]), fontsize=6)
+        for t in TARGETS:
+            ax.axhline(t, color="gray", ls=":", lw=1)
+        ax.set_title(res["model"], fontsize=9)
+        ax.set_xlabel("float layers")
+        ax.set_ylabel("similarity (0.5+0.5cos), search images")
+        lo = min(min(r["curve"]["search"]) for r in res["tools"].values() if "curve" in r)
+        ax.set_ylim(max(lo - 0.002, 0.8), 1.0005)
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="efficientnet_lite0,mtcnn_pnet,mtcnn_rnet,mtcnn_onet,efficientnet_lite2")
+    ap.add_argument("--images", type=int, default=100)
+    ap.add_argument("--inference", type=int, default=30)
+    ap.add_argument("--max_k", type=int, default=10)
+    ap.add_argument("--top_k", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=1684)
+    ap.add_argument("--out", default=str(ROOT / "experiments/results/compare_variants"))
+    ap.add_argument("--work", default=None, help="keep the runs here (default: a temp dir)")
+    a = ap.parse_args(argv)
+    from benchmarks.common import machine  # noqa: PLC0415
+    from qsens.zoo import zoo_path
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, SOURCE_DATE_EPOCH="1700000000")
+    results = []
+    for key in a.models.split(","):
+        model = str(zoo_path(f"{key}.onnx"))
+        work = Path(a.work or tempfile.mkdtemp(prefix="variants_")) / key
+        work.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        tools = run_tools(model, key, a, work, env)
+        res = score(model, key, a, tools)
+        res["total_s"] = round(time.perf_counter() - t0, 1)
+        res["machine"] = machine()
+        (out / f"{key}.json").write_text(json.dumps(res, indent=1) + "\n")
+        results.append(res)
+        print(table(res), flush=True)
+    # the figure and summary cover every model whose JSON is in the folder (models can be run separately)
+    order = {k: i for i, k in enumerate(("efficientnet_lite0", "efficientnet_lite2", "mtcnn_pnet", "mtcnn_rnet",
+                                         "mtcnn_onet"))}
+    results = sorted((json.loads(p.read_text()) for p in out.glob("*.json") if p.stem in order),
+                     key=lambda r: order[r["model"]])
+    plot(results, out / "compare_variants.png")
+    summary = {r["model"]: {name: {k: t.get(k) for k in ("k_for_0.99", "k_for_0.995", "held_out_at_k_for_0.99",
+                                                           "n_evaluations", "search_s", "wall_s")}
+                            for name, t in r["tools"].items()} for r in results}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
