@@ -20,6 +20,7 @@ def test_readme_experiment_block_runs(zoo, capsys):
     exec(compile(code, "README.md", "exec"), {})
     out = capsys.readouterr().out
     assert re.search(r"all-INT8 similarity 0\.\d{4}; most sensitive op \S+ \(loss \d\.\d\de-\d\d\)", out), out
+    assert re.search(r"leave-one-out float layers: \['\w+', '\w+', '\w+'\] gains: \[", out), out
 
 
 def test_readme_api_names_exist():

@@ -260,3 +260,19 @@ def test_cli_variant_errors(small, tmp_path, capsys):
     assert ex.value.code == 2 and "invalid choice: 'nope'" in capsys.readouterr().err
     rc, _, err = run_cli(_argv(small, tmp_path / "e", "--variant", "neighbour", "--unit_len", "0"), capsys)
     one_line_error(rc, err, "--unit_len 0")
+
+
+def test_abs_percentile_from_histogram():
+    from qsens.calib.methods import CalibResult
+    from qsens.search.workflows import abs_percentile
+
+    h = np.zeros(2048, np.float32)
+    h[:999] = 1.0  # 999 of 1000 counts in the first 999 bins, the last one far out
+    h[1999] = 1.0
+    r = CalibResult(min=-4.0, max=4.0, abs_max=4.0, kl=0, p99=0, p99_min=0, p99_max=0, mse=0, histogram=h,
+                    width=4.0 / 2048)
+    assert abs_percentile(r, 99.9) == pytest.approx(999 * 4.0 / 2048)  # upper edge of bin 998
+    assert abs_percentile(r, 100.0) == pytest.approx(2000 * 4.0 / 2048)
+    empty = CalibResult(min=0, max=0, abs_max=3.0, kl=0, p99=0, p99_min=0, p99_max=0, mse=0,
+                        histogram=np.zeros(0, np.float32), width=0.0)
+    assert abs_percentile(empty, 99.9) == 3.0  # no histogram (a resumed calibration): the max

@@ -144,6 +144,14 @@ def mixed_similarity(problem: Problem, config: Config) -> tuple[float, float, np
 
 
 # --------------------------------------------------------------------------------------------- evaluators
+def prefix_at(evaluator, problem: Problem, start: int) -> Prefix:
+    """A prefix evaluator's carry at op ``start``: the network inputs advanced with ``evaluator.advance``."""
+    carry = Prefix(0, tuple(problem.engine.input_env(part) for part in problem.chunks))
+    while carry.next < start:
+        carry = evaluator.advance(problem, carry)
+    return carry
+
+
 class WholeGraph:
     """Every configuration from the network input (the baseline; any set of INT8 ops)."""
 
@@ -173,10 +181,7 @@ class FloatPrefix:
         self.method_batch = method_batch
 
     def init(self, problem: Problem, start: int = 0) -> Prefix:
-        carry = Prefix(0, tuple(problem.engine.input_env(part) for part in problem.chunks))
-        while carry.next < start:
-            carry = self.advance(problem, carry)
-        return carry
+        return prefix_at(self, problem, start)
 
     def advance(self, problem: Problem, carry: Prefix) -> Prefix:
         i = carry.next
@@ -254,10 +259,7 @@ class MixedPrefix:
         self.suffix_runs = 0
 
     def init(self, problem: Problem, start: int = 0) -> Prefix:
-        carry = Prefix(0, tuple(problem.engine.input_env(part) for part in problem.chunks))
-        while carry.next < start:
-            carry = self.advance(problem, carry)
-        return carry
+        return prefix_at(self, problem, start)
 
     def advance(self, problem: Problem, carry: Prefix) -> Prefix:
         i = carry.next

@@ -166,6 +166,12 @@ class JobIO:
     qtable_path: str = "qtable"
 
 
+def job_problem(model, table, inputs, compare_layers, compare_weights, post_process, stats, cache, chunk) -> Problem:
+    """The :class:`Problem` a job searches (``chunk`` None: the default chunk)."""
+    return Problem.from_table(model, table, inputs, compare=compare_layers, compare_weights=compare_weights,
+                              post_process=post_process, stats=stats, cache=cache, **({"chunk": chunk} if chunk else {}))
+
+
 class AllInt8(NamedTuple):
     similarity: float
     cosine: float
@@ -441,9 +447,7 @@ def qtable_search(model, table, inputs: Mapping[str, np.ndarray], *, expected_co
     t_start = time.perf_counter()
     echo = echo or (lambda s: print(s, flush=True))
     stats = stats or CompileStats()
-    problem = Problem.from_table(model, table, inputs, compare=compare_layers, compare_weights=compare_weights,
-                                 post_process=post_process, stats=stats, cache=cache,
-                                 **({"chunk": chunk} if chunk else {}))
+    problem = job_problem(model, table, inputs, compare_layers, compare_weights, post_process, stats, cache, chunk)
     g = problem.graph
     all_int8 = all_int8_similarity(problem)
     t_int8 = time.perf_counter()

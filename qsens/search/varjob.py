@@ -27,12 +27,12 @@ from .job import (
     _fingerprint,
     _make_logger,
     atomic_write,
+    job_problem,
     label_accuracy,
     load_checkpoint,
     plot_safely,
     save_figure,
 )
-from .problem import Problem
 from .variants import Variant, Walker, all_ops
 
 THRESHOLD_VARIANTS = ("threshold_grid", "threshold_optax")
@@ -53,9 +53,8 @@ def variant_search(model, base_table, inputs: Mapping[str, np.ndarray], variant:
     t_start = time.perf_counter()
     echo = echo or (lambda s: print(s, flush=True))
     stats = stats or CompileStats()
-    problem = Problem.from_table(model, base_table, inputs, compare=compare_layers, compare_weights=compare_weights,
-                                 post_process=post_process, stats=stats, cache=cache,
-                                 **({"chunk": chunk} if chunk else {}))
+    problem = job_problem(model, base_table, inputs, compare_layers, compare_weights, post_process, stats, cache,
+                          chunk)
     g = problem.graph
     int8 = mixed_similarity(problem, Config(all_ops(problem), problem.th0))
     t_int8 = time.perf_counter()

@@ -303,7 +303,8 @@ def abs_percentile(r, q: float) -> float:
     h = np.asarray(r.histogram, np.float64)
     if h.size == 0 or h.sum() <= 0 or not r.width:
         return float(r.abs_max)
-    k = int(np.searchsorted(np.cumsum(h), q / 100.0 * h.sum()))
+    # (1 - 1e-12): 99.9 / 100 * 1000 is 999.0000000000001 in binary floating point
+    k = int(np.searchsorted(np.cumsum(h), q / 100.0 * h.sum() * (1 - 1e-12)))
     return float(min((k + 1) * float(r.width), float(r.abs_max)))
 
 
