@@ -119,6 +119,8 @@ def run_graph(
     in the graph's own (ONNX, NCHW) layout.
     ``mix_fn(op, params, acts) -> None or (outputs, flag)`` computes an alternative (e.g. INT8) result in NCHW;
     the op's output is ``where(flag, alternative, float)``, so a False flag gives the float result bit for bit.
+    A ``mix_fn`` with the attribute ``wants_float = True`` is called ``mix_fn(op, params, acts, float_outs)`` with
+    the op's float outputs (NCHW, computed on the fast layout path) as well.
     With ``channels_last`` 4-D activations are kept NHWC inside (:func:`layout_plan`).
     """
     from . import layout as L
@@ -137,7 +139,11 @@ def run_graph(
         weights = {r: params[k] for r, k in op.weights}
         outs = run_op_planned(op, weights, [cur[t] for t in op.inputs], [t in nhwc for t in op.inputs], out_nhwc)
         if mix_fn is not None:
-            alt = mix_fn(op, params, [jnp.transpose(cur[t], L.TO_NCHW) if t in nhwc else cur[t] for t in op.inputs])
+            acts = [jnp.transpose(cur[t], L.TO_NCHW) if t in nhwc else cur[t] for t in op.inputs]
+            if getattr(mix_fn, "wants_float", False):  # it also gets the float outputs (NCHW), e.g. to build on them
+                alt = mix_fn(op, params, acts, [jnp.transpose(f, L.TO_NCHW) if out_nhwc else f for f in outs])
+            else:
+                alt = mix_fn(op, params, acts)
             if alt is not None:
                 alt_outs, flag = alt
                 outs = [jnp.where(flag, jnp.transpose(a, L.TO_NHWC) if out_nhwc else a, f) for a, f in zip(alt_outs, outs)]

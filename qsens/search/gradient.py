@@ -37,7 +37,7 @@ import numpy as np
 
 from ..errors import SearchError
 from ..metrics import similarity
-from ..onnx.convert import run_graph, run_op_roles
+from ..onnx.convert import run_graph
 from ..onnx.ir import Op
 from ..quant.kernels import F32, dequantize, quantize
 from ..quant.mixed import FOLLOWS_INPUT_TYPE, QuantPlan, int8_path
@@ -88,16 +88,20 @@ def _bm1684_int8(plan: QuantPlan) -> Int8Fn:
 
 
 def _run(model, plan: QuantPlan, params, inputs, thresholds, ops: Sequence[str], combine, taps: Sequence[str]):
-    """The graph with ``combine(op, weights, acts_nchw, th_eff) -> [y]`` for the ops in ``ops`` (others float)."""
+    """The graph with ``combine(op, weights, acts_nchw, th_eff, float_outs_nchw) -> [y]`` for the ops in ``ops``
+    (others float).  ``float_outs`` are the op's float outputs on the same inputs, from run_graph's fast layout
+    path (channel-last convolutions; the NCHW generic path is several times slower on CPU, forward and backward)."""
     g, env = model.input_env(inputs)
     th_eff = plan.effective(jnp.asarray(thresholds, F32))
     sel = set(ops)
 
-    def mix_fn(op, params_, acts):
+    def mix_fn(op, params_, acts, float_outs):
         if op.name not in sel:
             return None
         w = {r: params_[k] for r, k in op.weights}
-        return combine(op, w, acts, th_eff), True  # flag True: run_graph takes the combined value
+        return combine(op, w, acts, th_eff, float_outs), True  # flag True: run_graph takes the combined value
+
+    mix_fn.wants_float = True
 
     taps = tuple(taps)
     env = run_graph(g, params, env, mix_fn=mix_fn, keep=taps)
@@ -139,9 +143,9 @@ def _st(model, plan: QuantPlan, params, inputs, thresholds, *, int8_ops, perturb
     deltas: dict[str, Any] = {}
     deltas_rq: dict[str, Any] = {}
 
-    def combine(op, w, acts, th_eff):
+    def combine(op, w, acts, th_eff, float_outs):
         yq = fn(op, w, [_sg(a) for a in acts], _sg(th_eff))[0]
-        yf = run_op_roles(op, w, acts)[0]
+        yf = float_outs[0]  # the float op on the same inputs (run_graph's layout path)
         deltas[op.name] = yq - yf
         if op.name in requant:  # what the INT8 readers would see of the float output: its own cast (RHAZ)
             t = op.outputs[0]
@@ -320,14 +324,16 @@ def fake_quant(x, th, signed: bool):
     return jnp.clip(v, lo, hi) * s
 
 
-def _surrogate(plan: QuantPlan, op: Op, w, acts, th_eff):
-    """The fake-quant float form of an INT8 op: the float op on fake-quantized inputs, fake-quantized output."""
+def _surrogate(plan: QuantPlan, op: Op, float_outs, th_eff):
+    """The fake-quant float form of an INT8 op: its float output (run_graph's fast layout path, on the values
+    flowing in the refinement model) fake-quantized with its output threshold.  The inputs are not fake-quantized
+    again: an INT8 producer's value already carries its own output fake-quant, which is this op's input cast (same
+    tensor, same threshold and sign after the copy map).  So an input made by the Input op or an F32 op gives its
+    threshold no gradient through this op (documented in docs/variants.md)."""
     if op.type in FOLLOWS_INPUT_TYPE:  # lowered with its input's type: no cast of its own
-        return run_op_roles(op, w, acts)[0]
-    idx = plan.tensor_index
-    xs = [fake_quant(a, th_eff[idx[t]], plan.signed[t]) for a, t in zip(acts, op.inputs)]
+        return float_outs[0]
     out = op.outputs[0]
-    return fake_quant(run_op_roles(op, w, xs)[0], th_eff[idx[out]], plan.signed[out])
+    return fake_quant(float_outs[0], th_eff[plan.tensor_index[out]], plan.signed[out])
 
 
 def _refine_fn(problem: Problem, ops: tuple[str, ...]) -> Callable:
@@ -341,9 +347,9 @@ def _refine_fn(problem: Problem, ops: tuple[str, ...]) -> Callable:
         def chunk(params, inputs, th, w, ref):
             TRACES["refine"] += 1
 
-            def combine(op, w_, acts, th_eff):
+            def combine(op, w_, acts, th_eff, float_outs):
                 y = exact(op, w_, [_sg(a) for a in acts], _sg(th_eff))[0]
-                s = _surrogate(plan, op, w_, acts, th_eff)
+                s = _surrogate(plan, op, float_outs, th_eff)
                 return [y + (s - _sg(s))]  # value: exactly y; gradient: the surrogate's
 
             def loss(th_):
