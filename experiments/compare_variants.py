@@ -92,6 +92,8 @@ def run_tools(model: str, key: str, a, work: Path, env) -> dict:
     base = d / "cali_table"
     assert analysis_sensitive_layers(from_json, a.max_k)  # the order the qtable holds (partner rule included)
     for v in VARIANTS + ("auto_n@sensitive_table",):
+        if v in a.skip:
+            continue
         name, table = (v, base) if "@" not in v else ("auto_n", d / "new_cali_table.txt")
         out = work / v.replace("@", "_")
         extra = ["--top_k", str(a.top_k)] if name == "grad_screen" else []
@@ -104,11 +106,15 @@ def run_tools(model: str, key: str, a, work: Path, env) -> dict:
         tools[label] = {"table": out / "new_cali_table.txt", "order": order, "wall_s": wall, "json": vj,
                         "chosen": vj["float_layers"]}
     q = work / "qtable"
+    if "run_qtable" in a.skip:
+        return tools
     wall = run(["qtable", model, "--dataset", images, "--input_num", str(a.inference), "--seed", str(a.seed), *shape,
                 "--calibration_table", str(base), "--expected_cos", "0.99", "--out_dir", str(q), "-q"], env,
                work / "qtable.log")
     tools["run_qtable"] = {"table": base, "qtable": qtable_ops(q / "qtable"), "wall_s": wall}
     for mode in ("search_qtable", "fast_search"):
+        if mode in a.skip:
+            continue
         m = work / mode
         m.mkdir(exist_ok=True)
         wall = run(["calibrate", model, *data, "--inference_num", str(a.inference), "--search", mode,
@@ -280,6 +286,60 @@ def plot(results: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def reach(key: str, a, env, target: float = 0.99, limit: int = 20) -> dict:
+    """How many float layers each order needs to exceed ``target`` (beyond ``--max_k``): TPU-MLIR's top-N order
+    (the sensitive search, ``--max_float_layers limit``) and auto_n, each on the base table and on the sensitive
+    search's new table.  auto_n stops at the target; top-N prefixes are scored until they pass it."""
+    import numpy as np
+
+    from qsens.data.dataset import select_files
+    from qsens.onnx import to_jax
+    from qsens.pipeline import load_inputs, make_preprocess, preset_for_model
+    from qsens.search.evaluators import Config, run_mixed
+    from qsens.search.problem import Problem
+    from qsens.tables import read_cali_table
+    from qsens.zoo import zoo_path
+
+    model = str(zoo_path(f"{key}.onnx"))
+    work = Path(a.work or tempfile.mkdtemp(prefix="variants_")) / f"{key}_reach"
+    work.mkdir(parents=True, exist_ok=True)
+    shape = ["--input_shapes", SHAPES[key]] if key in SHAPES else []
+    data = ["--dataset", str(zoo_path("images100")), "--input_num", str(a.images), "--seed", str(a.seed), *shape,
+            "--inference_num", str(a.inference), "-q"]
+    s = work / "sensitive"
+    wall_s = run(["search", model, *data, "--expected_cos", "0.9999", "--max_float_layers", str(limit),
+                  "--out_dir", str(s)], env, work / "sensitive.log")
+    order = qtable_ops(s / "qtable")
+    tables = {"base table": s / "cali_table", "sensitive table": s / "new_cali_table.txt"}
+    shapes = json.loads(SHAPES[key]) if key in SHAPES else None
+    fn, _ = to_jax(model, shapes)
+    g = fn.graph
+    files = select_files(str(zoo_path("images100")), input_num=0, seed=a.seed)[: a.inference]
+    x = load_inputs(files, g, make_preprocess(g, preset=preset_for_model(model)))
+    out = {"target": target, "limit": limit, "sensitive_wall_s": round(wall_s, 1), "rows": {}}
+    for tname, table in tables.items():
+        p = Problem.from_table(fn.model, read_cali_table(str(table)), x)
+        curve = []
+        for k in range(len(order) + 1):
+            outs = run_mixed(p, Config(frozenset(g.op_names) - set(order[:k]), p.th0))
+            curve.append(float(np.mean(p.scorer.per_sample(outs))))
+            if curve[-1] > target:
+                break
+        k_top = len(curve) - 1 if curve[-1] > target else None
+        d = work / f"auto_n_{tname.split()[0]}"
+        wall = run(["search", model, *data, "--variant", "auto_n", "--calibration_table", str(table),
+                    "--expected_cos", str(target), "--max_float_layers", str(limit), "--out_dir", str(d)], env,
+                   work / f"auto_n_{tname.split()[0]}.log")
+        j = json.loads((d / "search.json").read_text())
+        ac = j["state"]["curve"]
+        k_auto = ac[-1][0] if ac[-1][1] > target else None
+        out["rows"][tname] = {"top_n_order_curve": curve, "top_n_k": k_top, "auto_n_curve": [c[1] for c in ac],
+                              "auto_n_k": k_auto, "auto_n_layers": j["float_layers"], "top_n_layers": order[: len(curve) - 1],
+                              "auto_n_wall_s": round(wall, 1), "auto_n_search_s": round(j["timings"]["search_s"], 1)}
+        print(f"{key} {tname}: top-N order needs {k_top} float layers for > {target}, auto_n {k_auto}", flush=True)
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="efficientnet_lite0,mtcnn_pnet,mtcnn_rnet,mtcnn_onet,efficientnet_lite2")
@@ -290,13 +350,23 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=1684)
     ap.add_argument("--out", default=str(ROOT / "experiments/results/compare_variants"))
     ap.add_argument("--work", default=None, help="keep the runs here (default: a temp dir)")
+    ap.add_argument("--reach", action="store_true",
+                    help="only: float layers TPU-MLIR's top-N order and auto_n need for 0.99 (up to 20), per model")
+    ap.add_argument("--skip", default="", help="tools not to run, e.g. threshold_optax,search_qtable (recorded)")
     a = ap.parse_args(argv)
+    a.skip = tuple(x for x in a.skip.split(",") if x)
     from benchmarks.common import machine  # noqa: PLC0415
     from qsens.zoo import zoo_path
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, SOURCE_DATE_EPOCH="1700000000")
+    if a.reach:
+        for key in a.models.split(","):
+            r = reach(key, a, env)
+            r["machine"] = machine()
+            (out / f"{key}_reach.json").write_text(json.dumps(r, indent=1) + "\n")
+        return
     results = []
     for key in a.models.split(","):
         model = str(zoo_path(f"{key}.onnx"))
@@ -306,6 +376,7 @@ def main(argv=None):
         tools = run_tools(model, key, a, work, env)
         res = score(model, key, a, tools)
         res["total_s"] = round(time.perf_counter() - t0, 1)
+        res["skipped"] = list(a.skip)
         res["machine"] = machine()
         (out / f"{key}.json").write_text(json.dumps(res, indent=1) + "\n")
         results.append(res)
