@@ -264,7 +264,7 @@ def test_cli_variant_errors(small, tmp_path, capsys):
 
 def test_abs_percentile_from_histogram():
     from qsens.calib.methods import CalibResult
-    from qsens.search.workflows import abs_percentile
+    from qsens.calib.methods import histogram_abs_percentile as abs_percentile
 
     h = np.zeros(2048, np.float32)
     h[:999] = 1.0  # 999 of 1000 counts in the first 999 bins, the last one far out

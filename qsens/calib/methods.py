@@ -220,3 +220,14 @@ def mse_sample(a, bits: int = 8) -> np.float32:
 def mse_batch(batch: np.ndarray, bits: int = 8) -> np.ndarray:
     """:func:`mse_sample` of every sample ``batch[j]`` -> float32 (B,)."""
     return np.array([mse_sample(x, bits) for x in np.asarray(batch)], np.float32)
+
+
+def histogram_abs_percentile(r: CalibResult, q: float) -> float:
+    """The ``q``-th percentile of |x| from a tensor's calibration histogram (upper edge of the bin where the
+    cumulative count reaches ``q`` %); the tensor's abs max when there is no histogram."""
+    h = np.asarray(r.histogram, np.float64)
+    if h.size == 0 or h.sum() <= 0 or not r.width:
+        return float(r.abs_max)
+    # (1 - 1e-12): 99.9 / 100 * 1000 is 999.0000000000001 in binary floating point
+    k = int(np.searchsorted(np.cumsum(h), q / 100.0 * h.sum() * (1 - 1e-12)))
+    return float(min((k + 1) * float(r.width), float(r.abs_max)))

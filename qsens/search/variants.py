@@ -152,7 +152,7 @@ def _record(state: dict, phase: str, what: dict, loss: float) -> None:
     state["evals"].append({"phase": phase, **what, "loss": float(loss)})
 
 
-def _base_state(problem: Problem, variant: str, th: np.ndarray) -> dict:
+def _base_state(variant: str, th: np.ndarray) -> dict:
     return {"variant": variant, "th": [float(v) for v in th], "evals": [], "done": False, "phase": "start",
             "float_layers": [], "units": 0}
 
@@ -261,7 +261,7 @@ class Variant(_Ordered):
                 "float_budget_macs": self.float_budget_macs, "score": self.score, "seed": self.seed}
 
     def init(self, problem: Problem) -> dict:
-        return _base_state(problem, self.name, problem.th0)
+        return _base_state(self.name, problem.th0)
 
     def done(self, problem: Problem, state: dict) -> bool:
         return bool(state["done"])

@@ -240,7 +240,9 @@ def run_sensitive_search(o: SearchOptions, *, echo: Callable[[str], None] = prin
         cals = calibrate_multi(fn.model, cal_files, pp, specs=specs, tune_num=o.tune_num, progress=not o.quiet,
                                stats=stats, batch=o.batch)
         cal, base_cal = cals[0], (cals[1] if base is None else None)
-        grid_lo = {t: abs_percentile(r, 99.9) for t, r in cal.stats.items()}
+        from ..calib.methods import histogram_abs_percentile
+
+        grid_lo = {t: histogram_abs_percentile(r, 99.9) for t, r in cal.stats.items()}
         phase.save({"cal": cal.to_json(), "base_cal": base_cal.to_json() if base_cal is not None else None,
                     "p999": grid_lo})
     t_cal = time.time() - t_cal
@@ -293,19 +295,6 @@ def run_sensitive_search(o: SearchOptions, *, echo: Callable[[str], None] = prin
          f"{res.evaluated_ops} ops evaluated, XLA compile {stats.compile_s:.1f} s for {stats.traces} executables)")
     echo("success sensitive layer search")
     return res
-
-
-def abs_percentile(r, q: float) -> float:
-    """The ``q``-th percentile of |x| from a tensor's calibration histogram (upper edge of the bin where the
-    cumulative count reaches ``q`` %); the tensor's abs max when there is no histogram."""
-    import numpy as np
-
-    h = np.asarray(r.histogram, np.float64)
-    if h.size == 0 or h.sum() <= 0 or not r.width:
-        return float(r.abs_max)
-    # (1 - 1e-12): 99.9 / 100 * 1000 is 999.0000000000001 in binary floating point
-    k = int(np.searchsorted(np.cumsum(h), q / 100.0 * h.sum() * (1 - 1e-12)))
-    return float(min((k + 1) * float(r.width), float(r.abs_max)))
 
 
 def _run_variant(o, fn, base, cal, grid_lo, inputs, inf_files, post, post_id, compare, cweights, stats, extra_files,
