@@ -1,6 +1,7 @@
-"""Sample selection (TPU-MLIR ``DataSelector``) and image preprocessing (TPU-MLIR ``preprocess``)."""
+"""Sample selection (TPU-MLIR ``DataSelector``), image preprocessing (TPU-MLIR ``preprocess``), ImageNet labels."""
 
 from qsens.data.dataset import IMAGE_EXTS, file_kind, load_npz_sample, select_files
+from qsens.data.labels import load_labels_file, resolve_labels
 from qsens.data.preprocess import (
     PRESETS,
     ParseError,
@@ -22,9 +23,11 @@ __all__ = [
     "iter_batches",
     "load_batch",
     "load_image",
+    "load_labels_file",
     "load_npz_sample",
     "parse_dims",
     "parse_floats",
     "parse_input_shapes",
+    "resolve_labels",
     "select_files",
 ]

@@ -4,7 +4,9 @@
 (case-insensitive) is jpg/jpeg/png/bmp/jfif, npy or npz; ``sorted()`` by path string; then
 ``random.seed(seed); random.shuffle(list)`` (seed 1684 = TPU-MLIR's); then the first ``input_num``
 (0 = all). Because the search evaluates a prefix of the same list, the inference samples are a subset
-of the calibration samples, as in TPU-MLIR.
+of the calibration samples, as in TPU-MLIR.  Sub-folders are searched too, so an ImageNet train-style folder
+(one sub-folder per synset, ``n01440764/...``) works as is: its files are sorted by path (the same order as
+by path relative to DIR), then shuffled.
 
 ``--data_list FILE``: one entry per line (stripped; blank lines skipped), first ``input_num`` if
 ``0 < input_num < len``; no shuffle. Multi-input entries are comma-separated (``a.jpg,b.jpg``).

@@ -46,6 +46,7 @@ class DataOptions:
     channel_format: str | None = None
     mean: Any = None
     scale: Any = None
+    labels: str | None = None  # labels file for the labelled top-1/top-5 line (qsens.data.labels)
 
     @classmethod
     def from_namespace(cls, ns):
@@ -134,6 +135,43 @@ def ensure_out_dir(path: str) -> str:
     return path
 
 
+def sample_labels(files: list[str], o: DataOptions) -> list | None:
+    """The samples' ImageNet labels: ``--labels``, validation names, synset folders, then the zoo's manifest."""
+    from ..data.labels import resolve_labels
+    from ..zoo import labels_if_known
+
+    return resolve_labels(files, o.labels, fallback=labels_if_known)
+
+
+def labelled_accuracy(problem, fp_list, labels, th=None) -> dict | None:
+    """Top-1 / top-5 on the labelled images of FP32 (``"fp32"``), all-INT8 (``"int8"``) and the qtable's model
+    (``"mix"``: ``fp_list`` float, thresholds ``th``, default the table's), each a
+    :func:`~qsens.search.job.label_accuracy` dict; ``None`` without labels or when the first output is not
+    (images, classes) logits."""
+    import numpy as np
+
+    from .evaluators import Config, mixed_similarity
+    from .job import label_accuracy
+
+    ref = problem.ref_outputs[next(iter(problem.ref_outputs))]
+    if labels is None or ref.ndim != 2 or ref.shape[1] < 2:
+        return None
+    ops = frozenset(op.name for op in problem.ops)
+    int8 = mixed_similarity(problem, Config(ops, problem.th0))[2]
+    th = problem.th0 if th is None else np.asarray(th, np.float32)
+    mix = mixed_similarity(problem, Config(ops - set(fp_list), th))[2]
+    return {k: label_accuracy(o, labels) for k, o in (("fp32", ref), ("int8", int8), ("mix", mix))}
+
+
+def echo_labelled(lab: dict | None, echo: Callable[[str], None]) -> None:
+    """A summary's ``labelled`` accuracies as one line (nothing when the images have no labels)."""
+    if not lab:
+        return
+    names = {"fp32": "FP32", "int8": "INT8", "mix_new_table": "MIX new table", "mix": "MIX"}
+    echo(f"  labelled images ({lab['fp32']['n']}): top-1 / top-5 "
+         + ", ".join(f"{name} {lab[k]['top1']:.3f} / {lab[k]['top5']:.3f}" for k, name in names.items() if k in lab))
+
+
 def file_sha(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -215,6 +253,7 @@ def run_sensitive_search(o: SearchOptions, *, echo: Callable[[str], None] = prin
         raise SearchError(f"--inference_num {o.inference_num} but only {len(pool)} samples are available in "
                           f"{o.dataset or o.data_list}; lower --inference_num or add images")
     inf_files = pool[: o.inference_num]
+    labels = sample_labels(inf_files, o)
     pp = preprocess_for(o, g)
     stats = CompileStats()
     base = None
@@ -262,13 +301,11 @@ def run_sensitive_search(o: SearchOptions, *, echo: Callable[[str], None] = prin
                                                                 method_names=SENSITIVE_NAMES)}
 
     post_id = file_sha(o.post_process) if o.post_process else None
-    from ..zoo import labels_if_known
-
     if o.variant != "sensitive":
-        return _run_variant(o, fn, base, cal, grid_lo, inputs, inf_files, post, post_id, compare, cweights, stats,
+        return _run_variant(o, fn, base, cal, grid_lo, inputs, labels, post, post_id, compare, cweights, stats,
                             extra_files, phase, echo, t0, t_cal)
     res = search(fn.model, base, cal.tuned, inputs, cfg, out_dir=out_dir, qtable_path=o.quantize_table, chunk=o.batch,
-                 labels=labels_if_known(inf_files), resume=o.resume, post_process=post, progress=not o.quiet,
+                 labels=labels, resume=o.resume, post_process=post, progress=not o.quiet,
                  extra_files=extra_files, stats=stats, post_process_id=post_id, echo=echo)
     phase.remove()  # the search finished (or exited early): nothing left to resume
     if res.early_exit:
@@ -282,11 +319,7 @@ def run_sensitive_search(o: SearchOptions, *, echo: Callable[[str], None] = prin
     if "top1_agreement" in s["int8"]:
         echo(f"  top-1 agreement with FP32 on {s['n_images']} images: INT8 {s['int8']['top1_agreement']:.3f}, "
              f"MIX original table {s['mix_original_table']['top1_agreement']:.3f}, MIX new table {s['mix_new_table']['top1_agreement']:.3f}")
-    if "labelled" in s:
-        lab = s["labelled"]
-        echo(f"  labelled images ({lab['fp32']['n']}): top-1 / top-5 FP32 {lab['fp32']['top1']:.3f} / {lab['fp32']['top5']:.3f}, "
-             f"INT8 {lab['int8']['top1']:.3f} / {lab['int8']['top5']:.3f}, MIX new table "
-             f"{lab['mix_new_table']['top1']:.3f} / {lab['mix_new_table']['top5']:.3f}")
+    echo_labelled(s.get("labelled"), echo)
     if s.get("f32_ops"):
         echo("  ops BM1684 keeps in F32 inside the INT8 model: " + "; ".join(f"{k} ({v})" for k, v in s["f32_ops"].items()))
     echo(f"float layers ({len(res.float_layers)}): {', '.join(res.float_layers)}")
@@ -297,10 +330,9 @@ def run_sensitive_search(o: SearchOptions, *, echo: Callable[[str], None] = prin
     return res
 
 
-def _run_variant(o, fn, base, cal, grid_lo, inputs, inf_files, post, post_id, compare, cweights, stats, extra_files,
+def _run_variant(o, fn, base, cal, grid_lo, inputs, labels, post, post_id, compare, cweights, stats, extra_files,
                  phase, echo, t0, t_cal):
     """``qsens search --variant NAME``: a :mod:`qsens.search.variants` strategy on the base table."""
-    from ..zoo import labels_if_known
     from .variants import make_variant
     from .varjob import variant_search
 
@@ -312,7 +344,7 @@ def _run_variant(o, fn, base, cal, grid_lo, inputs, inf_files, post, post_id, co
     res = variant_search(fn.model, base, inputs, v, out_dir=o.out_dir, qtable_path=o.quantize_table,
                          resume=o.resume, post_process=post, post_process_id=post_id, compare_layers=compare,
                          compare_weights=cweights, progress=not o.quiet, echo=echo, stats=stats, chunk=o.batch,
-                         labels=labels_if_known(inf_files), extra_files=extra_files)
+                         labels=labels, extra_files=extra_files)
     phase.remove()
     if res["early_exit"]:
         return res
@@ -325,6 +357,7 @@ def _run_variant(o, fn, base, cal, grid_lo, inputs, inf_files, post, post_id, co
     echo(f"mix model outputs_cos:{s['mix_new_table']['similarity']:.6f}")
     echo(f"  (plain cosine: INT8 {s['int8']['cosine']:.6f}, MIX new table {s['mix_new_table']['cosine']:.6f}; "
          "similarity = 0.5+0.5*cos)")
+    echo_labelled(s.get("labelled"), echo)
     echo(f"float layers ({len(res['float_layers'])}): {', '.join(res['float_layers'])}")
     c = res["counts"]
     echo(f"Output mix quantization table to {res['files']['qtable']}")
@@ -364,7 +397,7 @@ def run_qtable(o: QtableOptions, *, echo: Callable[[str], None] = print):
     from ..engine import CompileStats, enable_compilation_cache
     from ..pipeline import load_inputs
     from ..tables import check_table_matches, read_cali_table
-    from .job import qtable_search
+    from .job import job_problem, qtable_search
 
     t0 = time.time()
     if not o.calibration_table:
@@ -391,6 +424,7 @@ def run_qtable(o: QtableOptions, *, echo: Callable[[str], None] = print):
             raise SearchError(f"--global_compare_layers names {unknown} which are not canonical tensors of the model (see `qsens ops`)")
     dataset = o.dataset if (o.dataset or o.data_list) else None
     files = select_files(dataset=dataset, data_list=o.data_list, input_num=o.input_num, seed=o.seed)
+    labels = sample_labels(files, o)
     inputs = load_inputs(files, g, preprocess_for(o, g))
     stats = CompileStats()
     res = qtable_search(fn.model, table, inputs, expected_cos=o.expected_cos, min_layer_cos=o.min_layer_cos,
@@ -409,6 +443,12 @@ def run_qtable(o: QtableOptions, *, echo: Callable[[str], None] = print):
     echo(f"  (TPU-MLIR reports the last step's value; the qtable's model scores {res.true_mix_similarity:.6f}; "
          f"{s['n_steps']} float steps, {s['n_reverted']} reverted, end: {s['end']}"
          + (f" '{s['exception']}'" if s["exception"] else "") + ")")
+    if labels is not None:  # the job's problem again (same executables cache): FP32, INT8 and the qtable's model
+        problem = job_problem(fn.model, table, inputs, compare, cweights, post, stats, None, o.batch)
+        lab = labelled_accuracy(problem, res.float_layers, labels)
+        if lab is not None:
+            s["labelled"] = lab
+            echo_labelled(lab, echo)
     echo(f"float layers ({len(res.float_layers)}): {', '.join(res.float_layers)}")
     echo(f"Output mix quantization table to {res.files['qtable']}")
     echo(f"total time:{time.time() - t0}  (search {res.timings['search_s']:.1f} s, XLA compile "
@@ -500,6 +540,7 @@ def run_calibration_search(o: CalibrationSearchOptions, *, echo: Callable[[str],
     cal_files = select_files(dataset=dataset, data_list=o.data_list, input_num=o.input_num, seed=o.seed)
     n_inf = min(o.inference_num, len(cal_files)) if o.search == "search_threshold" else o.inference_num
     inf_files = select_files(dataset=dataset, data_list=o.data_list, input_num=n_inf, seed=o.seed)
+    labels = sample_labels(inf_files, o) if o.search != "search_threshold" else None  # it scores tables only
     pp = preprocess_for(o, g)
     mlir = os.path.basename(o.model)
     write_quantize_table(o.quantize_table, [], sample_number=o.input_num)  # TPU-MLIR writes the initial qtable first
@@ -536,7 +577,7 @@ def run_calibration_search(o: CalibrationSearchOptions, *, echo: Callable[[str],
         res = search_qtable_job(problem, strategy, base, out_dir=out_dir, qtable_path=o.quantize_table,
                                 sample_number=o.input_num, mlir=mlir, key=key, resume=o.resume,
                                 progress=not o.quiet, echo=echo, head_lines=[], reused=existing)
-        return _echo_qtable_result(res, o, echo, t0)
+        return _echo_qtable_result(res, o, echo, t0, problem, labels)
     if existing:  # TPU-MLIR: the existing table is the only method's thresholds (the per-method tables are skipped)
         echo(f"warning: [search_qtable] {cali} already exists; skip per-method threshold generation, run sensitivity "
              "search against the single existing table (TPU-MLIR 1.30.2 does the same; remove the file to calibrate)")
@@ -592,10 +633,10 @@ def run_calibration_search(o: CalibrationSearchOptions, *, echo: Callable[[str],
                             echo=echo, head_lines=head, reused=existing)
     if not existing:
         phase.remove()
-    return _echo_qtable_result(res, o, echo, t0)
+    return _echo_qtable_result(res, o, echo, t0, problem, labels)
 
 
-def _echo_qtable_result(res, o, echo, t0):
+def _echo_qtable_result(res, o, echo, t0, problem, labels):
     if res is None:
         return None
     echo(">>>run result:")
@@ -610,6 +651,10 @@ def _echo_qtable_result(res, o, echo, t0):
     elif res["defects"]["D2_last_probe"]:
         echo(f"  note: auto-N ended on a probe below expected_cos (TPU-MLIR keeps its last probe); the qtable's "
              f"model scores {res['true_mix_similarity']:.6f}")
+    lab = labelled_accuracy(problem, res["float_layers"], labels, st.get("th")) if labels is not None else None
+    if lab is not None:  # the qtable's model as true_mix_similarity scores it (its float layers, the final thresholds)
+        res["labelled"] = lab
+        echo_labelled(lab, echo)
     echo(f"Output mix quantization table to {o.quantize_table}")
     echo(f"total time:{time.time() - t0}")
     echo("success search qtable")
