@@ -1,7 +1,7 @@
 """``qsens`` command line.  Strings are parsed here; algorithms live in the library.
 
 Errors a user can cause print ``qsens: error: <one line>`` and exit 2 (no traceback; ``QSENS_DEBUG=1``
-shows one).  Verbs: ``zoo``, ``ops``, ``check``, ``calibrate``, ``search``, ``qtable``, ``demo``.
+shows one).  Verbs: ``zoo``, ``ops``, ``check``, ``calibrate``, ``search``, ``qtable``, ``report``, ``demo``.
 """
 
 from __future__ import annotations
@@ -25,12 +25,17 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="canonical op names: TPU-MLIR's '<output>_<OpType>' (default) or the ONNX output name")
 
 
-def _add_data_args(p: argparse.ArgumentParser, *, input_num: int = 0) -> None:
+def _add_data_args(p: argparse.ArgumentParser, *, input_num: int = 0, labels: bool = False) -> None:
     from .data.preprocess import parse_dims, parse_floats
 
     g = p.add_argument_group("dataset and preprocessing (TPU-MLIR flags)")
     g.add_argument("--dataset", help="directory of images (jpg/jpeg/png/bmp/jfif) or .npy/.npz samples, searched recursively")
     g.add_argument("--data_list", help="file with one sample path per line (overrides --dataset)")
+    if labels:
+        g.add_argument("--labels", metavar="FILE", default=None,
+                       help="ImageNet labels, lines '<file> <label>' (file: base name or path relative to the dataset), "
+                       "for the summary's labelled top-1/top-5; wins over the labels qsens infers from "
+                       "ILSVRC2012_val_* names, synset sub-folders (n01440764/) and zoo images (qsens only)")
     g.add_argument("--input_num", type=int, default=input_num, help=f"number of samples, 0 = all (default {input_num})")
     g.add_argument("--seed", type=int, default=1684, help="shuffle seed of the sample selection (TPU-MLIR: 1684)")
     g.add_argument("--preset", default=None, help="preprocessing preset (default: the model file's stem if it names one)")
@@ -193,6 +198,13 @@ def cmd_qtable(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    print(write_report(args.run_dir, args.output, calibration_table=args.calibration_table))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .zoo import build_zoo
 
@@ -231,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("calibrate", help="calibration table(s) like run_calibration.py (streaming, all methods in one pass)")
     _add_model_args(s)
-    _add_data_args(s, input_num=0)
+    _add_data_args(s, input_num=0, labels=True)
     s.add_argument("--cali_method", default="kl", help="kl (default, tuned), max, percentile9999 or mse")
     s.add_argument("--methods", default="", help="also write <table>_<m>.1 and <table>_<m>_tune for these methods, "
                    "e.g. max,percentile9999,kl (what the sensitive-layer search uses)")
@@ -261,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("search", help="sensitive-layer search like run_sensitive_layer.py (writes a qtable)")
     _add_model_args(s)
-    _add_data_args(s, input_num=10)
+    _add_data_args(s, input_num=10, labels=True)
     s.add_argument("--inference_num", type=int, default=10, help="evaluation images (a prefix of the shuffled list)")
     s.add_argument("--max_float_layers", type=int, default=5)
     s.add_argument("--expected_cos", type=float, default=0.99,
@@ -305,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("qtable", help="greedy mix-precision search like run_qtable.py (writes a qtable)")
     _add_model_args(s)
-    _add_data_args(s, input_num=10)
+    _add_data_args(s, input_num=10, labels=True)
     s.add_argument("--calibration_table", default=None, help="the table to search with (required, as in run_qtable.py)")
     s.add_argument("--expected_cos", type=float, default=0.99,
                    help="stop when the mixed model reaches it (TPU-MLIR scale 0.5+0.5*cos)")
@@ -325,6 +337,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch", type=int, default=10, help="images per compiled batch (memory; default 10)")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(fn=cmd_qtable)
+
+    s = sub.add_parser("report", help="one self-contained report.html (plots, op table, thresholds) for a search run")
+    s.add_argument("run_dir", help="the --out_dir of a qsens search (any --variant) or qsens qtable run")
+    s.add_argument("-o", "--output", default=None, help="the HTML file to write (default RUN_DIR/report.html)")
+    s.add_argument("--calibration_table", default=None,
+                   help="the base table the search was given, for the old-vs-new threshold table "
+                   "(default RUN_DIR/cali_table, which qsens writes when it calibrates)")
+    s.set_defaults(fn=cmd_report)
 
     s = sub.add_parser("demo", help="build the zoo, then calibrate + search EfficientNet-Lite0 on images100")
     s.add_argument("--out_dir", default="qsens_demo")
