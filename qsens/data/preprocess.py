@@ -193,6 +193,9 @@ PRESETS: dict[str, Preprocess] = {
     "mtcnn_pnet": _mtcnn(12),
     "mtcnn_rnet": _mtcnn(24),
     "mtcnn_onet": _mtcnn(48),
+    # qsens.mnist's network: 28x28 8-bit gray, pixel/255 (--pixel_format gray --mean 0 --scale 0.0039215686)
+    "mnist_mbv2": Preprocess(resize_dims=None, keep_aspect_ratio=False, net_hw=(28, 28), pixel_format="gray",
+                             channel_format="nchw", mean=(0.0,), scale=(1 / 255,)),
 }
 
 
