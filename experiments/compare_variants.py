@@ -1,12 +1,14 @@
 """Every search variant and TPU-MLIR's searchers on the same models, images and table, scored the same way.
 
-    python experiments/compare_variants.py [--models efficientnet_lite0,mtcnn_pnet,mtcnn_rnet,mtcnn_onet,
-                                            efficientnet_lite2] [--images 100] [--inference 30] [--max_k 10]
+    python experiments/compare_variants.py [--models efficientnet_lite0,efficientnet_lite2,mtcnn_pnet,mtcnn_rnet,
+                                            mtcnn_onet,mnist_mbv2] [--images 100] [--inference 30] [--max_k 10]
                                            [--seed 1684] [--out experiments/results/compare_variants]
 
 Per model, each tool runs as its qsens verb in a fresh process (wall time is the process's), on the same
 seeded selection of ``images100/``: ``--images`` calibration images, the first ``--inference`` of the same
-shuffle score the search, and the other images of the folder are the *held-out* set.  All variants search
+shuffle score the search, and the other images of the folder are the *held-out* set.  The MNIST network
+(``mnist_mbv2``, trained in the project) searches on ``mnist_train/`` and is held out on the 1,000 labelled
+images of ``mnist_test/``.  All variants search
 with the base table of the sensitive run (``cali_table``: run_calibration's KL table), so the comparison is on
 the same table; ``auto_n (sensitive table)`` composes: greedy selection on the sensitive search's new table.
 
@@ -30,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,10 +40,15 @@ from pathlib import Path
 import qsens  # noqa: F401  (first: hostmem's malloc policy)
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # benchmarks.common (machine description)
+sys.path.insert(0, str(ROOT))  # benchmarks.common (machine description), experiments.common
+from experiments.common import Evaluator, run_qsens  # noqa: E402
+
 VARIANTS = ("auto_n", "auto_n_ordered", "neighbour", "leave_one_out", "grad_screen", "threshold_grid",
             "threshold_optax", "cost_aware")
 SHAPES = {"mtcnn_pnet": "[[1,3,48,48]]"}
+#: the search's image folder and the held-out folder (None: the rest of the search folder's shuffle)
+DATA = {"mnist_mbv2": ("mnist_train", "mnist_test")}
+MODELS = ("efficientnet_lite0", "efficientnet_lite2", "mtcnn_pnet", "mtcnn_rnet", "mtcnn_onet", "mnist_mbv2")
 TARGETS = (0.99, 0.995, 0.999)
 
 
@@ -53,35 +59,17 @@ def qtable_ops(path: Path) -> list[str]:
     return [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
 
 
-def run(cmd: list[str], env, log: Path) -> float:
-    """Run a qsens verb; its wall time.  A finished run (``<log>.done`` with the same command) is not redone, so
-    a killed experiment resumes with ``--work`` pointing at the same folder."""
-    done = Path(str(log) + ".done")
-    if done.exists():
-        rec = json.loads(done.read_text())
-        if rec["cmd"] == cmd:
-            return rec["wall_s"]
-    t = time.perf_counter()
-    with open(log, "w") as f:
-        p = subprocess.run([sys.executable, "-m", "qsens", *cmd], env=env, stdout=f, stderr=subprocess.STDOUT)
-    if p.returncode != 0:
-        raise SystemExit(f"qsens {' '.join(cmd)} failed: see {log}\n{log.read_text()[-3000:]}")
-    wall = time.perf_counter() - t
-    done.write_text(json.dumps({"cmd": cmd, "wall_s": wall}))
-    return wall
-
-
 def run_tools(model: str, key: str, a, work: Path, env) -> dict:
     """Run the searchers; returns {tool: {"table", "order" | "qtable", "wall_s", "json"}}."""
     from qsens.zoo import zoo_path
 
-    images = str(zoo_path("images100"))
+    images = str(zoo_path(DATA.get(key, ("images100",))[0]))
     shape = ["--input_shapes", SHAPES[key]] if key in SHAPES else []
     data = ["--dataset", images, "--input_num", str(a.images), "--seed", str(a.seed), *shape]
     tools: dict[str, dict] = {}
     d = work / "sensitive"
     common = ["--inference_num", str(a.inference), "--expected_cos", "0.9999", "--max_float_layers", str(a.max_k), "-q"]
-    wall = run(["search", model, *data, *common, "--out_dir", str(d)], env, work / "sensitive.log")
+    wall = run_qsens(["search", model, *data, *common, "--out_dir", str(d)], env, work / "sensitive.log")
     sj = json.loads((d / "search.json").read_text())
     from qsens.search.selectors import Sensitivity, analysis_sensitive_layers
 
@@ -97,7 +85,7 @@ def run_tools(model: str, key: str, a, work: Path, env) -> dict:
         name, table = (v, base) if "@" not in v else ("auto_n", d / "new_cali_table.txt")
         out = work / v.replace("@", "_")
         extra = ["--top_k", str(a.top_k)] if name == "grad_screen" else []
-        wall = run(["search", model, *data, *common, "--variant", name, "--calibration_table", str(table),
+        wall = run_qsens(["search", model, *data, *common, "--variant", name, "--calibration_table", str(table),
                     "--out_dir", str(out), *extra], env, work / f"{v}.log")
         vj = json.loads((out / "search.json").read_text())
         st = vj["state"]
@@ -108,7 +96,7 @@ def run_tools(model: str, key: str, a, work: Path, env) -> dict:
     q = work / "qtable"
     if "run_qtable" in a.skip:
         return tools
-    wall = run(["qtable", model, "--dataset", images, "--input_num", str(a.inference), "--seed", str(a.seed), *shape,
+    wall = run_qsens(["qtable", model, "--dataset", images, "--input_num", str(a.inference), "--seed", str(a.seed), *shape,
                 "--calibration_table", str(base), "--expected_cos", "0.99", "--out_dir", str(q), "-q"], env,
                work / "qtable.log")
     tools["run_qtable"] = {"table": base, "qtable": qtable_ops(q / "qtable"), "wall_s": wall}
@@ -117,7 +105,7 @@ def run_tools(model: str, key: str, a, work: Path, env) -> dict:
             continue
         m = work / mode
         m.mkdir(exist_ok=True)
-        wall = run(["calibrate", model, *data, "--inference_num", str(a.inference), "--search", mode,
+        wall = run_qsens(["calibrate", model, *data, "--inference_num", str(a.inference), "--search", mode,
                     "--expected_cos", "0.99", "--quantize_table", str(m / "qtable"), "-o", str(m / "cali_table"),
                     "-q"], env, work / f"{mode}.log")
         table = m / "new_cali_table.txt" if mode == "search_qtable" else m / "cali_table"
@@ -130,42 +118,17 @@ def score(model: str, key: str, a, tools: dict) -> dict:
     import numpy as np
 
     from qsens.data.dataset import select_files
-    from qsens.onnx import to_jax
-    from qsens.pipeline import load_inputs, make_preprocess, preset_for_model
-    from qsens.search.evaluators import Config, run_mixed
     from qsens.search.job import label_accuracy
-    from qsens.search.problem import Problem
     from qsens.search.variants import kendall_tau
-    from qsens.tables import read_cali_table
-    from qsens.zoo import labels_if_known, zoo_path
+    from qsens.zoo import zoo_path
 
-    shapes = json.loads(SHAPES[key]) if key in SHAPES else None
-    fn, _ = to_jax(model, shapes)
-    g = fn.graph
-    pool = select_files(str(zoo_path("images100")), input_num=0, seed=a.seed)
-    sets = {"search": pool[: a.inference], "held_out": pool[a.inference :]}
-    pp = make_preprocess(g, preset=preset_for_model(model))
-    xs = {k: load_inputs(f, g, pp) for k, f in sets.items()}
-    labels = {k: labels_if_known(f) for k, f in sets.items()}
-    problems: dict = {}
-
-    def problem(table: Path, which: str):
-        k = (str(table), which)
-        if k not in problems:
-            problems[k] = Problem.from_table(fn.model, read_cali_table(str(table)), xs[which])
-        return problems[k]
-
-    def evaluate(table, fl, which):
-        p = problem(table, which)
-        outs = run_mixed(p, Config(frozenset(g.op_names) - set(fl), p.th0))
-        o = np.asarray(outs[next(iter(outs))])
-        ref = np.asarray(p.ref_outputs[next(iter(p.ref_outputs))])
-        r = {"similarity": float(np.mean(p.scorer.per_sample(outs))), "cosine": p.scorer.cosine(outs)}
-        if ref.ndim == 2 and ref.shape[1] > 1:
-            r["top1_agreement"] = float(np.mean(o.argmax(1) == ref.argmax(1)))
-            if labels[which] is not None:
-                r["labelled"] = label_accuracy(o, labels[which])
-        return r
+    search_set, held_set = DATA.get(key, ("images100", None))
+    pool = select_files(str(zoo_path(search_set)), input_num=0, seed=a.seed)
+    held = pool[a.inference:] if held_set is None else select_files(str(zoo_path(held_set)), input_num=0, seed=a.seed)
+    sets = {"search": pool[: a.inference], "held_out": held}
+    ev = Evaluator(model, sets, json.loads(SHAPES[key]) if key in SHAPES else None)
+    labels = ev.labels
+    problem, evaluate = ev.problem, ev.evaluate
 
     res = {"model": key, "images": a.images, "inference": a.inference, "held_out": len(sets["held_out"]),
            "seed": a.seed, "max_k": a.max_k, "tools": {}}
@@ -307,7 +270,7 @@ def reach(key: str, a, env, target: float = 0.99, limit: int = 20) -> dict:
     data = ["--dataset", str(zoo_path("images100")), "--input_num", str(a.images), "--seed", str(a.seed), *shape,
             "--inference_num", str(a.inference), "-q"]
     s = work / "sensitive"
-    wall_s = run(["search", model, *data, "--expected_cos", "0.9999", "--max_float_layers", str(limit),
+    wall_s = run_qsens(["search", model, *data, "--expected_cos", "0.9999", "--max_float_layers", str(limit),
                   "--out_dir", str(s)], env, work / "sensitive.log")
     order = qtable_ops(s / "qtable")
     tables = {"base table": s / "cali_table", "sensitive table": s / "new_cali_table.txt"}
@@ -327,7 +290,7 @@ def reach(key: str, a, env, target: float = 0.99, limit: int = 20) -> dict:
                 break
         k_top = len(curve) - 1 if curve[-1] > target else None
         d = work / f"auto_n_{tname.split()[0]}"
-        wall = run(["search", model, *data, "--variant", "auto_n", "--calibration_table", str(table),
+        wall = run_qsens(["search", model, *data, "--variant", "auto_n", "--calibration_table", str(table),
                     "--expected_cos", str(target), "--max_float_layers", str(limit), "--out_dir", str(d)], env,
                    work / f"auto_n_{tname.split()[0]}.log")
         j = json.loads((d / "search.json").read_text())
@@ -342,7 +305,7 @@ def reach(key: str, a, env, target: float = 0.99, limit: int = 20) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
-    ap.add_argument("--models", default="efficientnet_lite0,mtcnn_pnet,mtcnn_rnet,mtcnn_onet,efficientnet_lite2")
+    ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--images", type=int, default=100)
     ap.add_argument("--inference", type=int, default=30)
     ap.add_argument("--max_k", type=int, default=10)
@@ -382,8 +345,7 @@ def main(argv=None):
         results.append(res)
         print(table(res), flush=True)
     # the figure and summary cover every model whose JSON is in the folder (models can be run separately)
-    order = {k: i for i, k in enumerate(("efficientnet_lite0", "efficientnet_lite2", "mtcnn_pnet", "mtcnn_rnet",
-                                         "mtcnn_onet"))}
+    order = {k: i for i, k in enumerate(MODELS)}
     results = sorted((json.loads(p.read_text()) for p in out.glob("*.json") if p.stem in order),
                      key=lambda r: order[r["model"]])
     plot(results, out / "compare_variants.png")

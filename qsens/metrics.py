@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "bootstrap_ci",
     "cos_sim",
     "from_true_cos",
     "plain_cosine",
@@ -156,3 +157,20 @@ def similarity(ref_outputs: Mapping[str, Any], outputs: Mapping[str, Any], weigh
     ``weights``: None (all 1), a mapping name -> weight, or a sequence in ``ref_outputs`` order.
     """
     return from_true_cos(plain_cosine(ref_outputs, outputs, weights, xp=xp))
+
+
+def bootstrap_ci(values, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of per-sample ``values`` (e.g. 0/1 top-1 correctness) and its percentile bootstrap interval.
+
+    ``n_boot`` resamples with replacement from ``numpy.random.default_rng(seed)``; the interval is the
+    ``(1-level)/2`` and ``(1+level)/2`` quantiles of the resampled means (NumPy's default linear quantile), so
+    the same values and seed always give the same interval.  Returns ``(mean, low, high)``.  With 27 labelled
+    images a 95 % interval on top-1 is about +-0.17: report it, never the bare mean, as a model's accuracy.
+    """
+    v = np.asarray(values, dtype=np.float64).ravel()
+    if v.size == 0:
+        raise ValueError("bootstrap_ci needs at least one value")
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(v.mean()), float(lo), float(hi)

@@ -123,3 +123,25 @@ def test_bad_weights():
         similarity(ref, out, {"logits": 1.0})
     with pytest.raises(ValueError, match="positive sum"):
         similarity(ref, out, [0.0, 0.0])
+
+
+def test_bootstrap_ci_is_seeded_and_brackets_the_mean():
+    from qsens.metrics import bootstrap_ci
+
+    hits = np.array([1] * 20 + [0] * 5, float)  # 20 of 25 labelled photos right
+    m, lo, hi = bootstrap_ci(hits, n_boot=2000, seed=1684)
+    assert m == 0.8 and lo < 0.8 < hi
+    assert 0.6 <= lo <= 0.68 and 0.92 <= hi <= 0.96  # the binomial sd is 0.08: +-1.96 sd -> [0.64, 0.96]
+    assert bootstrap_ci(hits, n_boot=2000, seed=1684) == (m, lo, hi)
+    assert bootstrap_ci(np.ones(10)) == (1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="at least one value"):
+        bootstrap_ci([])
+
+
+def test_label_hits_per_sample():
+    from qsens.search.job import label_accuracy, label_hits
+
+    logits = np.array([[0.1, 0.9, 0.0], [0.8, 0.1, 0.1], [0.2, 0.3, 0.5], [0.0, 0.0, 1.0]])
+    h1, h5 = label_hits(logits, [1, 2, [0, 2], None])
+    assert h1.tolist() == [True, False, True] and h5.tolist() == [True, True, True]
+    assert label_accuracy(logits, [1, 2, [0, 2], None]) == {"n": 3, "top1": 2 / 3, "top5": 1.0}

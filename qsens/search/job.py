@@ -332,19 +332,26 @@ def _finish(problem: Problem, io: JobIO, cfg, done: list[OpResult], selector: To
     return result
 
 
-def label_accuracy(logits, labels) -> dict:
-    """Top-1 / top-5 accuracy over the samples that have a label (an int or a list of acceptable ints)."""
+def label_hits(logits, labels) -> tuple[np.ndarray, np.ndarray]:
+    """Per labelled sample (an int or a list of acceptable ints; ``None`` samples skipped): top-1 and top-5
+    hits as two bool arrays.  Ties in the logits go to the lower class index (stable sort)."""
     logits = np.asarray(logits)
-    top5 = np.argsort(-logits, axis=1)[:, :5]
-    n = c1 = c5 = 0
+    top5 = np.argsort(-logits, axis=1, kind="stable")[:, :5]
+    h1, h5 = [], []
     for row, lab in zip(top5, labels):
         if lab is None:
             continue
         ok = set(lab) if isinstance(lab, list | tuple) else {int(lab)}
-        n += 1
-        c1 += int(row[0]) in ok
-        c5 += bool(ok & set(int(v) for v in row))
-    return {"n": n, "top1": c1 / n if n else None, "top5": c5 / n if n else None}
+        h1.append(int(row[0]) in ok)
+        h5.append(bool(ok & set(int(v) for v in row)))
+    return np.array(h1, bool), np.array(h5, bool)
+
+
+def label_accuracy(logits, labels) -> dict:
+    """Top-1 / top-5 accuracy over the samples that have a label (an int or a list of acceptable ints)."""
+    h1, h5 = label_hits(logits, labels)
+    n = len(h1)
+    return {"n": n, "top1": int(h1.sum()) / n if n else None, "top5": int(h5.sum()) / n if n else None}
 
 
 def plot_losses(result: SearchResult, path: str, methods: Sequence[str]) -> None:
