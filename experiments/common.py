@@ -53,8 +53,15 @@ def run_qsens(cmd: list[str], env, log: Path) -> float:
     return wall
 
 
+def file_sha(path) -> str:
+    """sha256 of a file (results name the exact model bytes they were computed on)."""
+    from qsens.search.workflows import file_sha as sha
+
+    return sha(str(path))
+
+
 def meta(seed: int, config: dict) -> dict:
-    """Seed, config, package versions, device and git revision of this run."""
+    """Seed, config (without its model list), package versions, device and git revision of this run."""
     import importlib.metadata as md
 
     from benchmarks.common import machine
@@ -66,6 +73,7 @@ def meta(seed: int, config: dict) -> dict:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             versions[pkg] = None
+    config = {k: v for k, v in config.items() if k != "models"}  # one JSON is one model: the list is no setting
     return {"seed": seed, "config": config, "versions": versions, "python": m["python"], "device": m["device"],
             "cpu": m["cpu"], "cores": m["cores"], "git": m["git"]}
 

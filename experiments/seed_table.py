@@ -37,7 +37,7 @@ import qsens  # noqa: F401  (first: hostmem's malloc policy)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from experiments.common import RESULTS, Evaluator, load_config, meta, run_qsens, write_result  # noqa: E402
+from experiments.common import RESULTS, Evaluator, file_sha, load_config, meta, run_qsens, write_result  # noqa: E402
 
 EXPERIMENT = "seed_table"
 #: (search folder, held-out folder or None = the rest of the search folder's shuffle, labelled folder)
@@ -91,6 +91,7 @@ def run_model(key: str, cfg: dict, work: Path) -> dict:
     sj = json.loads((d / "search.json").read_text())
     return {
         "model": key,
+        "model_sha256": file_sha(model),
         "data": {"search": search_set, "calibration_images": cfg["images"], "search_images": cfg["inference"],
                  "held_out": held_set or f"{search_set} minus the search images", "held_out_n": len(held),
                  "labelled": lab_set, "labelled_n": ev.labels["labelled"] and sum(v is not None for v in
