@@ -51,3 +51,11 @@ def test_seed_table_reproduces_the_committed_json(zoo, tmp_path):
                     str(tmp_path / "w"), "--out", str(tmp_path / "o")], check=True, capture_output=True)
     fresh = json.loads((tmp_path / "o" / "mnist_mbv2.json").read_text())
     assert json.dumps(strip_timings(fresh), indent=1) == json.dumps(strip_timings(committed), indent=1)
+
+
+def test_power_law_fit():
+    from experiments.speed_scaling import fit_power
+
+    assert abs(fit_power([10, 30, 100], [2.0, 18.0, 200.0]) - 2.0) < 1e-12  # y = x^2 / 50
+    assert abs(fit_power([20, 60, 85], [1.0, 3.0, 4.25]) - 1.0) < 1e-12
+    assert fit_power([5, 5], [1.0, 2.0]) is None
