@@ -68,6 +68,36 @@ def point(key: str, n_inf: int, cfg: dict, work: Path, cache: Path, rates: dict,
             "float_rate_gflops": rate / 1e9, "load_before": load}
 
 
+def fits(res: dict) -> dict:
+    """Power-law exponents of search time: over the ops sweep against op count and against the FLOP floor (the
+    models differ in FLOPs per op far more than in op count, so the floor is the fair axis), over each image sweep
+    against the number of images; and naive / fast."""
+    ops, st = res["ops_sweep"], res["strategy_sweep"]
+    return {"b_ops": fit_power([p["ops"] for p in ops], [p["search_s"] for p in ops]),
+            "b_flop_floor": fit_power([p["flop_floor_s"] for p in ops], [p["search_s"] for p in ops]),
+            "b_images": {k: fit_power([p["inference"] for p in ps], [p["search_s"] for p in ps])
+                         for k, ps in res["image_sweep"].items()},
+            "naive_over_fast": st[2]["search_s"] / st[0]["search_s"]}
+
+
+def markdown(res: dict) -> str:
+    lines = ["| sweep | model | ops | search images | strategy | search s | FLOP floor s | search / floor | "
+             "compile s | load |", "|---|---|---|---|---|---|---|---|---|---|"]
+    sweeps = (("ops", res["ops_sweep"]), *((f"images ({k})", v) for k, v in res["image_sweep"].items()),
+              ("strategy", res["strategy_sweep"]))
+    for sweep, pts in sweeps:
+        for q in pts:
+            lines.append(f"| {sweep} | {q['model']} | {q['ops']} | {q['inference']} | {q['strategy']} | "
+                         f"{q['search_s']:.2f} | {q['flop_floor_s']:.2f} | {q['search_over_floor']:.2f} | "
+                         f"{q['compile_s']:.1f} | {q['load_before']:.1f} |")
+    f = res["fits"]
+    lines += ["", f"search_s ~ ops^{f['b_ops']:.2f} (op count confounds model size) ~ FLOP floor^"
+              f"{f['b_flop_floor']:.2f}; ~ images^"
+              + ", ".join(f"{b:.2f} ({k})" for k, b in f["b_images"].items() if b is not None)
+              + f"; naive / fast = {f['naive_over_fast']:.1f}x"]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default=None, help="comma list for the ops sweep (default: the config's)")
@@ -87,31 +117,12 @@ def main(argv=None) -> None:
     sm = cfg["strategy_model"]
     strategies = [point(sm, cfg["inference"], cfg, work, cache, rates, extra)
                   for extra in ((), ("--method_batch", "concat"), ("--strategy", "naive"))]
-    res = {
-        "meta": meta(cfg["seed"], cfg),
-        "ops_sweep": ops,
-        "image_sweep": images,
-        "strategy_sweep": strategies,
-        "fits": {"b_ops": fit_power([p["ops"] for p in ops], [p["search_s"] for p in ops]),
-                 "b_images": {k: fit_power([p["inference"] for p in ps], [p["search_s"] for p in ps])
-                              for k, ps in images.items()},
-                 "naive_over_fast": strategies[2]["search_s"] / strategies[0]["search_s"]},
-        "timings": {"total_s": time.perf_counter() - t0},
-    }
+    res = {"meta": meta(cfg["seed"], cfg), "ops_sweep": ops, "image_sweep": images, "strategy_sweep": strategies,
+           "timings": {"total_s": time.perf_counter() - t0}}
+    res["fits"] = fits(res)
     p = write_result(EXPERIMENT, "speed_scaling", res, out)
-    lines = ["| sweep | model | ops | search images | strategy | search s | FLOP floor s | search / floor | "
-             "compile s | load |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for sweep, pts in (("ops", ops), *((f"images ({k})", v) for k, v in images.items()), ("strategy", strategies)):
-        for q in pts:
-            lines.append(f"| {sweep} | {q['model']} | {q['ops']} | {q['inference']} | {q['strategy']} | "
-                         f"{q['search_s']:.2f} | {q['flop_floor_s']:.2f} | {q['search_over_floor']:.2f} | "
-                         f"{q['compile_s']:.1f} | {q['load_before']:.1f} |")
-    f = res["fits"]
-    lines += ["", f"search_s ~ ops^{f['b_ops']:.2f}; ~ images^"
-              + ", ".join(f"{b:.2f} ({k})" for k, b in f["b_images"].items() if b is not None)
-              + f"; naive / fast = {f['naive_over_fast']:.1f}x"]
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    (out / "summary.md").write_text(markdown(res))
+    print(markdown(res))
     print(f"wrote {p}")
 
 
