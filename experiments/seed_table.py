@@ -15,7 +15,7 @@ is scored exactly on images the search never saw:
 * ``held_out``: similarity (0.5+0.5cos), plain cosine and top-1 agreement with FP32.  ImageNet models: the other
   70 images of ``images100/`` (augmented crops of the same photos); MNIST: the 1,000 held-out digits.
 * ``labelled``: top-1/top-5 with percentile-bootstrap 95 % intervals.  ImageNet models: the labelled real photos
-  of ``images/`` (foolbox's 20 ImageNet validation images and 5 more with known classes: a sample, never the
+  of ``images/`` (foolbox's 20 ImageNet validation images and 6 more with known classes: a sample, never the
   model's ImageNet accuracy); MNIST: the same 1,000 held-out digits.
 
 Rows: FLOAT; INT8 (original table); INT8 (new table); for each N in ``float_layers``: MIX(original table) and
