@@ -40,10 +40,8 @@ part a re-run with the same seeds may change.  A killed run resumes its qsens se
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -51,7 +49,14 @@ import qsens  # noqa: F401  (first: hostmem's malloc policy)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from experiments.common import RESULTS, Evaluator, load_config, meta, run_qsens, write_result  # noqa: E402
+from experiments.common import (  # noqa: E402
+    RESULTS,
+    Evaluator,
+    driver_args,
+    qtable_ops,
+    run_models,
+    sensitive_search,
+)
 
 EXPERIMENT = "accuracy_sweep"
 #: (search folder, held-out folder or None = the rest of the search folder's shuffle, labelled folder or None =
@@ -65,11 +70,6 @@ NEW_TABLE_TOOLS = ("auto_n (sensitive table)",)
 
 
 # ------------------------------------------------------------------------------------------------ pure helpers
-def qtable_ops(path: Path) -> list[str]:
-    """The ops of a qtable file, in its order."""
-    return [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
-
-
 def random_orders(ops: list[str], n: int, seed: int, k: int) -> dict[str, list[str]]:
     """``random_i``: the first ``k`` ops of ``numpy.random.default_rng(seed + i).permutation(ops)``, i < n."""
     import numpy as np
@@ -126,13 +126,8 @@ def run_model(key: str, cfg: dict, work: Path) -> dict:
     search_set, held_set, lab_set = DATA.get(key, DEFAULT_DATA)
     model = str(zoo_path(f"{key}.onnx"))
     folder = str(zoo_path(search_set))
-    work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    d = work / "search"
-    wall = run_qsens(["search", model, "--dataset", folder, "--input_num", str(cfg["images"]), "--seed",
-                      str(cfg["seed"]), "--inference_num", str(cfg["inference"]), "--max_float_layers",
-                      str(cfg["max_k"]), "--expected_cos", "0.9999", "--out_dir", str(d), "-q"], None,
-                     work / "search.log")
+    d, wall = sensitive_search(model, folder, cfg, work, cfg["max_k"])
     sj = json.loads((d / "search.json").read_text())
     qtable = qtable_ops(d / "qtable")
     ops = [o["op"] for o in sj["ops"]]
@@ -313,23 +308,8 @@ def plot(results: list[dict], path: Path, targets=()) -> None:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", default=None, help="comma list (default: the config's)")
-    ap.add_argument("--work", default=None, help="keep the qsens runs here (a killed run resumes)")
-    ap.add_argument("--out", default=None, help=f"results folder (default {RESULTS / EXPERIMENT})")
-    a = ap.parse_args(argv)
-    cfg = load_config(EXPERIMENT, {"models": a.models.split(",") if a.models else None})
-    out = Path(a.out) if a.out else RESULTS / EXPERIMENT
-    work = Path(a.work or tempfile.mkdtemp(prefix=f"{EXPERIMENT}_"))
-    for key in cfg["models"]:
-        res = run_model(key, cfg, work / key)
-        res = {"meta": meta(cfg["seed"], cfg), **res}
-        p = write_result(EXPERIMENT, key, res, out)
-        print(f"wrote {p}", flush=True)
-    # summary and figure over every model of the config whose JSON is in the folder (models can run separately)
-    full = load_config(EXPERIMENT)
-    keys = list(dict.fromkeys(full["models"] + cfg["models"]))
-    results = [json.loads(p.read_text()) for k in keys if (p := out / f"{k}.json").exists()]
+    cfg, out, work = driver_args(EXPERIMENT, __doc__, argv)
+    results = run_models(EXPERIMENT, cfg, out, work, run_model)
     (out / "summary.md").write_text(markdown(results, cfg))
     plot(results, out / f"{EXPERIMENT}.png", cfg["targets"])
     print(markdown(results, cfg), flush=True)

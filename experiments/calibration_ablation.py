@@ -17,10 +17,7 @@ Writes ``results/calibration_ablation/<model>.json``, ``summary.md`` and ``calib
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,7 +25,7 @@ import qsens  # noqa: F401  (first: hostmem's malloc policy)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from experiments.common import RESULTS, Evaluator, file_sha, load_config, meta, write_result  # noqa: E402
+from experiments.common import Evaluator, driver_args, file_sha, run_models  # noqa: E402
 from experiments.seed_table import DATA, DEFAULT_DATA  # noqa: E402
 
 EXPERIMENT = "calibration_ablation"
@@ -118,22 +115,11 @@ def plot(results: list[dict], path: Path) -> None:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", default=None, help="comma list (default: the config's)")
-    ap.add_argument("--work", default=None, help="where the tables are written")
-    ap.add_argument("--out", default=None, help=f"results folder (default {RESULTS / EXPERIMENT})")
-    a = ap.parse_args(argv)
-    cfg = load_config(EXPERIMENT, {"models": a.models.split(",") if a.models else None})
-    out = Path(a.out) if a.out else RESULTS / EXPERIMENT
-    work = Path(a.work or tempfile.mkdtemp(prefix="cal_ablation_"))
-    for key in cfg["models"]:
-        res = {"meta": meta(cfg["seed"], cfg), **run_model(key, cfg, work / key)}
-        p = write_result(EXPERIMENT, key, res, out)
-        print(markdown([res]), flush=True)
-        print(f"wrote {p}", flush=True)
-    results = [json.loads(p.read_text()) for k in cfg["models"] if (p := out / f"{k}.json").exists()]
+    cfg, out, work = driver_args(EXPERIMENT, __doc__, argv, "where the tables are written")
+    results = run_models(EXPERIMENT, cfg, out, work, run_model)
     (out / "summary.md").write_text(markdown(results))
     plot(results, out / "calibration_ablation.png")
+    print(markdown(results), flush=True)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,11 @@ experiment resumes where it stopped when it is given the same ``--work`` folder.
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,6 +34,39 @@ def load_config(name: str, overrides: dict | None = None) -> dict:
     cfg = json.loads((CONFIGS / f"{name}.json").read_text())
     cfg.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return cfg
+
+
+def driver_args(experiment: str, doc: str, argv=None, work_help: str = "keep the qsens runs here (a killed run "
+                "resumes)") -> tuple[dict, Path, Path]:
+    """A driver's flags ``--models`` (comma list, default the config's), ``--work`` and ``--out``; returns the
+    config (with ``--models`` applied), the results folder and the work folder (a fresh temp dir by default)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--models", default=None, help="comma list (default: the config's)")
+    ap.add_argument("--work", default=None, help=work_help)
+    ap.add_argument("--out", default=None, help=f"results folder (default {RESULTS / experiment})")
+    a = ap.parse_args(argv)
+    cfg = load_config(experiment, {"models": a.models.split(",") if a.models else None})
+    out = Path(a.out) if a.out else RESULTS / experiment
+    return cfg, out, Path(a.work or tempfile.mkdtemp(prefix=f"{experiment}_"))
+
+
+def qtable_ops(path: Path) -> list[str]:
+    """The ops of a qtable file, in its order (none when the file is absent: the tool exited early)."""
+    if not Path(path).exists():
+        return []
+    return [ln.split()[0] for ln in Path(path).read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+
+
+def sensitive_search(model: str, folder: str, cfg: dict, work: Path, max_float_layers: int) -> tuple[Path, float]:
+    """``qsens search`` (TPU-MLIR's run_sensitive_layer) on ``cfg``'s images, seed and search images, with
+    ``--expected_cos 0.9999`` so it really runs; its output folder ``work/search`` and its wall time (resumable)."""
+    work.mkdir(parents=True, exist_ok=True)
+    d = work / "search"
+    wall = run_qsens(["search", model, "--dataset", folder, "--input_num", str(cfg["images"]), "--seed",
+                      str(cfg["seed"]), "--inference_num", str(cfg["inference"]), "--max_float_layers",
+                      str(max_float_layers), "--expected_cos", "0.9999", "--out_dir", str(d), "-q"], None,
+                     work / "search.log")
+    return d, wall
 
 
 def run_qsens(cmd: list[str], env, log: Path) -> float:
@@ -76,6 +111,16 @@ def meta(seed: int, config: dict) -> dict:
     config = {k: v for k, v in config.items() if k != "models"}  # one JSON is one model: the list is no setting
     return {"seed": seed, "config": config, "versions": versions, "python": m["python"], "device": m["device"],
             "cpu": m["cpu"], "cores": m["cores"], "git": m["git"]}
+
+
+def run_models(experiment: str, cfg: dict, out: Path, work: Path, run_model) -> list[dict]:
+    """``run_model(key, cfg, work / key)`` for each model of ``cfg``, each result written with ``meta`` first;
+    returns the results of every model of the experiment's config found in ``out`` (models can run separately)."""
+    for key in cfg["models"]:
+        res = {"meta": meta(cfg["seed"], cfg), **run_model(key, cfg, work / key)}
+        print(f"wrote {write_result(experiment, key, res, out)}", flush=True)
+    keys = list(dict.fromkeys(load_config(experiment)["models"] + cfg["models"]))
+    return [json.loads(p.read_text()) for k in keys if (p := out / f"{k}.json").exists()]
 
 
 def rounded(x, nd: int = 6):

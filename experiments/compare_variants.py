@@ -41,7 +41,7 @@ import qsens  # noqa: F401  (first: hostmem's malloc policy)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # benchmarks.common (machine description), experiments.common
-from experiments.common import Evaluator, run_qsens  # noqa: E402
+from experiments.common import Evaluator, qtable_ops, run_qsens  # noqa: E402
 
 VARIANTS = ("auto_n", "auto_n_ordered", "neighbour", "leave_one_out", "grad_screen", "threshold_grid",
             "threshold_optax", "cost_aware")
@@ -50,13 +50,6 @@ SHAPES = {"mtcnn_pnet": "[[1,3,48,48]]"}
 DATA = {"mnist_mbv2": ("mnist_train", "mnist_test")}
 MODELS = ("efficientnet_lite0", "efficientnet_lite2", "mtcnn_pnet", "mtcnn_rnet", "mtcnn_onet", "mnist_mbv2")
 TARGETS = (0.99, 0.995, 0.999)
-
-
-def qtable_ops(path: Path) -> list[str]:
-    """The qtable's ops; none when the tool exited early (all-INT8 above its expected_cos: nothing written)."""
-    if not path.exists():
-        return []
-    return [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
 
 
 def run_tools(model: str, key: str, a, work: Path, env) -> dict:

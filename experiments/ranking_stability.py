@@ -42,11 +42,9 @@ images with its 95 % interval, sorted); ``timings`` are the only part a re-run w
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -56,7 +54,12 @@ import qsens  # noqa: F401  (first: hostmem's malloc policy)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from experiments.common import RESULTS, Evaluator, load_config, meta, run_qsens, write_result  # noqa: E402
+from experiments.common import (  # noqa: E402
+    Evaluator,
+    driver_args,
+    run_models,
+    sensitive_search,
+)
 
 EXPERIMENT = "ranking_stability"
 #: per-op losses are written in parts per million (loss * 1e6): the JSON's 6-decimal rounding then keeps them
@@ -144,13 +147,8 @@ def run_model(key: str, cfg: dict, work: Path) -> dict:
     dcfg = cfg["data"][key]
     model = str(zoo_path(f"{key}.onnx"))
     folder = str(zoo_path(dcfg["dataset"]))
-    work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    d = work / "search"
-    wall = run_qsens(["search", model, "--dataset", folder, "--input_num", str(cfg["images"]), "--seed",
-                      str(cfg["seed"]), "--inference_num", str(cfg["inference"]), "--max_float_layers",
-                      str(cfg["max_k"]), "--expected_cos", "0.9999", "--out_dir", str(d), "-q"], None,
-                     work / "search.log")
+    d, wall = sensitive_search(model, folder, cfg, work, cfg["max_k"])
     sj = json.loads((d / "search.json").read_text())
     ops = [o["op"] for o in sj["ops"]]
     types = {o["op"]: o["type"] for o in sj["ops"]}
@@ -324,22 +322,8 @@ def plot(results: list[dict], path: Path, top: int) -> None:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", default=None, help="comma list (default: the config's)")
-    ap.add_argument("--work", default=None, help="keep the qsens runs here (a killed run resumes)")
-    ap.add_argument("--out", default=None, help=f"results folder (default {RESULTS / EXPERIMENT})")
-    a = ap.parse_args(argv)
-    cfg = load_config(EXPERIMENT, {"models": a.models.split(",") if a.models else None})
-    out = Path(a.out) if a.out else RESULTS / EXPERIMENT
-    work = Path(a.work or tempfile.mkdtemp(prefix=f"{EXPERIMENT}_"))
-    for key in cfg["models"]:
-        res = run_model(key, cfg, work / key)
-        res = {"meta": meta(cfg["seed"], cfg), **res}
-        p = write_result(EXPERIMENT, key, res, out)
-        print(f"wrote {p}", flush=True)
-    full = load_config(EXPERIMENT)
-    keys = list(dict.fromkeys(full["models"] + cfg["models"]))
-    results = [json.loads(p.read_text()) for k in keys if (p := out / f"{k}.json").exists()]
+    cfg, out, work = driver_args(EXPERIMENT, __doc__, argv)
+    results = run_models(EXPERIMENT, cfg, out, work, run_model)
     (out / "summary.md").write_text(markdown(results))
     plot(results, out / f"{EXPERIMENT}.png", cfg["plot_top"])
     print(markdown(results), flush=True)

@@ -26,10 +26,8 @@ use).  A killed run resumes with the same ``--work``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -37,7 +35,14 @@ import qsens  # noqa: F401  (first: hostmem's malloc policy)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from experiments.common import RESULTS, Evaluator, file_sha, load_config, meta, run_qsens, write_result  # noqa: E402
+from experiments.common import (  # noqa: E402
+    Evaluator,
+    driver_args,
+    file_sha,
+    qtable_ops,
+    run_models,
+    sensitive_search,
+)
 
 EXPERIMENT = "seed_table"
 #: (search folder, held-out folder or None = the rest of the search folder's shuffle, labelled folder)
@@ -48,10 +53,6 @@ SEED_POST = {"model": "MobileNetV2 (TPU-MLIR post)", "top1": {"FLOAT": 70.72, "I
              "similarity": {"INT8": 0.978847, "MIX new table": 0.989741}, "float_layers": 1}
 
 
-def qtable_ops(path: Path) -> list[str]:
-    return [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
-
-
 def run_model(key: str, cfg: dict, work: Path) -> dict:
     from qsens.data.dataset import select_files
     from qsens.zoo import zoo_path
@@ -59,13 +60,8 @@ def run_model(key: str, cfg: dict, work: Path) -> dict:
     search_set, held_set, lab_set = DATA.get(key, DEFAULT_DATA)
     model = str(zoo_path(f"{key}.onnx"))
     folder = str(zoo_path(search_set))
-    work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    d = work / "search"
-    kmax = max(cfg["float_layers"])
-    wall = run_qsens(["search", model, "--dataset", folder, "--input_num", str(cfg["images"]), "--seed",
-                      str(cfg["seed"]), "--inference_num", str(cfg["inference"]), "--max_float_layers", str(kmax),
-                      "--expected_cos", "0.9999", "--out_dir", str(d), "-q"], None, work / "search.log")
+    d, wall = sensitive_search(model, folder, cfg, work, max(cfg["float_layers"]))
     order = qtable_ops(d / "qtable")
     pool = select_files(folder, input_num=0, seed=cfg["seed"])
     held = pool[cfg["inference"]:] if held_set is None else select_files(str(zoo_path(held_set)), input_num=0)
@@ -90,6 +86,7 @@ def run_model(key: str, cfg: dict, work: Path) -> dict:
         row(f"MIX new table, {n} float", tables["new"], order[:n])
     sj = json.loads((d / "search.json").read_text())
     return {
+        "seed_post": SEED_POST,
         "model": key,
         "model_sha256": file_sha(model),
         "data": {"search": search_set, "calibration_images": cfg["images"], "search_images": cfg["inference"],
@@ -133,22 +130,10 @@ def markdown(results: list[dict]) -> str:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", default=None, help="comma list (default: the config's)")
-    ap.add_argument("--work", default=None, help="keep the qsens runs here (a killed run resumes)")
-    ap.add_argument("--out", default=None, help=f"results folder (default {RESULTS / EXPERIMENT})")
-    a = ap.parse_args(argv)
-    cfg = load_config(EXPERIMENT, {"models": a.models.split(",") if a.models else None})
-    out = Path(a.out) if a.out else RESULTS / EXPERIMENT
-    work = Path(a.work or tempfile.mkdtemp(prefix="seed_table_"))
-    for key in cfg["models"]:
-        res = run_model(key, cfg, work / key)
-        res = {"meta": meta(cfg["seed"], cfg), "seed_post": SEED_POST, **res}
-        p = write_result(EXPERIMENT, key, res, out)
-        print(markdown([res]), flush=True)
-        print(f"wrote {p}", flush=True)
-    results = [json.loads(p.read_text()) for k in cfg["models"] if (p := out / f"{k}.json").exists()]
+    cfg, out, work = driver_args(EXPERIMENT, __doc__, argv)
+    results = run_models(EXPERIMENT, cfg, out, work, run_model)
     (out / "summary.md").write_text(markdown(results))
+    print(markdown(results), flush=True)
 
 
 if __name__ == "__main__":

@@ -20,10 +20,8 @@ Timings need a quiet machine: the JSON records the load average before each poin
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,7 +30,7 @@ import qsens  # noqa: F401  (first: hostmem's malloc policy)
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.search import float_rate, run_job  # noqa: E402
-from experiments.common import RESULTS, load_config, meta, write_result  # noqa: E402
+from experiments.common import driver_args, meta, write_result  # noqa: E402
 from experiments.seed_table import DATA, DEFAULT_DATA  # noqa: E402
 
 EXPERIMENT = "speed_scaling"
@@ -99,14 +97,7 @@ def markdown(res: dict) -> str:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", default=None, help="comma list for the ops sweep (default: the config's)")
-    ap.add_argument("--work", default=None)
-    ap.add_argument("--out", default=None, help=f"results folder (default {RESULTS / EXPERIMENT})")
-    a = ap.parse_args(argv)
-    cfg = load_config(EXPERIMENT, {"models": a.models.split(",") if a.models else None})
-    out = Path(a.out) if a.out else RESULTS / EXPERIMENT
-    work = Path(a.work or tempfile.mkdtemp(prefix="speed_"))
+    cfg, out, work = driver_args(EXPERIMENT, __doc__, argv, "the runs' folders and compilation cache")
     cache = work / "jax_cache"
     rates: dict = {}
     t0 = time.perf_counter()
