@@ -53,16 +53,13 @@ from experiments.common import (  # noqa: E402
     RESULTS,
     Evaluator,
     driver_args,
+    model_folders,
     qtable_ops,
     run_models,
     sensitive_search,
 )
 
 EXPERIMENT = "accuracy_sweep"
-#: (search folder, held-out folder or None = the rest of the search folder's shuffle, labelled folder or None =
-#: the held-out folder)
-DATA = {"mnist_mbv2": ("mnist_train", "mnist_test", None)}
-DEFAULT_DATA = ("images100", None, "images")
 #: compare_variants tools that are the sensitive search itself (not re-scored; checked against ours)
 SENSITIVE_TOOLS = ("sensitive", "sensitive (base table)")
 #: compare_variants tools whose order was searched on the sensitive search's new table
@@ -123,7 +120,8 @@ def run_model(key: str, cfg: dict, work: Path) -> dict:
     from qsens.data.dataset import select_files
     from qsens.zoo import zoo_path
 
-    search_set, held_set, lab_set = DATA.get(key, DEFAULT_DATA)
+    search_set, held_set, lab_set = model_folders(key)
+    lab_set = None if lab_set == held_set else lab_set  # labelled = the held-out images themselves
     model = str(zoo_path(f"{key}.onnx"))
     folder = str(zoo_path(search_set))
     t0 = time.perf_counter()

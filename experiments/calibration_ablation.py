@@ -10,7 +10,7 @@ run_sensitive_layer's per-method tables use), the thresholds of MAX, Percentile9
 (``.1``) and after TPU-MLIR's SimpleTuner on the first ``tune_num`` images (``_tune``; the tuner only moves
 KL and MSE, whose thresholds lie below the max: MAX and Percentile are their own upper bound and come back
 unchanged).  Each of the 16 tables is written in TPU-MLIR's format and scored as an all-INT8 network
-(no float layer) on the held-out and labelled images of the seed table (``seed_table.DATA``): similarity
+(no float layer) on the held-out and labelled images of the seed table (``common.FOLDERS``): similarity
 (0.5+0.5cos), plain cosine, top-1 agreement with FP32, labelled top-1/top-5 with bootstrap 95 % intervals.
 Writes ``results/calibration_ablation/<model>.json``, ``summary.md`` and ``calibration_ablation.png``.
 """
@@ -25,8 +25,7 @@ import qsens  # noqa: F401  (first: hostmem's malloc policy)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from experiments.common import Evaluator, driver_args, file_sha, run_models  # noqa: E402
-from experiments.seed_table import DATA, DEFAULT_DATA  # noqa: E402
+from experiments.common import Evaluator, driver_args, file_sha, model_folders, run_models  # noqa: E402
 
 EXPERIMENT = "calibration_ablation"
 METHODS = ("max", "percentile9999", "kl", "mse")
@@ -40,7 +39,7 @@ def run_model(key: str, cfg: dict, work: Path) -> dict:
     from qsens.pipeline import make_preprocess, preset_for_model
     from qsens.zoo import zoo_path
 
-    search_set, held_set, lab_set = DATA.get(key, DEFAULT_DATA)
+    search_set, held_set, lab_set = model_folders(key)
     model = str(zoo_path(f"{key}.onnx"))
     folder = str(zoo_path(search_set))
     work.mkdir(parents=True, exist_ok=True)

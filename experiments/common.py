@@ -36,6 +36,17 @@ def load_config(name: str, overrides: dict | None = None) -> dict:
     return cfg
 
 
+#: per zoo model: (search folder, held-out folder or None = the rest of the search folder's seeded shuffle,
+#: labelled folder); the ImageNet models search on images100/ and are labelled on the real photos of images/
+FOLDERS = {"mnist_mbv2": ("mnist_train", "mnist_test", "mnist_test")}
+DEFAULT_FOLDERS = ("images100", None, "images")
+
+
+def model_folders(key: str) -> tuple[str, str | None, str]:
+    """``(search, held_out or None, labelled)`` zoo folders of model ``key`` (:data:`FOLDERS`)."""
+    return FOLDERS.get(key, DEFAULT_FOLDERS)
+
+
 def driver_args(experiment: str, doc: str, argv=None, work_help: str = "keep the qsens runs here (a killed run "
                 "resumes)") -> tuple[dict, Path, Path]:
     """A driver's flags ``--models`` (comma list, default the config's), ``--work`` and ``--out``; returns the

@@ -41,13 +41,11 @@ import qsens  # noqa: F401  (first: hostmem's malloc policy)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # benchmarks.common (machine description), experiments.common
-from experiments.common import Evaluator, qtable_ops, run_qsens  # noqa: E402
+from experiments.common import Evaluator, model_folders, qtable_ops, run_qsens  # noqa: E402
 
 VARIANTS = ("auto_n", "auto_n_ordered", "neighbour", "leave_one_out", "grad_screen", "threshold_grid",
             "threshold_optax", "cost_aware")
 SHAPES = {"mtcnn_pnet": "[[1,3,48,48]]"}
-#: the search's image folder and the held-out folder (None: the rest of the search folder's shuffle)
-DATA = {"mnist_mbv2": ("mnist_train", "mnist_test")}
 MODELS = ("efficientnet_lite0", "efficientnet_lite2", "mtcnn_pnet", "mtcnn_rnet", "mtcnn_onet", "mnist_mbv2")
 TARGETS = (0.99, 0.995, 0.999)
 
@@ -56,7 +54,7 @@ def run_tools(model: str, key: str, a, work: Path, env) -> dict:
     """Run the searchers; returns {tool: {"table", "order" | "qtable", "wall_s", "json"}}."""
     from qsens.zoo import zoo_path
 
-    images = str(zoo_path(DATA.get(key, ("images100",))[0]))
+    images = str(zoo_path(model_folders(key)[0]))
     shape = ["--input_shapes", SHAPES[key]] if key in SHAPES else []
     data = ["--dataset", images, "--input_num", str(a.images), "--seed", str(a.seed), *shape]
     tools: dict[str, dict] = {}
@@ -115,7 +113,7 @@ def score(model: str, key: str, a, tools: dict) -> dict:
     from qsens.search.variants import kendall_tau
     from qsens.zoo import zoo_path
 
-    search_set, held_set = DATA.get(key, ("images100", None))
+    search_set, held_set, _ = model_folders(key)
     pool = select_files(str(zoo_path(search_set)), input_num=0, seed=a.seed)
     held = pool[a.inference:] if held_set is None else select_files(str(zoo_path(held_set)), input_num=0, seed=a.seed)
     sets = {"search": pool[: a.inference], "held_out": held}

@@ -39,15 +39,13 @@ from experiments.common import (  # noqa: E402
     Evaluator,
     driver_args,
     file_sha,
+    model_folders,
     qtable_ops,
     run_models,
     sensitive_search,
 )
 
 EXPERIMENT = "seed_table"
-#: (search folder, held-out folder or None = the rest of the search folder's shuffle, labelled folder)
-DATA = {"mnist_mbv2": ("mnist_train", "mnist_test", "mnist_test")}
-DEFAULT_DATA = ("images100", None, "images")
 SEED_POST = {"model": "MobileNetV2 (TPU-MLIR post)", "top1": {"FLOAT": 70.72, "INT8": 67.53, "MIX original table": 68.19,
                                                              "MIX new table": 69.07},
              "similarity": {"INT8": 0.978847, "MIX new table": 0.989741}, "float_layers": 1}
@@ -57,7 +55,7 @@ def run_model(key: str, cfg: dict, work: Path) -> dict:
     from qsens.data.dataset import select_files
     from qsens.zoo import zoo_path
 
-    search_set, held_set, lab_set = DATA.get(key, DEFAULT_DATA)
+    search_set, held_set, lab_set = model_folders(key)
     model = str(zoo_path(f"{key}.onnx"))
     folder = str(zoo_path(search_set))
     t0 = time.perf_counter()

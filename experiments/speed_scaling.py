@@ -30,8 +30,7 @@ import qsens  # noqa: F401  (first: hostmem's malloc policy)
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.search import float_rate, run_job  # noqa: E402
-from experiments.common import driver_args, meta, write_result  # noqa: E402
-from experiments.seed_table import DATA, DEFAULT_DATA  # noqa: E402
+from experiments.common import driver_args, meta, model_folders, write_result  # noqa: E402
 
 EXPERIMENT = "speed_scaling"
 N_METHODS = 3
@@ -51,7 +50,7 @@ def point(key: str, n_inf: int, cfg: dict, work: Path, cache: Path, rates: dict,
     from qsens.zoo import zoo_path
 
     model = zoo_path(f"{key}.onnx")
-    images = zoo_path(DATA.get(key, DEFAULT_DATA)[0])
+    images = zoo_path(model_folders(key)[0])
     if key not in rates:
         rates[key] = float_rate(str(model), 30)
     rate, _, g = rates[key]
