@@ -1,6 +1,6 @@
-"""BM1684 INT8 quantization semantics (TPU-MLIR compatible): rounding primitives, per-op qparams, kernels."""
+"""BM1684 / BM1684X INT8 quantization semantics (TPU-MLIR compatible): rounding primitives, per-op qparams, kernels."""
 
-from .chip import BM1684, CHIPS, ChipSpec, get_chip
+from .chip import BM1684, BM1684X, CHIPS, ChipSpec, as_chip, get_chip, resolve_fp_type
 from .kernels import dequantize, int8_op, int8_op_jit, quantize
 from .numerics import (
     QTYPE_RANGE,
@@ -24,7 +24,10 @@ from .qparams import LUT_OPS, SUPPORTED, op_kind, qparams_for, scale_of, static_
 
 __all__ = [
     "BM1684",
+    "BM1684X",
     "CHIPS",
+    "as_chip",
+    "resolve_fp_type",
     "ChipSpec",
     "get_chip",
     "dequantize",

@@ -1,4 +1,4 @@
-"""Per-chip INT8 lowering rules.  Only BM1684 is implemented; BM1684X etc. can be added as new instances."""
+"""Per-chip INT8 lowering rules: BM1684 (docs/bm1684.md) and BM1684X (symmetric INT8, docs/bm1684x.md)."""
 
 from __future__ import annotations
 
@@ -32,11 +32,38 @@ class ChipSpec:
     mul_multiplier_range: tuple[int, int] = (0, 127)  # Mul: m outside -> F32
     avgpool_output_is_input_qtype: bool = True  # AvgPool output threshold = input threshold
     relu_limit_in_int8: bool = False  # False: INT8 ignores relu_limit (output saturation is the clamp)
+    # BM1684X-style requantization (docs/bm1684x.md); the BM1684 values keep BM1684's rules
+    add_requant: str = "cblas"  # Add: "cblas" (calRightShiftNumUseCblas + to_int8) | "positive" (get_scale_and_shift_positive)
+    avgpool_requant: str = "table"  # AvgPool: "table" (the dev tables' (M, E) of k) | "scale_and_shift" (s_in/(s_out*k))
+    int8_kinds: frozenset | None = None  # op kinds qsens models in INT8 on this chip (None: every kind of qparams.SUPPORTED)
+    mix_float_types: tuple[str, ...] = ("F32",)  # float types a mixed model may use (run_qtable's --fp_type choices)
+    weight_operand_int8: bool = True  # Add/Mul with a full-tensor weight operand lowered to INT8 (as modelled here)
 
 
 BM1684 = ChipSpec(name="BM1684")
 
-CHIPS: dict[str, ChipSpec] = {"BM1684": BM1684}
+#: BM1684X, symmetric INT8 (TPU-MLIR lib/Conversion/TopToTpu/BM1684X/*.cpp; every rule checked against TPU-MLIR 1.23's
+#: interpreter on MTCNN PNet, gen_act and gen_pool: tests/test_bm1684x_oracle.py, docs/bm1684x.md).  Per-channel int32
+#: multiplier + rshift (MultiplierShift, HALF_UP) for Conv, per-tensor for MatMul, int32 bias, no rshift < 0 / stride /
+#: kernel-area F32 fallbacks, AvgPool requantizes to its own output threshold.  Ops whose BM1684X lowering qsens does not
+#: model stay F32 (``int8_kinds``; ``qsens ops --int8-report --chip bm1684x`` lists them).
+BM1684X = ChipSpec(
+    name="BM1684X",
+    bias_bits=32,
+    max_pool_kernel=2**31 - 1,
+    max_conv_stride=2**31 - 1,
+    per_channel_conv=True,
+    conv_negative_rshift_fallback=False,
+    avgpool_output_is_input_qtype=False,
+    add_requant="positive",
+    avgpool_requant="scale_and_shift",
+    int8_kinds=frozenset({"Conv", "MatMul", "Add", "MaxPool", "AvgPool", "GlobalAvgPool", "Concat", "LeakyRelu",
+                          "PRelu", "Sigmoid"}),
+    mix_float_types=("F32",),
+    weight_operand_int8=False,
+)
+
+CHIPS: dict[str, ChipSpec] = {"BM1684": BM1684, "BM1684X": BM1684X}
 
 
 def get_chip(name: str) -> ChipSpec:
@@ -45,4 +72,34 @@ def get_chip(name: str) -> ChipSpec:
     except KeyError:
         from qsens.errors import QsensError
 
-        raise QsensError(f"unsupported chip {name!r}; supported: {', '.join(CHIPS)}") from None
+        raise QsensError(f"--chip {name}: unsupported chip; use one of {', '.join(c.lower() for c in CHIPS)}") from None
+
+
+def as_chip(chip: ChipSpec | str | None) -> ChipSpec:
+    """A :class:`ChipSpec` from a spec, a name (``bm1684``, ``bm1684x``, any case) or None (BM1684)."""
+    if chip is None:
+        return BM1684
+    return chip if isinstance(chip, ChipSpec) else get_chip(chip)
+
+
+def resolve_fp_type(chip: ChipSpec | str | None, fp_type: str = "auto") -> str:
+    """The float type of a mixed model's float layers for ``--fp_type`` on ``chip``.
+
+    TPU-MLIR (python/calibration/utils.py ``FLOAT_MAP`` / ``chip_support_mix_fp_type``, 1.23): ``auto`` is F32 on
+    BM1684 and F16 on BM1684X, whose allowed types are F16 and F32 (BF16 is refused there).  qsens simulates F32 float
+    layers only: ``auto`` resolves to F32 on every chip (on BM1684X a deliberate difference: the qtable qsens writes
+    says F32, so TPU-MLIR reproduces it); F16 / BF16 raise a one-line error."""
+    from qsens.errors import QsensError
+
+    spec = as_chip(chip)
+    want = fp_type.upper()
+    allowed = {"BM1684": ("F32",), "BM1684X": ("F16", "F32")}.get(spec.name, spec.mix_float_types)
+    if want == "AUTO":
+        return "F32"
+    if want not in allowed:
+        raise QsensError(f"--fp_type {fp_type}: {spec.name} mixes INT8 with {' or '.join(allowed)} only "
+                         f"(TPU-MLIR's chip_support_mix_fp_type); use auto or F32")
+    if want != "F32":
+        raise QsensError(f"--fp_type {fp_type} on {spec.name}: qsens simulates F32 float layers only (F16 is not "
+                         "simulated); use --fp_type F32 (or auto, which qsens resolves to F32)")
+    return want

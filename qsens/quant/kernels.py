@@ -178,6 +178,18 @@ def int8_op(op, weights, q_inputs: Sequence, qp: dict, chip: ChipSpec = BM1684):
     kind = op_kind(op)
     xs = [jnp.asarray(q).astype(I32) for q in q_inputs]
     hu = Round.HALF_UP
+    if kind == "Conv" and "b32" in qp:  # BM1684X: per-channel multiplier + rshift (Tpu/Interfaces/Common/Conv2D.cpp)
+        K = int(np.prod(qp["w8"].shape[1:]))
+        acc = _exact(_conv_fn(op), xs[0], qp["w8"], K, op.name)
+        shp = (1, -1, 1, 1)
+        y = requant_multiplier(acc, qp["b32"].reshape(shp), qp["m"].reshape(shp), qp["r"].reshape(shp))
+        return _finish(y, op, qp)
+    if kind == "MatMul" and "b32" in qp:  # BM1684X: per-tensor multiplier + rshift (Tpu/Interfaces/Common/MatMul.cpp)
+        w8 = qp["w8"]
+        acc = _exact(_dot_fn, xs[0], w8, int(w8.shape[0]), op.name)
+        if op.attr("do_relu", False):  # the interpreter's matmul applies the ReLU before the requant (m > 0: same)
+            acc = jnp.maximum(acc + qp["b32"], 0) - qp["b32"]
+        return _finish(requant_multiplier(acc, qp["b32"], qp["m"], qp["r"]), op, qp)
     if kind == "Conv":
         x = xs[0]
         w8 = qp["w8"]
@@ -269,7 +281,10 @@ def _avgpool(op, x, qp):
         pads = _pool_pads(op)
         include_pad = bool(op.attr("count_include_pad", False))
     k = kh * kw
-    M, E = avgpool_multiplier_shift(k) if k <= 225 else (1, 0)
+    if "m" in qp:  # BM1684X: (multiplier, rshift) from the thresholds (qparams, TopToTpu/BM1684X/AvgPool.cpp)
+        M, E = qp["m"], qp["r"]
+    else:
+        M, E = avgpool_multiplier_shift(k) if k <= 225 else (1, 0)
     win, st = (1, 1, kh, kw), (1, 1, sh, sw)
     s = lax.reduce_window(x, jnp.int32(0), lax.add, win, st, pads)
     if include_pad or all(p == (0, 0) for p in pads):
@@ -280,6 +295,19 @@ def _avgpool(op, x, qp):
         avg = s.astype(F32) / jnp.asarray(cnt, F32)
         total = round_to_int(avg * jnp.float32(k), Round.HALF_AWAY_FROM_ZERO).astype(I32)
     return _finish(rshift_round(total * M, E, Round.HALF_UP), op, qp)
+
+
+@x64
+def requant_multiplier(acc, b32, m, r):
+    """BM1684X requantization of an int32 accumulator: ``applyMultiplierAndRShift(acc + b32, m, r, MultiplierShift,
+    HALF_UP)`` = ``RightShiftRound((acc + b32) * m, r, HALF_UP)`` in int64 (``m`` is an int32 multiplier up to 2^31, the
+    product needs 64 bits; int64 is staged into the caller's jaxpr like the float64 parameter maths), saturated to
+    int32 (the caller clamps to the output range).  TPU-MLIR's interpreter adds the bias to a float32 convolution
+    result, exact while |acc + b32| < 2^24; qsens adds in integers, as the chip does."""
+    i64 = jnp.int64
+    v = (jnp.asarray(acc).astype(i64) + jnp.asarray(b32).astype(i64)) * jnp.asarray(m).astype(i64)
+    y = rshift_round(v, jnp.asarray(r).astype(i64), Round.HALF_UP)
+    return jnp.clip(y, -(2**31), 2**31 - 1).astype(I32)
 
 
 def _valid_counts(hw, k, st, pads):

@@ -63,10 +63,16 @@ SCALED_COPY = {"MulConst"}
 UNIT_RANGE = {"Sigmoid", "Softmax"}
 
 
-def int8_support(op: Op, graph: Graph) -> str | None:
-    """None when BM1684 has an INT8 form of ``op`` (kernel or pass-through), else the reason it stays F32."""
+def int8_support(op: Op, graph: Graph, chip: ChipSpec = BM1684) -> str | None:
+    """None when ``chip`` (BM1684 by default) has an INT8 form of ``op`` (kernel or pass-through), else the reason it
+    stays F32."""
     if op.type == "Input" or op.type in PASS_THROUGH:
         return None
+    if not chip.weight_operand_int8 and op.type in ("Add", "Mul", "Concat", "MatMul") and (
+            op.consts or (op.weights and op.type != "MatMul") or (op.type == "MatMul" and op.weight("filter") is None
+                                                                   and op.weight("q_filter") is None)):
+        return (f"{op.type} with a weight/constant or activation-only operands: qsens does not model TPU-MLIR's "
+                f"{chip.name} INT8 lowering of it (kept F32)")
     if op.type == "MatMul" and op.weight("filter") is None and op.weight("q_filter") is None:
         return "MatMul with an activation right operand is lowered to F32 on BM1684"
     if op.type == "MatMul" and len(graph.tensor_shape(op.inputs[0])) != 2:
@@ -77,7 +83,7 @@ def int8_support(op: Op, graph: Graph) -> str | None:
         return f"{op.type} with a constant operand is not lowered to INT8 here"
     if op.type == "Relu" and op.attr("relu_limit", -1.0) >= 0:
         return None
-    return static_fallback(op, [graph.tensor_shape(t) for t in op.inputs], BM1684)
+    return static_fallback(op, [graph.tensor_shape(t) for t in op.inputs], chip)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -98,6 +104,7 @@ class QuantPlan:
     f32_reason: dict[str, str]  # op name -> why it stays F32 in the INT8 model
     min_src: np.ndarray | None = None  # int32: where each tensor's min (-threshold) comes from (default copy_src)
     copy_scale: np.ndarray | None = None  # float32 factor on the copied range (MulConst outputs), default 1
+    chip: ChipSpec = BM1684  # the chip whose INT8 lowering the plan's F32 set and every INT8 kernel follow
 
     @property
     def int8_ops(self) -> list[str]:
@@ -140,12 +147,14 @@ BACKWARD_MAX = {"PRelu", "LeakyRelu"}
 BACKWARD_MULTI = {"Concat", "Min", "Max"}
 
 
-def make_plan(graph: Graph, table_min: Mapping[str, float] | None = None) -> QuantPlan:
+def make_plan(graph: Graph, table_min: Mapping[str, float] | None = None, chip: ChipSpec = BM1684) -> QuantPlan:
     """Signedness from the calibration table's ``min`` column (``min < 0`` -> signed int8, else uint8), after
     TPU-MLIR's calibration post-processing (spec §3.2): the import (``do_relu`` -> min 0, Sigmoid/Softmax ->
     [0, 1]), backward copies (steps 3-4, last op first), then forward copies (step 6); the result is a static
-    copy map of each tensor's max and min plus signedness."""
+    copy map of each tensor's max and min plus signedness.  ``chip``: BM1684 copies an AvgPool's input range to its
+    output (§3.2 step 6), BM1684X does not (its AvgPool requantizes: TopToTpu/BM1684X/AvgPool.cpp)."""
     tensors = graph.tensors
+    forward = FORWARD_COPY if chip.avgpool_output_is_input_qtype else FORWARD_COPY - {"AvgPool"}
     index = {t: i for i, t in enumerate(tensors)}
     src_max = np.arange(len(tensors), dtype=np.int32)
     src_min = src_max.copy()
@@ -214,25 +223,25 @@ def make_plan(graph: Graph, table_min: Mapping[str, float] | None = None) -> Qua
                     take_range(t, out)
     reasons: dict[str, str] = {}
     for op in graph.ops:
-        why = int8_support(op, graph)
+        why = int8_support(op, graph, chip)
         if why is not None:
             reasons[op.name] = why
         for t in op.outputs:
-            if op.type in FORWARD_COPY and op.inputs:
+            if op.type in forward and op.inputs:
                 take_range(t, op.inputs[0])
             elif op.type in SCALED_COPY and op.inputs:
                 take_range(t, op.inputs[0], scale=float(op.attr("const_val")))
     keep_sign()
     signed = {t: bool(neg[t]) for t in tensors}
-    return QuantPlan(graph, index, src_max, signed, fixed, reasons, src_min, fac)
+    return QuantPlan(graph, index, src_max, signed, fixed, reasons, src_min, fac, chip)
 
 
-def plan_from_table(graph: Graph, table) -> QuantPlan:
+def plan_from_table(graph: Graph, table, chip: ChipSpec = BM1684) -> QuantPlan:
     """:func:`make_plan` from a :class:`qsens.tables.CaliTable` (every canonical tensor must be present)."""
     from ..tables import check_table_matches
 
     check_table_matches(table, graph.tensors, getattr(table, "path", None))
-    return make_plan(graph, {t: table[t].min for t in graph.tensors})
+    return make_plan(graph, {t: table[t].min for t in graph.tensors}, chip)
 
 
 def thresholds_from_table(graph: Graph, table) -> np.ndarray:
@@ -247,11 +256,12 @@ def needs_qparams(plan: QuantPlan, op: Op) -> bool:
 
 
 def host_qparams(plan: QuantPlan, op: Op, weights: Mapping[str, Any], th_in: Sequence[float], th_out: float,
-                 chip: ChipSpec = BM1684) -> dict:
+                 chip: ChipSpec | None = None) -> dict:
     """:func:`qparams_for` evaluated on the host with NumPy (bit-identical to the traced version, tested):
     the search feeds these to a small compiled kernel instead of compiling the parameter maths per op."""
     from .numerics import host_numpy
 
+    chip = chip or plan.chip
     if not needs_qparams(plan, op):
         return {}
     sig_in = tuple(plan.signed[t] for t in op.inputs)
@@ -266,10 +276,12 @@ def host_qparams(plan: QuantPlan, op: Op, weights: Mapping[str, Any], th_in: Seq
 
 
 def int8_core(plan: QuantPlan, op: Op, weights: Mapping[str, Any], acts: Sequence[Any], th_in: Sequence[Any], th_out,
-              chip: ChipSpec = BM1684, qp: Mapping[str, Any] | None = None, fallback: bool = True) -> list:
+              chip: ChipSpec | None = None, qp: Mapping[str, Any] | None = None, fallback: bool = True) -> list:
     """The INT8 form of ``op`` on float NCHW inputs: cast F32 -> INT8 with ``th_in`` (effective input
     thresholds), the INT8 kernel with output threshold ``th_out``, cast back.  Ops without an INT8 form (see
-    ``plan.f32_reason``) return their float outputs; a threshold-dependent fallback selects the float result."""
+    ``plan.f32_reason``) return their float outputs; a threshold-dependent fallback selects the float result.
+    ``chip`` defaults to the plan's."""
+    chip = chip or plan.chip
     if op.name in plan.f32_reason:
         return run_op_roles(op, weights, acts)
     if op.type == "Input":
@@ -338,7 +350,8 @@ def _int8_pad(op: Op, weights, x, th, signed: bool):
     return jnp.where(inside, run_op_roles(zero, weights, [x])[0], fill)
 
 
-def int8_path(plan: QuantPlan, op: Op, weights: Mapping[str, Any], acts: Sequence[Any], th_eff, chip: ChipSpec = BM1684):
+def int8_path(plan: QuantPlan, op: Op, weights: Mapping[str, Any], acts: Sequence[Any], th_eff,
+              chip: ChipSpec | None = None):
     """:func:`int8_core` with the thresholds read from the effective threshold vector ``th_eff``."""
     idx = plan.tensor_index
     return int8_core(plan, op, weights, acts, [th_eff[idx[t]] for t in op.inputs], th_eff[idx[op.outputs[0]]], chip)
@@ -347,8 +360,8 @@ def int8_path(plan: QuantPlan, op: Op, weights: Mapping[str, Any], acts: Sequenc
 class MixedModel:
     """``apply(params, inputs, thresholds, int8_mask)``: the jit-compiled BM1684 mixed-precision model."""
 
-    def __init__(self, model, plan: QuantPlan, chip: ChipSpec = BM1684):
-        self.model, self.plan, self.chip = model, plan, chip
+    def __init__(self, model, plan: QuantPlan, chip: ChipSpec | None = None):
+        self.model, self.plan, self.chip = model, plan, chip or plan.chip
         self.graph = plan.graph
 
     def apply(self, params, inputs, thresholds, int8_mask, *, taps: Sequence[str] = ()):

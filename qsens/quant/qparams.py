@@ -163,8 +163,10 @@ def _out_range(signed_out):
 
 
 def static_fallback(op, in_shapes: Sequence[tuple[int, ...]] | None = None, chip: ChipSpec = BM1684) -> str | None:
-    """Why BM1684 lowers ``op`` to F32 regardless of thresholds (None when it does not)."""
+    """Why ``chip`` (BM1684 by default) lowers ``op`` to F32 regardless of thresholds (None when it does not)."""
     kind = op_kind(op)
+    if chip.int8_kinds is not None and kind not in chip.int8_kinds:
+        return f"{op.type}: qsens does not model TPU-MLIR's {chip.name} INT8 lowering of it (kept F32)"
     if kind in F32_ON_BM1684:
         return F32_ON_BM1684[kind]
     if kind not in SUPPORTED:
@@ -214,7 +216,9 @@ def qparams_for(
     static_fb = static_fallback(op, in_shapes, chip) is not None
     fb = xp.asarray(static_fb)
 
-    if kind in ("Conv", "MatMul", "Deconv"):
+    if chip.per_channel_conv and kind in ("Conv", "MatMul"):
+        qp.update(_multiplier_requant(op, kind, weights, s_in[0], s_out))
+    elif kind in ("Conv", "MatMul", "Deconv"):
         # Deconv: TopToTpu/BM1684/Deconv.cpp lowers it as Conv (per-layer shift, int16 bias, multiplier 1)
         # q_filter / q_bias: a Conv/MatMul a MulConst was merged into (its float32 weights times the constant)
         w = _f32(weights["q_filter"] if "q_filter" in weights else weights["filter"])
@@ -252,6 +256,23 @@ def qparams_for(
         qp["r"] = r.astype(I32)
         mid_lo, mid_hi = qrange(signed_out, 16)
         qp["mid_lo"], qp["mid_hi"] = xp.asarray(mid_lo, I32), xp.asarray(mid_hi, I32)
+    elif kind == "Add" and chip.add_requant == "positive":
+        # TopToTpu/BM1684X/Add.cpp: get_scale_and_shift_positive(float(coeff_k * (s_k / s_out)), 8) per input (n in
+        # 0..30, |m| < 127); no F32 fallback; the interpreter is BM1684's (Tpu/Interfaces/Common/Add.cpp)
+        coeff = op.attr("coeff", None) or (1.0,) * len(th_in)
+        ms, rs = [], []
+        for k in range(len(th_in)):
+            m, r = get_scale_and_shift_positive(float(coeff[k]) * (s_in[k] / s_out), 8)
+            ms.append(m)
+            rs.append(r)
+        qp["m"] = xp.stack(ms).astype(I32)
+        qp["r"] = xp.stack(rs).astype(I32)
+    elif kind in ("AvgPool", "GlobalAvgPool") and chip.avgpool_requant == "scale_and_shift":
+        # TopToTpu/BM1684X/AvgPool.cpp (symmetric, 2-D): scale = s_in / (s_out * kh * kw) (double, C++ order:
+        # (s_out * kh) * kw), get_scale_and_shift(float(scale), 8) (n in -32..30: a negative r is a left shift)
+        kh, kw = _pool_kernel(op, kind, in_shapes)
+        m, r = get_scale_and_shift(s_in[0] / ((s_out * float(kh)) * float(kw)), 8)
+        qp["m"], qp["r"] = m.astype(I32), r.astype(I32)
     elif kind == "Add":
         coeff = op.attr("coeff", None) or (1.0,) * len(th_in)
         ms, rs = [], []
@@ -330,6 +351,81 @@ def qparams_for(
         qp["lut"] = xp.clip(y, lo, hi).astype(I32)
         qp["lut_lo"] = xp.asarray(lo_in, I32)
     qp["fallback"] = xp.asarray(fb, bool)
+    return qp
+
+
+def _pool_kernel(op, kind, in_shapes) -> tuple[int, int]:
+    """Static kernel (kh, kw) (GlobalAvgPool: (H, W) of ``in_shapes[0]``, which must then be given)."""
+    if kind == "GlobalAvgPool":
+        if in_shapes is None:
+            raise ValueError(f"op {op.name!r}: GlobalAvgPool's BM1684X parameters need in_shapes (the kernel is H, W)")
+        return int(in_shapes[0][2]), int(in_shapes[0][3])
+    kh, kw = op.attr("kernel_shape")
+    return int(kh), int(kw)
+
+
+def _div_rhaz(a, b):
+    """``std::round((double)a / (double)b)`` for float32 ``a`` and a positive float32 ``b`` (given as float64), exact
+    also where XLA's division is an ulp off under jit: the quotient of two floats is a .5 tie only when exactly one,
+    so the rounding is decided by the exact products ``(k -+ 1/2) * b`` (``|k| < 2^29``: exact in double)."""
+    xp = backend()
+    a = xp.asarray(a).astype(F64)
+    mag = xp.abs(a)
+    k = xp.floor(mag / b + 0.5)
+    k = xp.where((k - 0.5) * b > mag, k - 1, k)
+    k = xp.where((k + 0.5) * b <= mag, k + 1, k)
+    return xp.where(a < 0, -k, k)
+
+
+def _multiplier_requant(op, kind, weights, s_in, s_out) -> dict:
+    """BM1684X Conv (per output channel) / MatMul (per tensor) INT8 parameters: int8 (or uint8) weights with their own
+    scale, an int32 bias, and an int32 multiplier + rshift from ``get_scale_and_shift(float(scale), 32)``.
+
+    Conv (TopToTpu/BM1684X/Conv.cpp): ``fsign = min(W) < 0 or bias``; per channel ``scale_w = max(float(max|W_c| /
+    fqmax), 1e-5f)`` (fqmax 127, or 255 for unsigned weights), ``W8 = to_int8(W / scale_w)`` (double quotient, half away
+    from zero, saturating; to_uint8 when unsigned), ``b32 = round(b / (scale_w * s_in))``, ``(m, r) =
+    get_scale_and_shift(float(scale_w * s_in / s_out), 32)``; an input scale <= 1e-5 is replaced by ``max|b|/127``
+    (or ``max|W|/127`` when the bias is <= 1e-5 too).  MatMul (TopToTpu/BM1684X/MatMul.cpp, weight right operand):
+    ``w_scale = max|W| / 127.0`` (double), ``W8 = to_int8(W / w_scale)``, ``b32 = round(b / (w_scale * s_in))``,
+    ``(m, r) = get_scale_and_shift(float(s_in * w_scale / s_out), 32)``.  Weights quantized from all-integer values
+    (``to_all_int8``) or with a stored weight scale are not reproduced (float models have neither)."""
+    xp = backend()
+    w = _f32(weights["q_filter"] if "q_filter" in weights else weights["filter"])
+    b = weights.get("q_bias") if "q_filter" in weights else weights.get("bias")
+    qp = {}
+    if kind == "Conv":
+        oc = w.shape[0]
+        wc = xp.reshape(w, (oc, -1))
+        fsign = (xp.min(w) < 0) | (b is not None)
+        fqmax = xp.where(fsign, 127.0, 255.0).astype(F64)
+        wmax_c = xp.max(xp.abs(wc), axis=1)  # float32
+        # C++: float / float.  Computed in double and rounded once to float (exact for a quotient of two floats: 53 >=
+        # 2*24 + 2); XLA's own float32 division under jit is not always correctly rounded (1 ulp seen, hypothesis)
+        scale_w = xp.maximum((wmax_c.astype(F64) / fqmax).astype(F32), F32(1e-5)).astype(F64)
+        bias_max = xp.max(xp.abs(_f32(b))).astype(F64) if b is not None else xp.asarray(1e-6, F64)
+        wabs = xp.max(xp.abs(w)).astype(F64)
+        s_small = xp.where(bias_max <= 1e-5, wabs / 127.0, bias_max / 127.0)
+        s_in = xp.where(s_in <= 1e-5, s_small, s_in)
+        q = _div_rhaz(wc, scale_w[:, None])
+        lo, hi = xp.where(fsign, -128, 0), xp.where(fsign, 127, 255)
+        qp["w8"] = xp.reshape(xp.clip(q, lo, hi).astype(I32), w.shape)
+        scale_f = scale_w * s_in / s_out
+        bdiv = scale_w * s_in
+    else:
+        if op.attr("transB", False):
+            w = w.T
+        w_scale = xp.max(xp.abs(w)).astype(F64) / 127.0
+        qp["w8"] = xp.clip(round_to_int(w.astype(F64) / w_scale, Round.HALF_AWAY_FROM_ZERO), -128, 127).astype(I32)
+        oc = w.shape[-1]
+        scale_f = s_in * w_scale / s_out
+        bdiv = w_scale * s_in
+    if b is not None:
+        b32 = round_to_int(xp.ravel(_f32(b)).astype(F64) / bdiv, Round.HALF_AWAY_FROM_ZERO)
+        qp["b32"] = xp.clip(b32, -(2.0**31), 2.0**31 - 1).astype(I32)
+    else:
+        qp["b32"] = xp.zeros((oc,), I32)
+    m, r = get_scale_and_shift(scale_f, 32)
+    qp["m"], qp["r"] = m.astype(I32), r.astype(I32)
     return qp
 
 

@@ -9,6 +9,7 @@ negative multiplier, Mul with a multiplier outside [0, 127]) are listed as ``INT
 from __future__ import annotations
 
 from ..onnx.ir import Graph
+from .chip import as_chip
 from .mixed import FOLLOWS_INPUT_TYPE, make_plan
 from .qparams import F32_ON_BM1684, op_kind
 
@@ -37,6 +38,8 @@ DYNAMIC = {
 
 def f32_source(op, reason: str) -> str:
     kind = op_kind(op)
+    if "qsens does not model" in reason:
+        return "qsens: not reproduced (F32 here; TPU-MLIR's BM1684X lowering of it is not modelled: docs/bm1684x.md)"
     if kind in F32_ON_BM1684:
         return F32_SOURCE.get(kind, "lib/Conversion/TopToTpu/BM1684")
     for key, src in _BY_REASON:
@@ -45,11 +48,13 @@ def f32_source(op, reason: str) -> str:
     return QSENS_GAP
 
 
-def int8_report(graph: Graph) -> list[dict]:
+def int8_report(graph: Graph, chip=None) -> list[dict]:
     """One row per op: ``{"index", "name", "type", "precision", "reason", "source"}``; precision is ``INT8``,
     ``INT8*`` (threshold-dependent fallback, reason says when), ``F32``, ``as input`` (Reshape-like ops take their
-    input's type) or ``input``."""
-    plan = make_plan(graph)
+    input's type) or ``input``.  ``chip``: a ChipSpec or name (default BM1684; BM1684X has no threshold-dependent
+    fallbacks, and lists the ops whose BM1684X lowering qsens does not model)."""
+    spec = as_chip(chip)
+    plan = make_plan(graph, chip=spec)
     rows = []
     for i, op in enumerate(graph.ops):
         row = {"index": i, "name": op.name, "type": op.type, "precision": "INT8", "reason": "", "source": ""}
@@ -60,15 +65,15 @@ def int8_report(graph: Graph) -> list[dict]:
             row.update(precision="F32", reason=why, source=f32_source(op, why))
         elif op.type in FOLLOWS_INPUT_TYPE:
             row.update(precision="as input", reason="lowered with its input's type (top.Reshape)")
-        elif op_kind(op) in DYNAMIC:
+        elif op_kind(op) in DYNAMIC and spec.name == "BM1684":
             row.update(precision="INT8*", reason=DYNAMIC[op_kind(op)])
         rows.append(row)
     return rows
 
 
-def format_report(rows: list[dict]) -> str:
+def format_report(rows: list[dict], chip=None) -> str:
     n = {p: sum(r["precision"] == p for r in rows) for p in ("INT8", "INT8*", "F32", "as input")}
-    lines = [f"# BM1684 INT8 model: {n['INT8'] + n['INT8*']} INT8 ops ({n['INT8*']} with a threshold-dependent F32 "
+    lines = [f"# {as_chip(chip).name} INT8 model: {n['INT8'] + n['INT8*']} INT8 ops ({n['INT8*']} with a threshold-dependent F32 "
              f"fallback), {n['F32']} F32, {n['as input']} reshapes"]
     lines.append(f"{'idx':>4}  {'name':<48} {'type':<12} {'precision':<9} reason / TPU-MLIR source")
     for r in rows:

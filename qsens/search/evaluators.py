@@ -64,7 +64,8 @@ def int8_exe(engine: Engine, plan: QuantPlan, i: int):
     out_nhwc = op_runs_nhwc(op, engine.plan) if op.type != "Input" else in_nhwc[0]
     sig = tuple(plan.signed[t] for t in op.inputs + op.outputs)
     shapes = tuple(tuple(plan.graph.tensor_shape(t)) for t in ins)
-    key = ("int8", op.name in plan.f32_reason, sig, shapes) + op_signature(op, engine.params, in_nhwc, out_nhwc)
+    key = ("int8", plan.chip.name, op.name in plan.f32_reason, sig, shapes) + op_signature(op, engine.params, in_nhwc,
+                                                                                            out_nhwc)
 
     def make():
         def f(weights, acts, th_in, th_out, qp, _op=op, _in=in_nhwc, _out=out_nhwc):

@@ -56,8 +56,9 @@ class SearchConfig:
             raise SearchError(f"--strategy must be fast or naive, got {self.strategy!r}")
         if self.method_batch not in ("loop", "concat"):
             raise SearchError(f"method batch must be loop or concat, got {self.method_batch!r}")
-        if self.chip.lower() != "bm1684":
-            raise SearchError(f"--chip {self.chip}: qsens simulates BM1684 only (ChipSpec); use --chip bm1684")
+        from ..quant.chip import get_chip
+
+        get_chip(self.chip)  # one-line QsensError for an unsupported chip
 
 
 @dataclasses.dataclass
@@ -166,10 +167,12 @@ class JobIO:
     qtable_path: str = "qtable"
 
 
-def job_problem(model, table, inputs, compare_layers, compare_weights, post_process, stats, cache, chunk) -> Problem:
-    """The :class:`Problem` a job searches (``chunk`` None: the default chunk)."""
+def job_problem(model, table, inputs, compare_layers, compare_weights, post_process, stats, cache, chunk,
+                chip=None) -> Problem:
+    """The :class:`Problem` a job searches (``chunk`` None: the default chunk; ``chip`` None: BM1684)."""
     return Problem.from_table(model, table, inputs, compare=compare_layers, compare_weights=compare_weights,
-                              post_process=post_process, stats=stats, cache=cache, **({"chunk": chunk} if chunk else {}))
+                              post_process=post_process, stats=stats, cache=cache, chip=chip,
+                              **({"chunk": chunk} if chunk else {}))
 
 
 class AllInt8(NamedTuple):
@@ -199,7 +202,7 @@ def search(model, base_table, method_thresholds: Mapping[str, Mapping[str, float
     candidates = method_candidates(cfg.methods, method_thresholds)
     problem = Problem.from_table(model, base_table, inputs, compare=cfg.compare_layers,
                                  compare_weights=cfg.compare_weights, post_process=post_process, stats=stats,
-                                 cache=cache, **({"chunk": chunk} if chunk else {}))
+                                 cache=cache, chip=cfg.chip, **({"chunk": chunk} if chunk else {}))
     g = problem.graph
     t_ref = time.perf_counter()
     all_ops = frozenset(op.name for op in g.ops)
@@ -317,7 +320,8 @@ def _finish(problem: Problem, io: JobIO, cfg, done: list[OpResult], selector: To
     ncal = os.path.join(out_dir, "new_cali_table.txt")
     dump_cali_table(ncal, new_table)  # the table first, the qtable last: a qtable never lacks its table
     os.makedirs(os.path.dirname(os.path.abspath(qpath)), exist_ok=True)
-    write_qtable(qpath, [(name, "F32") for name in float_layers], sample_number=n, chip="bm1684", mix_mode="F32")
+    write_qtable(qpath, [(name, "F32") for name in float_layers], sample_number=n,
+                 chip=problem.plan.chip.name.lower(), mix_mode="F32")
     log.info(f"Output mix quantization table to {qpath}")
     files.update({"qtable": qpath, "new_cali_table": ncal, "log": os.path.join(out_dir, LOG_NAME)})
     timings.update({"summary_s": time.perf_counter() - t_done, "total_s": time.perf_counter() - io.t_start,
@@ -435,7 +439,7 @@ def qtable_search(model, table, inputs: Mapping[str, np.ndarray], *, expected_co
                   compare_layers=None, compare_weights=None, progress: bool = True,
                   echo: Callable[[str], None] | None = None, stats: CompileStats | None = None,
                   chunk: int | None = None, cache: ExecutableCache | None = None,
-                  checkpoint_every_s: float = 10.0) -> QtableResult:
+                  checkpoint_every_s: float = 10.0, chip=None) -> QtableResult:
     """``run_qtable.py``: TPU-MLIR's greedy mix-precision search (:mod:`qsens.search.mixprec`) with its files.
 
     Writes ``qtable_path``, ``loss_table`` (``full_loss_table.txt``), the log ``MixPrecSearcher``,
@@ -454,7 +458,8 @@ def qtable_search(model, table, inputs: Mapping[str, np.ndarray], *, expected_co
     t_start = time.perf_counter()
     echo = echo or (lambda s: print(s, flush=True))
     stats = stats or CompileStats()
-    problem = job_problem(model, table, inputs, compare_layers, compare_weights, post_process, stats, cache, chunk)
+    problem = job_problem(model, table, inputs, compare_layers, compare_weights, post_process, stats, cache, chunk,
+                          chip)
     g = problem.graph
     all_int8 = all_int8_similarity(problem)
     t_int8 = time.perf_counter()
@@ -554,7 +559,8 @@ def _write_qtable_outputs(problem: Problem, state: dict, float_layers: list[str]
     log.info(">>>run result:")
     rows = sorted(state["layer_cos"], key=lambda r: r[1])
     lpath = loss_table if os.path.isabs(loss_table) else os.path.join(out_dir, loss_table)
-    head = [h for h in qtable_header_lines(sample_number=n, chip="bm1684", mix_mode="F32", count=0)
+    chip = problem.plan.chip.name.lower()
+    head = [h for h in qtable_header_lines(sample_number=n, chip=chip, mix_mode="F32", count=0)
             if not h.startswith(("# number of", "# op_name"))]
     lines = []
     for k, (name, cos) in enumerate(rows):
@@ -565,7 +571,7 @@ def _write_qtable_outputs(problem: Problem, state: dict, float_layers: list[str]
     atomic_write(lpath, "\n".join(head + lines) + "\n")
     qpath = qtable_path if os.path.isabs(qtable_path) else os.path.join(out_dir, qtable_path)
     os.makedirs(os.path.dirname(os.path.abspath(qpath)), exist_ok=True)
-    write_qtable(qpath, [(name, "F32") for name in float_layers], sample_number=n, chip="bm1684", mix_mode="F32")
+    write_qtable(qpath, [(name, "F32") for name in float_layers], sample_number=n, chip=chip, mix_mode="F32")
     log.info(f"int8 outputs_cos:{state['all_int8_cos']:.6f} old")
     log.info(f"mix model outputs_cos:{state['outputs_cos']:.6f}")
     log.info(f"Output mix quantization table to {qtable_path}")

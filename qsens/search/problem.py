@@ -97,10 +97,13 @@ class Problem:
         self.scorer = Scorer(self.ref_outputs, compare_weights, post_process)
 
     @classmethod
-    def from_table(cls, model, table, inputs: Mapping[str, np.ndarray], **kw) -> Problem:
-        """The problem of a calibration table (:class:`qsens.tables.CaliTable`): plan and base thresholds."""
+    def from_table(cls, model, table, inputs: Mapping[str, np.ndarray], chip=None, **kw) -> Problem:
+        """The problem of a calibration table (:class:`qsens.tables.CaliTable`): plan and base thresholds;
+        ``chip``: a :class:`qsens.quant.ChipSpec` or its name (default BM1684)."""
+        from ..quant.chip import as_chip
+
         g = model.graph
-        return cls(model, plan_from_table(g, table), thresholds_from_table(g, table), inputs, **kw)
+        return cls(model, plan_from_table(g, table, as_chip(chip)), thresholds_from_table(g, table), inputs, **kw)
 
     # ------------------------------------------------------------------------------------------------ helpers
     @property

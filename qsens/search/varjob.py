@@ -43,7 +43,8 @@ def variant_search(model, base_table, inputs: Mapping[str, np.ndarray], variant:
                    post_process_id: str | None = None, compare_layers=None, compare_weights=None,
                    progress: bool = True, echo: Callable[[str], None] | None = None,
                    stats: CompileStats | None = None, chunk: int | None = None, labels=None,
-                   cache: ExecutableCache | None = None, extra_files: Callable[[], dict] | None = None) -> dict:
+                   cache: ExecutableCache | None = None, extra_files: Callable[[], dict] | None = None,
+                   chip=None) -> dict:
     """Run ``variant`` on ``base_table`` (:class:`qsens.tables.CaliTable`) and the inference ``inputs``.
 
     Returns the ``search.json`` dict (``early_exit`` True and nothing written when the all-INT8 model already
@@ -54,7 +55,7 @@ def variant_search(model, base_table, inputs: Mapping[str, np.ndarray], variant:
     echo = echo or (lambda s: print(s, flush=True))
     stats = stats or CompileStats()
     problem = job_problem(model, base_table, inputs, compare_layers, compare_weights, post_process, stats, cache,
-                          chunk)
+                          chunk, chip)
     g = problem.graph
     int8 = mixed_similarity(problem, Config(all_ops(problem), problem.th0))
     t_int8 = time.perf_counter()
@@ -132,7 +133,8 @@ def variant_search(model, base_table, inputs: Mapping[str, np.ndarray], variant:
         ncal = os.path.join(out_dir, "new_cali_table.txt")
         dump_cali_table(ncal, new_table)  # the table first, the qtable last
         os.makedirs(os.path.dirname(os.path.abspath(qpath)), exist_ok=True)
-        write_qtable(qpath, [(n, "F32") for n in float_layers], sample_number=problem.n, chip="bm1684",
+        write_qtable(qpath, [(n, "F32") for n in float_layers], sample_number=problem.n,
+                     chip=problem.plan.chip.name.lower(),
                      mix_mode="F32")
         log.info(f"Output mix quantization table to {qpath}")
         files.update({"qtable": qpath, "new_cali_table": ncal, "log": os.path.join(out_dir, LOG_NAME)})

@@ -21,10 +21,11 @@ under the harness interpreter):
    node per op of the INT8 model, its label holding every decision), ``tmp_mix_table.txt`` (the last mix
    table tried) and ``summary.json`` (all-INT8 / mix cos, layer cos in evaluation order, the float steps,
    the float layers, the samples used, the full op list it iterates, wall time)
-5. ``--steps dump``: lowers the Top MLIR to the BM1684 INT8 TPU dialect with ``cali_table`` (the same
+5. ``--steps dump``: lowers the Top MLIR to the ``--chip`` INT8 TPU dialect with ``cali_table`` (the same
    ``tpuc-opt`` pipeline the searches use), preprocesses the first ``--dump_num`` samples of TPU-MLIR's
    own data selection with TPU-MLIR's preprocessing, runs its interpreter (``pymlir``) on the INT8 model
-   with fixed-point outputs and on the F32 Top model, and writes ``int8/``: ``inputs.npz`` (the
+   with fixed-point outputs and on the F32 Top model, and writes ``int8/`` (``int8_<chip>/`` for another
+   ``--chip``, e.g. ``int8_bm1684x/``): ``inputs.npz`` (the
    preprocessed samples), ``qinfo.json`` (per tensor: storage type, scale, zero point), ``int8.npz``
    (integer codes of every quantized tensor, float values of tensors the INT8 model keeps in F32) and
    ``f32.npz`` (float outputs).
@@ -491,6 +492,11 @@ def search_step(a, r: Runner, name: str, kind: str, work: Path, mlir: Path) -> N
     (sd / "summary.json").write_text(json.dumps(summ, indent=1))
 
 
+def int8_dir(chip: str) -> str:
+    """The dump step's folder: ``int8`` for BM1684 (the fixtures' original layout), ``int8_<chip>`` otherwise."""
+    return "int8" if chip == "bm1684" else f"int8_{chip}"
+
+
 def dump(a, r: Runner, name: str) -> None:
     import numpy as np
     import pymlir
@@ -500,10 +506,10 @@ def dump(a, r: Runner, name: str) -> None:
     from utils.preprocess import preprocess
 
     work = a.out / "work"
-    d = a.out / "int8"
+    d = a.out / int8_dir(a.chip)
     d.mkdir(exist_ok=True)
     table = a.out / "cali_table"
-    lowered = work / f"{name}_bm1684_int8.mlir"
+    lowered = work / f"{name}_{a.chip}_int8.mlir"
     t0 = time.time()
     os.chdir(work)  # the lowered MLIR names its weight file relative to the working directory
     mlir_lowering(f"{name}.mlir", lowered.name, "INT8", a.chip, cali_table=str(table))
@@ -582,6 +588,8 @@ def main(argv=None) -> None:
     ap.add_argument("--search_setting", default="", help="why this setting, kept in the search step's summary.json")
     ap.add_argument("--search_collect_only", action="store_true",
                     help="rebuild OUT/<dir> and its summary.json from an earlier run's work folder (no run)")
+    ap.add_argument("--cali_args", default="", help="more run_calibration flags for the calibrate step, e.g. "
+                    "'--we --bc' (the accuracy aids; the Top weights before/after go to OUT/top_weights_*.npz)")
     ap.add_argument("--cali_methods", default="max,percentile9999,mse",
                     help="run_calibration --cali_method use_<m> tables written besides the default KL one")
     for k in ("input_shapes", "resize_dims", "mean", "scale", "pixel_format", "channel_format", "keep_ratio_mode",
@@ -620,9 +628,14 @@ def main(argv=None) -> None:
                "--mlir", mlir.name], work, "transform.log")
         (a.out / "ops.json").write_text(json.dumps(op_list(mlir), indent=1))
     if "calibrate" in steps:
+        wfile = work / f"{name}_top_f32_all_weight.npz"
+        if a.cali_args and wfile.exists():  # --we/--bc/--sq rewrite the Top weights in place: keep both versions
+            shutil.copy(wfile, a.out / "top_weights_before.npz")
         r.run(["run_calibration.py", mlir.name, *data_flags(a), "--input_num", str(a.input_num),
-               "--tune_num", str(a.tune_num), "-o", "cali_table"], work, "calibration.log")
+               "--tune_num", str(a.tune_num), *a.cali_args.split(), "-o", "cali_table"], work, "calibration.log")
         shutil.copy(work / "cali_table", a.out / "cali_table")
+        if a.cali_args and wfile.exists():
+            shutil.copy(wfile, a.out / "top_weights_after.npz")
         for m in a.cali_methods.split(","):  # the other methods of run_calibration (untuned: its run() tunes KL only)
             if m.strip():
                 r.run(["run_calibration.py", mlir.name, *data_flags(a), "--input_num", str(a.input_num), "--tune_num",
@@ -720,10 +733,10 @@ def main(argv=None) -> None:
     if "deploy" in steps:  # the bmodel of cali_table on the BM1684 simulator (cmodel, CPU), the dumped samples
         import numpy as np
 
-        bm = f"{name}_bm1684_int8.bmodel"
+        bm = f"{name}_{a.chip}_int8.bmodel"
         r.run(["model_deploy.py", "--mlir", mlir.name, "--quantize", "INT8", "--calibration_table",
                str(a.out / "cali_table"), "--chip", a.chip, "--model", bm], work, "deploy.log")
-        with np.load(a.out / "int8" / "inputs.npz") as z:
+        with np.load(a.out / int8_dir(a.chip) / "inputs.npz") as z:
             inputs = {k: z[k] for k in z.files}
         outs: dict[str, list] = {}
         for i in range(len(next(iter(inputs.values())))):
