@@ -113,7 +113,8 @@ def collect_statistics(model: Model, files, pp, *, methods: Sequence[str], hist:
 
 
 def collect_statistics_multi(model: Model, files, pp, *, specs: Sequence[tuple[Sequence[str], str]], batch: int = 30,
-                             progress: bool = True, stats: CompileStats | None = None, tune_num: int = 0
+                             progress: bool = True, stats: CompileStats | None = None, tune_num: int = 0,
+                             n_bins: int = calib.N_BINS
                              ) -> tuple[list[dict[str, calib.CalibResult]], dict[str, np.ndarray]]:
     """Several statistics (``specs``: ``(methods, hist)`` each) from the same forward passes: every state sees
     the same per-sample activations in the same order as it would alone, so each result equals
@@ -123,7 +124,7 @@ def collect_statistics_multi(model: Model, files, pp, *, specs: Sequence[tuple[S
     op_index = {t: g.index(g.producer(t).name) for t in tensors}
     n = len(files)
     engine = Engine(model, batch, stats=stats)
-    states = [calib.init(tensors, len(g.ops), n_samples=n, op_index=op_index, mode=hist,
+    states = [calib.init(tensors, len(g.ops), n_samples=n, op_index=op_index, mode=hist, n_bins=n_bins,
                          absmax_mse=g.inputs, mse="mse" in methods,
                          mse_tail=[(t, g.producer(t).type in ("Conv", "MatMul")) for t in tensors[-5:][::-1]])
               for methods, hist in specs]
@@ -174,7 +175,8 @@ def fake_quant_np(x: np.ndarray, th: float) -> np.ndarray:
 
 
 def tune(model: Model, tune_acts: dict[str, np.ndarray], table: dict[str, float], amax: dict[str, float], *,
-         batch: int = 30, stats: CompileStats | None = None, progress: bool = False) -> dict[str, float]:
+         batch: int = 30, stats: CompileStats | None = None, progress: bool = False,
+         steps: int = calib.TUNE_STEPS) -> dict[str, float]:
     """SimpleTuner (spec §2.6) over the canonical op list; returns the tuned table (thresholds only grow).
 
     ``table``: the thresholds to tune (every evaluation starts its grid from these initial values, as TPU-MLIR
@@ -209,7 +211,7 @@ def tune(model: Model, tune_acts: dict[str, np.ndarray], table: dict[str, float]
         w = engine.weights(op)
         for t in todo:
             tuned.add(t)
-            cands = calib.tune_candidates(initial[t], amax[t])
+            cands = calib.tune_candidates(initial[t], amax[t], steps)  # steps: --debug_cmd tune_steps=N
             if cands.size == 0:
                 continue
             # rows (candidate, sample), fake-quantized lazily one chunk at a time (memory: one chunk)
@@ -234,7 +236,7 @@ def tune(model: Model, tune_acts: dict[str, np.ndarray], table: dict[str, float]
 
 def calibrate(model: Model, files: Sequence[str], pp, *, methods: Sequence[str] = ("kl",), hist: str = "v1",
               tune_num: int = 5, tune_methods: Sequence[str] | None = None, batch: int | None = None,
-              progress: bool = True, stats: CompileStats | None = None) -> Calibration:
+              progress: bool = True, stats: CompileStats | None = None, **kw) -> Calibration:
     """Statistics over ``files`` and thresholds of ``methods``; SimpleTuner on the first ``tune_num`` samples.
 
     ``hist`` defaults to ``"v1"`` here (run_sensitive_layer's per-method tables, ``qsens search --hist``'s
@@ -244,15 +246,21 @@ def calibrate(model: Model, files: Sequence[str], pp, *, methods: Sequence[str] 
     which changes only KL/MSE: MAX and Percentile are their own upper bound) are tuned, the rest are copied.
     """
     return calibrate_multi(model, files, pp, specs=[(methods, hist, tune_methods)], tune_num=tune_num, batch=batch,
-                           progress=progress, stats=stats)[0]
+                           progress=progress, stats=stats, **kw)[0]
 
 
 def calibrate_multi(model: Model, files: Sequence[str], pp, *, specs: Sequence[tuple], tune_num: int = 5,
-                    batch: int | None = None, progress: bool = True, stats: CompileStats | None = None
-                    ) -> list[Calibration]:
+                    batch: int | None = None, progress: bool = True, stats: CompileStats | None = None,
+                    n_bins: int = calib.N_BINS, tune_files: Sequence[str] | None = None,
+                    tune_steps: int = calib.TUNE_STEPS) -> list[Calibration]:
     """:func:`calibrate` for several ``(methods, hist, tune_methods)`` specs from the same forward passes (one
     image decode and one forward per pass for all of them); each result equals its own :func:`calibrate`.
-    ``qsens search`` uses it for run_sensitive_layer's v1 method tables and run_calibration's v2 base table."""
+    ``qsens search`` uses it for run_sensitive_layer's v1 method tables and run_calibration's v2 base table.
+
+    TPU-MLIR's flags: ``n_bins`` = ``--histogram_bin_num`` (KL's histograms); ``tune_files`` = the samples of
+    ``--tune_list`` (the SimpleTuner runs on them instead of the first ``tune_num`` calibration samples: TPU-MLIR
+    1.23 ``run_calibration.py`` builds ``tune_ds`` from the list, ``tune_num`` = its length); ``tune_steps`` =
+    ``--debug_cmd tune_steps=N`` (the tuner's grid, default 21 steps)."""
     if not files:
         raise QsensError("no calibration samples")
     specs = [([parse_method(m) for m in ms], h, ["kl"] if tm is None else [parse_method(m) for m in tm])
@@ -263,8 +271,14 @@ def calibrate_multi(model: Model, files: Sequence[str], pp, *, specs: Sequence[t
     t0 = time.perf_counter()
     batch = min(DEFAULT_CHUNK, len(files)) if batch is None else batch
     n_tune = min(tune_num, len(files)) if any(m in tm for ms, _, tm in specs for m in ms) else 0
+    if tune_files:
+        n_tune = len(tune_files) if any(m in tm for ms, _, tm in specs for m in ms) else 0
     results, tune_acts = collect_statistics_multi(model, files, pp, specs=[(ms, h) for ms, h, _ in specs],
-                                                  batch=batch, progress=progress, stats=stats, tune_num=n_tune)
+                                                  batch=batch, progress=progress, stats=stats,
+                                                  tune_num=0 if tune_files else n_tune, n_bins=n_bins)
+    if tune_files and n_tune:  # the tuner's own samples (--tune_list): one more float pass over them
+        _, tune_acts = collect_statistics_multi(model, list(tune_files), pp, specs=[(["max"], "v2")], batch=batch,
+                                                progress=False, stats=stats, tune_num=n_tune)
     t1 = time.perf_counter()
     g = model.graph
     out = []
@@ -281,7 +295,7 @@ def calibrate_multi(model: Model, files: Sequence[str], pp, *, specs: Sequence[t
                 start = tuned[m]
                 amax = {t: (res[t].p99 if m == "percentile9999" else res[t].abs_max) for t in g.tensors}
                 tuned[m] = tune(model, {t: v[:n_t] for t, v in tune_acts.items()}, start, amax, batch=batch,
-                                stats=stats, progress=progress)
+                                stats=stats, progress=progress, steps=tune_steps)
         out.append(Calibration(tuple(g.tensors), res, untuned, tuned, len(files), n_t, hist,
                                {"statistics_s": t1 - t0, "tune_s": time.perf_counter() - t2}))
     return out
@@ -292,7 +306,8 @@ SENSITIVE_NAMES = SL_NAMES
 
 
 def write_tables(cal: Calibration, out: str, *, main_method: str | None, mlir: str, write_method_tables: bool = True,
-                 method_names: dict[str, str] | None = None, version_style: str | None = None) -> list[str]:
+                 method_names: dict[str, str] | None = None, version_style: str | None = None,
+                 histogram_bins: int = 2048) -> list[str]:
     """Write ``out`` (main method, tuned; run_calibration's header) unless ``main_method`` is None, and
     ``<out>_<method>.1`` / ``<out>_<method>_tune`` for every method (``method_names`` renames them, e.g.
     :data:`SENSITIVE_NAMES` for run_sensitive_layer's files and header style)."""
@@ -308,11 +323,13 @@ def write_tables(cal: Calibration, out: str, *, main_method: str | None, mlir: s
             first_tn = cal.tune_num if style == "kld-new" else None
             for suffix, tuned, tn in ((".1", False, first_tn), ("_tune", True, cal.tune_num)):
                 p = f"{out}_{(method_names or {}).get(m, m)}{suffix}"
-                write_cali_table(p, cal.table_entries(m, tuned), method=m, mlir=mlir, histogram_bins=2048,
+                write_cali_table(p, cal.table_entries(m, tuned), method=m, mlir=mlir, histogram_bins=histogram_bins,
                                  sample_number=cal.n_samples, tune_number=tn, version_style=style)
                 written.append(p)
     if main_method is not None:
-        write_cali_table(out, cal.table_entries(main_method, True), method=main_method, mlir=mlir, histogram_bins=2048,
-                         sample_number=cal.n_samples, tune_number=cal.tune_num, version_style="kld-mid")
+        write_cali_table(out, cal.table_entries(main_method, True), method=main_method, mlir=mlir,
+                         histogram_bins=histogram_bins, sample_number=cal.n_samples,
+                         tune_number=cal.tune_num or None,  # untuned: no tune line (1.23, tests/fixtures/tpu_mlir_flags)
+                         version_style="kld-mid")
         written.append(out)
     return written

@@ -147,10 +147,13 @@ def _run_impl(d: registry.OpDef, ins: list, attrs: dict, *, host: bool) -> list:
 class Canonicalizer:
     """Builds :class:`Graph` objects (one per batch size) and the float ``params`` of one model."""
 
-    def __init__(self, model: onnx.ModelProto, path: str, deploy_shapes: list[tuple[int, ...]], name_style: str = "tpu_mlir"):
+    def __init__(self, model: onnx.ModelProto, path: str, deploy_shapes: list[tuple[int, ...]], name_style: str = "tpu_mlir",
+                 names_map: dict[str, str] | None = None):
         if name_style not in NAME_STYLES:
             raise ModelError(f"--name_style must be one of {NAME_STYLES}, got {name_style!r}")
         self.model, self.path, self.name_style = model, path, name_style
+        #: qsens name -> the user's TPU-MLIR name (``qsens names --write-map``), applied to every op and tensor name
+        self.names_map = dict(names_map or {})
         self.opset = model_opset(model)
         self.deploy_shapes = [tuple(s) for s in deploy_shapes]
         self.inputs = graph_inputs(model)
@@ -170,7 +173,9 @@ class Canonicalizer:
         self.batch_inputs = ([bool(s) and s[0] == self.deploy_batch for s in self.deploy_shapes] if self.fixed_batch
                              else list(self.batch_dims))
         self._deploy_avals: dict[str, jax.ShapeDtypeStruct] = {}
-        self.graph(self.deploy_batch)  # validates the model, fills params
+        g = self.graph(self.deploy_batch)  # validates the model, fills params
+        if self.names_map:
+            _check_renamed(g, self.names_map, path)
 
     # ---------------------------------------------------------------------------------------------
     def shapes_at(self, batch: int) -> list[tuple[int, ...]]:
@@ -582,7 +587,8 @@ class Canonicalizer:
         return final, out_alias, params
 
     def _name(self, onnx_out: str, onnx_type: str) -> str:
-        return onnx_out if self.name_style == "onnx" else f"{onnx_out}_{onnx_type}"
+        name = onnx_out if self.name_style == "onnx" else f"{onnx_out}_{onnx_type}"
+        return self.names_map.get(name, name)
 
     def _emit(self, r: _Raw, params, avals) -> Op:
         roles = WEIGHT_ROLES.get(r.op_type, ())
@@ -655,6 +661,19 @@ class Canonicalizer:
             out_dtypes=tuple(np.dtype(a.dtype).name for a in out_avals), onnx_nodes=tuple(r.nodes),
             onnx_type=r.op_type, consts=tuple(consts), slots=tuple(slots),
         )
+
+
+def _check_renamed(g: Graph, names_map: dict[str, str], path: str) -> None:
+    """A names map (``--names_map``) must rename at least one op and leave every tensor name unique."""
+    tensors = g.tensors
+    if not set(names_map.values()) & set(tensors):
+        raise ModelError(f"--names_map renames none of the {len(tensors)} tensors of '{path}'; write it for this model "
+                         "with `qsens names MODEL --mlir MODEL.mlir --write-map FILE` (same --name_style)")
+    seen: set[str] = set()
+    for t in tensors:
+        if t in seen:
+            raise ModelError(f"--names_map gives two tensors of '{path}' the name {t!r}; fix the map")
+        seen.add(t)
 
 
 def _reindex(kept: list[_Raw], users: dict, producer: dict) -> None:

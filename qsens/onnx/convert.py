@@ -170,11 +170,11 @@ class Model:
     ``Model.apply(params, inputs, taps=())`` is the pure function returned by :func:`to_jax`.
     """
 
-    def __init__(self, model_or_path, input_shapes=None, *, name_style: str = "tpu_mlir"):
+    def __init__(self, model_or_path, input_shapes=None, *, name_style: str = "tpu_mlir", names_map=None):
         proto, path = load_model(model_or_path)
         shapes = resolve_input_shapes(proto, input_shapes, path)
         self.path = path
-        self.canon = Canonicalizer(proto, path, shapes, name_style)
+        self.canon = Canonicalizer(proto, path, shapes, name_style, names_map)
         self.graph = self.canon.graph(self.canon.deploy_batch)
         self.params = {k: jax.device_put(v) for k, v in self.canon.params.items()}
         self._separable: dict[tuple[int, int], bool] = {}
@@ -266,7 +266,7 @@ class Model:
         return [join(y) for y in outs], [join(y) for y in tapped]
 
 
-def to_jax(model_or_path, input_shapes=None, *, name_style: str = "tpu_mlir"):
+def to_jax(model_or_path, input_shapes=None, *, name_style: str = "tpu_mlir", names_map=None):
     """Convert an ONNX model to ``(apply_fn, params)``.
 
     ``input_shapes``: TPU-MLIR's ``--input_shapes`` as a list (``[[1,3,224,224]]``, one shape per input) or its
@@ -278,8 +278,9 @@ def to_jax(model_or_path, input_shapes=None, *, name_style: str = "tpu_mlir"):
     (batch) dim of the inputs may differ from the deployment batch; the graph is re-derived per batch.
     ``apply_fn.model`` is the :class:`Model` (canonical graph: ``apply_fn.model.graph``).  ``chunk`` (static):
     samples per step on CPU (:meth:`Model.chunk_for`; default :data:`CPU_CHUNK`, 0 = the whole batch at once).
+    ``names_map``: ``{canonical name: name}`` renaming ops and tensors (the user's TPU-MLIR names, ``qsens names``).
     """
-    m = Model(model_or_path, input_shapes, name_style=name_style)
+    m = Model(model_or_path, input_shapes, name_style=name_style, names_map=names_map)
 
     def apply_fn(params, inputs, *, taps: Sequence[str] = (), chunk: int | None = None):
         return m.apply(params, inputs, taps=taps, chunk=chunk)
