@@ -174,14 +174,15 @@ class Evaluator:
     seed ``boot_seed``).
     """
 
-    def __init__(self, model: str, sets: dict, input_shapes=None, n_boot: int = 2000, boot_seed: int = 0):
+    def __init__(self, model: str, sets: dict, input_shapes=None, n_boot: int = 2000, boot_seed: int = 0,
+                 preset: str | None = None):
         from qsens.onnx import to_jax
         from qsens.pipeline import load_inputs, make_preprocess, preset_for_model
         from qsens.zoo import labels_if_known
 
         fn, _ = to_jax(model, input_shapes)
         self.graph, self.model = fn.graph, fn.model
-        pp = make_preprocess(self.graph, preset=preset_for_model(model))
+        pp = make_preprocess(self.graph, preset=preset or preset_for_model(model))  # preset: e.g. an aided copy's
         self.x = {k: load_inputs(f, self.graph, pp) for k, f in sets.items()}
         self.labels = {k: labels_if_known(f) for k, f in sets.items()}
         self.n_boot, self.boot_seed = n_boot, boot_seed

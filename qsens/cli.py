@@ -1,7 +1,8 @@
 """``qsens`` command line.  Strings are parsed here; algorithms live in the library.
 
 Errors a user can cause print ``qsens: error: <one line>`` and exit 2 (no traceback; ``QSENS_DEBUG=1``
-shows one).  Verbs: ``zoo``, ``ops``, ``check``, ``calibrate``, ``search``, ``qtable``, ``report``, ``demo``.
+shows one).  Verbs: ``zoo``, ``ops``, ``check``, ``calibrate``, ``search``, ``qtable``, ``report``, ``demo``; ``names``,
+``compare`` and ``run`` live in :mod:`qsens.interop`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,20 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="shapes of the inputs, TPU-MLIR syntax: [[1,3,224,224]] (needed for dynamic non-batch dims)")
     p.add_argument("--name_style", choices=("tpu_mlir", "onnx"), default="tpu_mlir",
                    help="canonical op names: TPU-MLIR's '<output>_<OpType>' (default) or the ONNX output name")
+    p.add_argument("--names_map", default=None, metavar="FILE",
+                   help="JSON of qsens name -> your TPU-MLIR name (`qsens names --write-map`): every table, qtable "
+                   "and dump uses your model_transform.py's names")
+
+
+def _add_tpu_mlir_calibration_flags(p: argparse.ArgumentParser, *, debug_cmd: bool) -> None:
+    """run_calibration.py / run_sensitive_layer.py flags that change the thresholds (qsens.calib.flags)."""
+    p.add_argument("--histogram_bin_num", default="2048", help="histogram bins for KL (default 2048)")
+    p.add_argument("--tune_list", default=None, metavar="FILE",
+                   help="samples for the SimpleTuner, one path per line (its first --tune_num lines; default: the first "
+                   "--tune_num calibration samples)")
+    if debug_cmd:
+        p.add_argument("--debug_cmd", default="", help="TPU-MLIR's 'k1;k2=v': use_max, use_percentile9999 (untuned), "
+                       "use_mse, tune_steps=N; debug_log, print_debug_info, dump_list (no numeric effect)")
 
 
 def _add_data_args(p: argparse.ArgumentParser, *, input_num: int = 0, labels: bool = False) -> None:
@@ -52,6 +67,22 @@ def _add_data_args(p: argparse.ArgumentParser, *, input_num: int = 0, labels: bo
     g.add_argument("--channel_format", choices=("nchw", "nhwc"), default=None)
     g.add_argument("--mean", type=parse_floats, default=None, help="per-channel mean, e.g. 127,127,127")
     g.add_argument("--scale", type=parse_floats, default=None, help="per-channel scale: (x - mean) * scale")
+
+
+def _add_aid_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("accuracy aids (TPU-MLIR run_calibration.py --we --bc --sq; docs/accuracy_aids.md)")
+    g.add_argument("--we", action="store_true", help="weight equalization of Conv -> (ReLU) -> Conv pairs before calibration")
+    g.add_argument("--bc", action="store_true", help="bias correction of Conv layers whose layer cos < --min_layer_cos "
+                   "(kept when the outputs cos does not drop), then re-calibration")
+    g.add_argument("--sq", action="store_true", help="SmoothQuant (LayerNorm / Mul -> MatMul only, as TPU-MLIR)")
+    g.add_argument("--bc_inference_num", type=int, default=30, help="images bias correction scores (default 30)")
+    g.add_argument("--min_layer_cos", type=float, default=0.99, help="bias correction's layer cos bound (default 0.99)")
+    g.add_argument("--we_relu6", choices=("tpu_mlir", "skip"), default="tpu_mlir",
+                   help="pairs across a ReLU6: tpu_mlir = equalize them and leave the bound at 6 as TPU-MLIR does (the "
+                   "float model changes); skip = leave them alone (qsens only; the float model is unchanged)")
+    g.add_argument("--save_model", default=None, metavar="FILE",
+                   help="where the aided ONNX goes (default <out_dir>/<model>.aided_<aids>.onnx); model_transform.py on "
+                   "it gives TPU-MLIR the same weights")
 
 
 def load_model_from_args(args):
@@ -88,14 +119,14 @@ def cmd_ops(args) -> int:
     if args.int8_report:
         from .quant.report import format_report, int8_report
 
-        rows = int8_report(g)
+        rows = int8_report(g, args.chip)
         if args.json:
             import json
             from pathlib import Path
 
             Path(args.json).write_text(json.dumps(rows, indent=1))
         print(f"# {args.model}: {len(g.ops)} canonical ops")
-        print(format_report(rows))
+        print(format_report(rows, args.chip))
         return 0
     print(f"# {args.model}: {len(g.ops)} canonical ops (incl. {len(g.inputs)} Input), opset {g.opset}, "
           f"{sum(int(v.size) for v in params.values()):,} float params")
@@ -154,23 +185,34 @@ def cmd_calibrate(args) -> int:
     if args.search and args.search.lower() != "false":
         from .search.workflows import CalibrationSearchOptions, run_calibration_search
 
+        given = [f for f, v in (("--histogram_bin_num", str(args.histogram_bin_num) != "2048"),
+                                ("--tune_list", args.tune_list), ("--debug_cmd", args.debug_cmd)) if v]
+        if given:
+            raise QsensError(f"{', '.join(given)} with --search {args.search} is not implemented yet; drop it or "
+                             "calibrate without --search")
+
         run_calibration_search(CalibrationSearchOptions.from_namespace(args), echo=_echo)
         return 0
     from .calibrate import calibrate, parse_method, write_tables
     from .engine import enable_compilation_cache
+    from .search.aidflow import run_aids
 
     enable_compilation_cache()
+    for k, v in run_aids(args, out_dir=os.path.dirname(os.path.abspath(args.calibration_table)), echo=_echo).items():
+        setattr(args, k, v)  # calibrate the aided model (TPU-MLIR's calibration after --we / re-calibration after --bc)
     fn, params = load_model_from_args(args)
     g = fn.graph
     files = select_from_args(args)
     pp = preprocess_from_args(args, g)
-    main_method = parse_method(args.cali_method)
+    from .calib.flags import calibration_flags  # --debug_cmd, --histogram_bin_num, --tune_list (TPU-MLIR's)
+
+    main_method, flag_kw = calibration_flags(args, parse_method(args.cali_method), files)
     methods = [main_method] + [parse_method(m) for m in (args.methods.split(",") if args.methods else []) if parse_method(m) != main_method]
     t0 = time.time()
-    cal = calibrate(fn.model, files, pp, methods=methods, hist=args.hist, tune_num=args.tune_num, batch=args.batch,
-                    progress=not args.quiet)
+    cal = calibrate(fn.model, files, pp, methods=methods, hist=args.hist, batch=args.batch, progress=not args.quiet,
+                    **flag_kw)
     written = write_tables(cal, args.calibration_table, main_method=main_method, mlir=args.model,
-                           write_method_tables=bool(args.methods))
+                           write_method_tables=bool(args.methods), histogram_bins=flag_kw["n_bins"])
     print(f"calibrated {len(cal.tensors)} tensors on {cal.n_samples} samples ({args.hist} histograms, "
           f"tune_num {cal.tune_num}) in {time.time() - t0:.1f} s; wrote {', '.join(written)}")
     return 0
@@ -233,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--int8-report", "--int8_report", dest="int8_report", action="store_true",
                    help="each op's precision in the BM1684 INT8 model; F32 ones with the reason and TPU-MLIR's source")
     s.add_argument("--json", help="with --int8-report: also write the rows to this JSON file")
+    s.add_argument("--chip", "--processor", dest="chip", default="bm1684", help="with --int8-report: bm1684 or bm1684x")
     s.set_defaults(fn=cmd_ops)
 
     s = sub.add_parser("check", help="compare the converted model with onnxruntime on real samples")
@@ -248,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--methods", default="", help="also write <table>_<m>.1 and <table>_<m>_tune for these methods, "
                    "e.g. max,percentile9999,kl (what the sensitive-layer search uses)")
     s.add_argument("--tune_num", type=int, default=5, help="SimpleTuner samples (0 = untuned thresholds)")
+    _add_tpu_mlir_calibration_flags(s, debug_cmd=True)
     s.add_argument("--hist", choices=("v1", "v2"), default="v2",
                    help="v2 (default, TPU-MLIR 1.23 run_calibration): one pass, streaming histogram merge; "
                    "v1: abs-max pass then one histogram width, percentile of |a| (what run_sensitive_layer's "
@@ -268,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--quantize_table", default=None, help="the qtable to write (required with --search)")
     g.add_argument("--chip", "--processor", dest="chip", default="bm1684")
     g.add_argument("--resume", action="store_true", help="continue an interrupted --search in the same place")
+    _add_aid_args(s)
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_calibrate)
 
@@ -285,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--quantize_table", default="qtable", help="qtable path (relative: inside --out_dir)")
     s.add_argument("--methods", default="max,percentile9999,kl", help="candidate methods, in TPU-MLIR's order")
     s.add_argument("--tune_num", type=int, default=5)
+    _add_tpu_mlir_calibration_flags(s, debug_cmd=False)
+    s.add_argument("--fp_type", default="auto", help="float type of the float layers: auto (= F32 on BM1684) or F32; "
+                   "F16/BF16 only where the chip mixes them")
     s.add_argument("--hist", choices=("v1", "v2"), default="v1",
                    help="statistics of the per-method candidate tables (TPU-MLIR 1.23's run_sensitive_layer: v1); "
                    "the base table qsens calibrates without --calibration_table is run_calibration's (v2)")
@@ -295,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--method_batch", choices=("loop", "concat"), default="loop",
                    help="fast strategy: suffixes of the candidates one after another (loop) or stacked (concat)")
     s.add_argument("-q", "--quiet", action="store_true")
+    _add_aid_args(s)
     from .search import VARIANTS
 
     v = s.add_argument_group("variants (qsens only; the same output files; README 'Search variants')")
@@ -325,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an op whose INT8 output (with the error accumulated before it) is below this goes float")
     s.add_argument("--global_compare_layers", default=None, help="'a,b' or 'a:0.3,b:0.7' (canonical tensor names)")
     s.add_argument("--chip", "--processor", dest="chip", default="bm1684")
-    s.add_argument("--fp_type", default="auto", help="float type of the float layers: auto = F32 on BM1684")
+    s.add_argument("--fp_type", default="auto", help="float type of the float layers: auto = F32 (qsens simulates F32 "
+                   "float layers only; TPU-MLIR's auto is F16 on BM1684X)")
     s.add_argument("--loss_table", default="full_loss_table.txt", help="layer cos table (relative: inside --out_dir)")
     s.add_argument("-o", "--quantize_table", default="qtable", help="qtable path (relative: inside --out_dir)")
     s.add_argument("--out_dir", default=".")
@@ -351,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(fn=cmd_demo)
 
+    from . import interop  # names, compare, run: interoperability with a user's TPU-MLIR
+
+    interop.register(sub)
     return p
 
 

@@ -21,11 +21,12 @@ LAYERS = {
     "qsens.calibrate": 4,
     "qsens.search": 5,
     "qsens.report": 5,  # reads run directories (tables, search JSON); imports nothing of the search
-    "qsens.cli": 6, "qsens.__main__": 6,
+    "qsens.cli": 6, "qsens.__main__": 6, "qsens.interop": 6,  # names / compare / run verbs (CLI glue)
 }
 #: inside qsens.search: the engine parts, then the job (the only I/O), then the workflows from files
 SEARCH = {"candidates": 0, "selectors": 0, "problem": 0, "evaluators": 1, "gradient": 1, "strategies": 2,
-          "mixprec": 2, "variants": 2, "calisearch": 3, "job": 3, "calijob": 4, "varjob": 4, "workflows": 5}
+          "mixprec": 2, "variants": 2, "biascorr": 3, "calisearch": 3, "job": 3, "calijob": 4, "varjob": 4,
+          "aidjob": 4, "workflows": 5, "aidflow": 5}
 #: the simulation and search core never touch the zoo (real-model downloads) or the CLI
 CORE = ("qsens.onnx", "qsens.quant", "qsens.calib", "qsens.engine", "qsens.calibrate", "qsens.metrics",
         "qsens.tables", "qsens.search.candidates", "qsens.search.selectors", "qsens.search.problem",

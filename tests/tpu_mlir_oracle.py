@@ -3,7 +3,7 @@
 A fixture directory holds ``meta.json`` (TPU-MLIR version, flags, commands), ``ops.json`` (the Top op list),
 ``cali_table`` (run_calibration, KL tuned), ``sensitive/`` (run_sensitive_layer's outputs) and ``int8/``
 (the BM1684 INT8 model of ``cali_table`` run by TPU-MLIR's interpreter on ``inputs.npz``: per-tensor
-``qinfo.json`` and integer codes ``int8.npz``).
+``qinfo.json`` and integer codes ``int8.npz``); some also ``int8_bm1684x/`` (the same for BM1684X).
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ def load(name: str) -> Fixture:
 
 
 def available() -> list[str]:
-    return sorted(p.name for p in FIXTURES.iterdir() if (p / "meta.json").exists()) if FIXTURES.exists() else []
+    return sorted(p.name for p in FIXTURES.iterdir()
+                  if (p / "meta.json").exists() and (p / "ops.json").exists()) if FIXTURES.exists() else []
 
 
 def model_path(fx: Fixture, models_dir: Path | None = None) -> Path:
@@ -62,16 +63,18 @@ def input_shapes(fx: Fixture):
     return json.loads(s) if s else None
 
 
-def int8_values(fx: Fixture, model, params, taps, table_path: Path | None = None):
-    """``(plan, {tensor: value})`` of qsens's all-INT8 model on the fixture's inputs (dequantized floats)."""
+def int8_values(fx: Fixture, model, params, taps, table_path: Path | None = None, chip=None, sub: str = "int8"):
+    """``(plan, {tensor: value})`` of qsens's all-INT8 model on the fixture's inputs (dequantized floats); ``chip``
+    (a :class:`qsens.quant.ChipSpec`, default BM1684) and ``sub`` (the dump folder, e.g. ``int8_bm1684x``)."""
+    from qsens.quant import BM1684
     from qsens.quant.mixed import MixedModel, plan_from_table, thresholds_from_table
     from qsens.tables import read_cali_table
 
     g = model.graph
     table = read_cali_table(table_path or fx.file("cali_table"))
-    plan = plan_from_table(g, table)
+    plan = plan_from_table(g, table, chip or BM1684)
     th = thresholds_from_table(g, table)
-    inputs = fx.npz("int8", "inputs.npz")
+    inputs = fx.npz(sub, "inputs.npz")
     mm = MixedModel(model, plan)
     mask = np.array([op.name not in plan.f32_reason for op in g.ops])
     n = len(next(iter(inputs.values())))
@@ -79,8 +82,9 @@ def int8_values(fx: Fixture, model, params, taps, table_path: Path | None = None
     return plan, {t: np.concatenate([np.asarray(p[t]) for p in per]) for t in taps}  # sample by sample, as TPU-MLIR
 
 
-def int8_codes(fx: Fixture, model=None, params=None, table_path: Path | None = None):
-    """qsens's all-INT8 BM1684 model of the fixture's table on TPU-MLIR's preprocessed inputs.
+def int8_codes(fx: Fixture, model=None, params=None, table_path: Path | None = None, chip=None, sub: str = "int8"):
+    """qsens's all-INT8 model (``chip``, default BM1684) of the fixture's table on TPU-MLIR's preprocessed inputs
+    (``sub``: the dump folder).
 
     Returns ``(plan, codes, scales)``: per canonical tensor the integer codes (int32, dequantized values
     re-quantized with qsens's effective threshold) and qsens's scale and signedness."""
@@ -94,7 +98,7 @@ def int8_codes(fx: Fixture, model=None, params=None, table_path: Path | None = N
     if model is None:
         fn, params = qsens.onnx.to_jax(str(model_path(fx)), input_shapes(fx))
         model = fn.model
-    plan, vals = int8_values(fx, model, params, model.graph.tensors, table_path)
+    plan, vals = int8_values(fx, model, params, model.graph.tensors, table_path, chip, sub)
     th = thresholds_from_table(model.graph, read_cali_table(table_path or fx.file("cali_table")))
     eff = np.asarray(plan.effective(th))
     codes, scales = {}, {}

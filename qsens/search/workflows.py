@@ -35,6 +35,7 @@ class DataOptions:
     data_list: str | None = None
     input_shapes: Any = None
     name_style: str = "tpu_mlir"
+    names_map: str | None = None  # JSON of qsens name -> the user's TPU-MLIR name (qsens names --write-map)
     seed: int = 1684
     preset: str | None = None
     resize_dims: Any = None
@@ -47,6 +48,14 @@ class DataOptions:
     mean: Any = None
     scale: Any = None
     labels: str | None = None  # labels file for the labelled top-1/top-5 line (qsens.data.labels)
+    # TPU-MLIR run_calibration's accuracy aids, applied first (qsens.search.aidflow; docs/accuracy_aids.md)
+    we: bool = False
+    bc: bool = False
+    sq: bool = False
+    we_relu6: str = "tpu_mlir"
+    bc_inference_num: int = 30
+    min_layer_cos: float = 0.99  # --bc's bound (run_qtable's own flag in QtableOptions)
+    save_model: str | None = None
 
     @classmethod
     def from_namespace(cls, ns):
@@ -83,6 +92,9 @@ class SearchOptions(DataOptions):
     optax_lr: float = 0.02
     float_budget_macs: float = 0.1
     score: str = "taylor"
+    histogram_bin_num: Any = 2048  # run_sensitive_layer's --histogram_bin_num (qsens.calib.flags)
+    tune_list: str | None = None  # samples for the SimpleTuner (--tune_list)
+    fp_type: str = "auto"  # float type of the float layers (auto = F32 on BM1684)
 
 
 
@@ -182,8 +194,10 @@ def file_sha(path: str) -> str:
 
 def load_model(o):
     from ..onnx import to_jax
+    from ..onnx.mlir_names import read_names_map
 
-    return to_jax(o.model, o.input_shapes, name_style=o.name_style)
+    names_map = read_names_map(getattr(o, "names_map", None), o.name_style)  # qsens names --write-map
+    return to_jax(o.model, o.input_shapes, name_style=o.name_style, names_map=names_map)
 
 
 def preprocess_for(o, graph):
@@ -228,11 +242,13 @@ def run_sensitive_search(o: SearchOptions, *, echo: Callable[[str], None] = prin
     from ..engine import CompileStats, enable_compilation_cache
     from ..pipeline import load_inputs
     from ..tables import CaliTable, cali_header_lines, check_table_matches, read_cali_table
+    from .aidflow import with_aids
     from .job import SearchConfig, search
 
     t0 = time.time()
     enable_compilation_cache()
     out_dir = ensure_out_dir(o.out_dir)
+    o = with_aids(o, out_dir=out_dir, input_table=o.calibration_table, echo=echo)
     qpath = o.quantize_table if os.path.isabs(o.quantize_table) else os.path.join(out_dir, o.quantize_table)
     ensure_out_dir(os.path.dirname(os.path.abspath(qpath)))
     post = load_post_process(o.post_process)
@@ -240,6 +256,10 @@ def run_sensitive_search(o: SearchOptions, *, echo: Callable[[str], None] = prin
     cfg = SearchConfig(methods=tuple(o.methods.split(",")), max_float_layers=o.max_float_layers,
                        expected_cos=o.expected_cos, strategy=o.strategy, method_batch=o.method_batch,
                        compare_layers=compare, compare_weights=cweights, chip=o.chip)
+    from ..calib.flags import calibration_flags, resolve_fp_type
+
+    resolve_fp_type(o.chip, o.fp_type)
+    _, flag_kw = calibration_flags(o, "kl")  # --histogram_bin_num, --tune_list
     fn, params = load_model(o)
     g = fn.graph
     if compare:
@@ -264,7 +284,9 @@ def run_sensitive_search(o: SearchOptions, *, echo: Callable[[str], None] = prin
     # generates its per-method tables with the v1 statistics (checked against 1.23: tests/test_tpu_mlir_oracle.py)
     phase = PhaseCheckpoint(os.path.join(out_dir, CAL_CKPT), {
         "model": file_sha(o.model), "ops": g.op_names, "files": cal_files, "pp": repr(pp), "methods": cfg.methods,
-        "hist": o.hist, "tune_num": o.tune_num, "batch": o.batch, "base": base is None})
+        "hist": o.hist, "tune_num": o.tune_num, "batch": o.batch, "base": base is None,
+        **({"bins": flag_kw["n_bins"], "tune_files": flag_kw["tune_files"]} if flag_kw["n_bins"] != 2048 or
+           flag_kw["tune_files"] else {})})
     saved = phase.load() if o.resume else None
     t_cal = time.time()
     if saved is not None:
@@ -276,8 +298,8 @@ def run_sensitive_search(o: SearchOptions, *, echo: Callable[[str], None] = prin
         # one statistics pass for both: run_sensitive_layer's method tables (o.hist, v1 by default) and, without
         # --calibration_table, run_calibration's base table (v2, KL tuned); the search's chunk shares executables
         specs = [(cfg.methods, o.hist, cfg.methods)] + ([(("kl",), "v2", ("kl",))] if base is None else [])
-        cals = calibrate_multi(fn.model, cal_files, pp, specs=specs, tune_num=o.tune_num, progress=not o.quiet,
-                               stats=stats, batch=o.batch)
+        cals = calibrate_multi(fn.model, cal_files, pp, specs=specs, progress=not o.quiet, stats=stats, batch=o.batch,
+                               **flag_kw)
         cal, base_cal = cals[0], (cals[1] if base is None else None)
         from ..calib.methods import histogram_abs_percentile
 
@@ -290,15 +312,16 @@ def run_sensitive_search(o: SearchOptions, *, echo: Callable[[str], None] = prin
     cali_path = os.path.join(out_dir, "cali_table")
     if base is None:  # the table qsens writes to <out_dir>/cali_table, headers included
         base = CaliTable(base_cal.table_entries("kl", True), headers=tuple(cali_header_lines(
-            method="kl", mlir=o.model, histogram_bins=2048, sample_number=base_cal.n_samples,
+            method="kl", mlir=o.model, histogram_bins=flag_kw["n_bins"], sample_number=base_cal.n_samples,
             tune_number=base_cal.tune_num, version_style="kld-mid")))  # run_calibration 1.23's header
     inputs = load_inputs(inf_files, g, pp)
 
     def extra_files():  # run_sensitive_layer always writes its per-method tables; the base only if qsens made it
         base_files = [] if base_cal is None else write_tables(base_cal, cali_path, main_method="kl", mlir=o.model,
-                                                              write_method_tables=False)
+                                                              write_method_tables=False, histogram_bins=flag_kw["n_bins"])
         return {"calibration_tables": base_files + write_tables(cal, cali_path, main_method=None, mlir=o.model,
-                                                                method_names=SENSITIVE_NAMES)}
+                                                                method_names=SENSITIVE_NAMES,
+                                                                histogram_bins=flag_kw["n_bins"])}
 
     post_id = file_sha(o.post_process) if o.post_process else None
     if o.variant != "sensitive":
@@ -321,7 +344,8 @@ def run_sensitive_search(o: SearchOptions, *, echo: Callable[[str], None] = prin
              f"MIX original table {s['mix_original_table']['top1_agreement']:.3f}, MIX new table {s['mix_new_table']['top1_agreement']:.3f}")
     echo_labelled(s.get("labelled"), echo)
     if s.get("f32_ops"):
-        echo("  ops BM1684 keeps in F32 inside the INT8 model: " + "; ".join(f"{k} ({v})" for k, v in s["f32_ops"].items()))
+        echo(f"  ops {o.chip.upper()} keeps in F32 inside the INT8 model: "
+             + "; ".join(f"{k} ({v})" for k, v in s["f32_ops"].items()))
     echo(f"float layers ({len(res.float_layers)}): {', '.join(res.float_layers)}")
     echo(f"Output mix quantization table to {res.files['qtable']}")
     echo(f"total time:{time.time() - t0}  (calibration {t_cal:.1f} s, search {res.timings['search_s']:.1f} s, "
@@ -344,7 +368,7 @@ def _run_variant(o, fn, base, cal, grid_lo, inputs, labels, post, post_id, compa
     res = variant_search(fn.model, base, inputs, v, out_dir=o.out_dir, qtable_path=o.quantize_table,
                          resume=o.resume, post_process=post, post_process_id=post_id, compare_layers=compare,
                          compare_weights=cweights, progress=not o.quiet, echo=echo, stats=stats, chunk=o.batch,
-                         labels=labels, extra_files=extra_files)
+                         labels=labels, extra_files=extra_files, chip=o.chip)
     phase.remove()
     if res["early_exit"]:
         return res
@@ -403,10 +427,10 @@ def run_qtable(o: QtableOptions, *, echo: Callable[[str], None] = print):
     if not o.calibration_table:
         raise SearchError("qsens qtable needs --calibration_table (the table run_qtable.py searches with; make one "
                           "with `qsens calibrate`)")
-    if o.chip.lower() != "bm1684":
-        raise SearchError(f"--chip {o.chip}: qsens simulates BM1684 only; use --chip bm1684")
-    if o.fp_type.upper() not in ("AUTO", "F32"):
-        raise SearchError(f"--fp_type {o.fp_type}: BM1684 mixes INT8 with F32 only; use auto or F32")
+    from ..quant.chip import get_chip, resolve_fp_type
+
+    get_chip(o.chip)  # one-line error for an unsupported chip
+    resolve_fp_type(o.chip, o.fp_type)  # auto -> F32; F16/BF16: one-line error (not simulated)
     enable_compilation_cache()
     out_dir = ensure_out_dir(o.out_dir)
     for p in (o.quantize_table, o.loss_table):
@@ -433,7 +457,7 @@ def run_qtable(o: QtableOptions, *, echo: Callable[[str], None] = print):
                         compare_weights=cweights, post_process=post,
                         post_process_id=file_sha(o.post_process) if o.post_process else None,
                         progress=not o.quiet, echo=echo, stats=stats, chunk=o.batch,
-                        checkpoint_every_s=o.checkpoint_every_s)
+                        checkpoint_every_s=o.checkpoint_every_s, chip=o.chip)
     if res.early_exit:
         return res
     s = res.summary
@@ -444,7 +468,7 @@ def run_qtable(o: QtableOptions, *, echo: Callable[[str], None] = print):
          f"{s['n_steps']} float steps, {s['n_reverted']} reverted, end: {s['end']}"
          + (f" '{s['exception']}'" if s["exception"] else "") + ")")
     if labels is not None:  # the job's problem again (same executables cache): FP32, INT8 and the qtable's model
-        problem = job_problem(fn.model, table, inputs, compare, cweights, post, stats, None, o.batch)
+        problem = job_problem(fn.model, table, inputs, compare, cweights, post, stats, None, o.batch, o.chip)
         lab = labelled_accuracy(problem, res.float_layers, labels)
         if lab is not None:
             s["labelled"] = lab
@@ -523,7 +547,7 @@ def run_calibration_search(o: CalibrationSearchOptions, *, echo: Callable[[str],
     if not o.quantize_table:
         raise SearchError("please set --quantize_table when --search is not False (as run_calibration.py requires)")
     if o.chip.lower() != "bm1684":
-        raise SearchError(f"--chip {o.chip}: qsens simulates BM1684 only; use --chip bm1684")
+        raise SearchError(f"--chip {o.chip}: qsens calibrate --search simulates BM1684 only; use --chip bm1684")
     if o.benchmark_method not in ("cos", "snr"):
         raise SearchError(f"--benchmark_method {o.benchmark_method}: use cos or snr")
     if not 0.0 < float(o.expected_cos) <= 1.0:
@@ -532,6 +556,9 @@ def run_calibration_search(o: CalibrationSearchOptions, *, echo: Callable[[str],
         ["kl"] if o.search == "fast_search" else parse_method_list(o.quantize_method_list))
     cali = o.calibration_table
     out_dir = ensure_out_dir(os.path.dirname(os.path.abspath(cali)))
+    from .aidflow import with_aids
+
+    o = with_aids(o, out_dir=out_dir, echo=echo)  # TPU-MLIR runs the aids with search_threshold, not search_qtable
     ensure_out_dir(os.path.dirname(os.path.abspath(o.quantize_table)))
     enable_compilation_cache()
     fn, _ = load_model(o)

@@ -11,6 +11,7 @@ Deterministic (seeded weights, byte-identical files). Each net takes a 1x3x16x16
   GlobalAveragePool -> Flatten -> Gemm.
 * ``gen_pool``: Conv -> Relu (fused) -> MaxPool -> Conv -> PRelu (single use) -> AveragePool 3x3 ->
   Conv -> Sigmoid, Conv(bias-free) + Add with a second Conv, Concat whose inputs are only used by it.
+* ``gen_we``: the pairs weight equalization (``--we``) looks for (see :func:`gen_we`).
 """
 
 from __future__ import annotations
@@ -155,6 +156,37 @@ def gen_wconst(out: Path):
     b.save(out, y, [1, 4, 16, 16])
 
 
+def gen_we(out: Path):
+    """Cross-layer equalization's pairs (``--we``): Conv -> Relu -> depthwise Conv, depthwise Conv -> Clip(0, 6) ->
+    Conv 1x1, Conv -> PRelu -> Conv, Conv -> Conv, and a Conv whose LeakyRelu feeds two Convs (not a pair); channel
+    ranges spread over two decades so the scales differ from 1."""
+    b = B("gen_we", 1688)
+
+    def spread(nm, axis):  # multiply each output (axis 0) or input (axis 1) channel by 10^U(-1, 1)
+        i = next(k for k, t in enumerate(b.inits) if t.name == nm)
+        a = numpy_helper.to_array(b.inits[i]).copy()
+        f = (10.0 ** b.rng.uniform(-1, 1, a.shape[axis])).astype(np.float32)
+        a *= f.reshape([-1 if d == axis else 1 for d in range(a.ndim)])
+        b.inits[i] = numpy_helper.from_array(a, nm)
+
+    c1 = b.conv("input", 3, 8)
+    spread(b.nodes[-1].input[1], 0)
+    r1 = b.node("Relu", [c1])
+    c2 = b.conv(r1, 8, 8, group=8)
+    spread(b.nodes[-1].input[1], 0)
+    r2 = b.node("Clip", [c2, b.c(0.0), b.c(6.0)])
+    c3 = b.conv(r2, 8, 16, k=1, pad=0)
+    spread(b.nodes[-1].input[1], 1)
+    p3 = b.node("PRelu", [c3, b.w((16, 1, 1), 0.3)])
+    c4 = b.conv(p3, 16, 8)
+    c5 = b.conv(c4, 8, 8)
+    lr = b.node("LeakyRelu", [c5], alpha=0.1)
+    c6 = b.conv(lr, 8, 4, k=1, pad=0)
+    c7 = b.conv(lr, 8, 4, k=1, pad=0)
+    y = b.node("Add", [c6, c7])
+    b.save(out, y, [1, 4, 16, 16])
+
+
 def main(argv=None):
     out = Path((argv or sys.argv[1:])[0])
     out.mkdir(parents=True, exist_ok=True)
@@ -162,6 +194,7 @@ def main(argv=None):
     gen_pool(out)
     gen_const(out)
     gen_wconst(out)
+    gen_we(out)
 
 
 if __name__ == "__main__":

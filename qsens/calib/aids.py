@@ -1,0 +1,250 @@
+"""TPU-MLIR's accuracy aids on the float weights: weight equalization (``--we``), the bias shift of bias
+correction (``--bc``) and SmoothQuant's scales (``--sq``), as pure functions ``params -> params`` plus a record.
+
+What TPU-MLIR 1.23 computes is written down in ``docs/accuracy_aids.md`` (files and functions of
+``run_calibration.py``, ``calibration/mix_precision.py``, ``calibration/smoothquant.py``).  TPU-MLIR rewrites the
+Top MLIR's weight npz in place; here the canonical params (one float32 array per key) are copied and each change
+is also recorded as per-channel vectors (``edits``) so :func:`qsens.onnx.rewrite.write_edited_onnx` can put the
+same change into the ONNX initializers.  The bias-correction *search* (which layers, keep/revert) needs the INT8
+simulation and lives in :mod:`qsens.search.biascorr`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ..errors import QsensError
+from ..onnx.ir import Graph, Op
+
+#: TPU-MLIR ``MixPrecSearcher.find_successor``: the activations allowed between the two convolutions
+WE_ACTIVATIONS = ("Relu", "PRelu", "LeakyRelu")
+#: ``weight_equalization``'s stop rule: ||W1 - W1'|| + ||W2 - W2'|| below this ends a pair's iterations
+WE_CONVERGED = 1e-4
+RELU6_MODES = ("tpu_mlir", "skip")
+
+
+def _succ(graph: Graph, tensor: str) -> list[Op]:
+    return list(graph.consumers(tensor))
+
+
+def find_successor(graph: Graph, op: Op) -> list[str]:
+    """TPU-MLIR ``find_successor``: the Conv ops fed by ``op`` directly or through one Relu/PRelu/LeakyRelu; ``[]``
+    as soon as any consumer (or any consumer of such an activation) is something else."""
+    result: list[str] = []
+    for node in _succ(graph, op.outputs[0]):
+        if node.type in WE_ACTIVATIONS:
+            for nn in _succ(graph, node.outputs[0]):
+                if nn.type == "Conv":
+                    result.append(nn.name)
+                else:
+                    return []
+        elif node.type == "Conv":
+            result.append(node.name)
+        else:
+            return []
+    return result
+
+
+def _bounded(op: Op) -> bool:
+    """A ReLU with a finite upper bound (ReLU6 / Clip(0, 6)): not positively homogeneous."""
+    lim = op.attr("relu_limit", -1.0)
+    return lim is not None and float(lim) > 0 and (op.type == "Relu" or bool(op.attr("do_relu")))
+
+
+def equalization_pairs(graph: Graph, relu6: str = "tpu_mlir") -> list[dict]:
+    """The (first Conv, second Conv) pairs TPU-MLIR equalizes, in graph order, with the activation between them
+    and whether a bounded ReLU sits on the path (``relu6``: ``skip`` drops those pairs)."""
+    if relu6 not in RELU6_MODES:
+        raise QsensError(f"--we_relu6 must be one of {', '.join(RELU6_MODES)}, got {relu6!r}")
+    pairs = []
+    for op in graph.ops:
+        if op.type != "Conv":
+            continue
+        succ = find_successor(graph, op)
+        if len(succ) != 1:
+            continue
+        second = graph.op(succ[0])
+        act = next((c for c in _succ(graph, op.outputs[0]) if c.type in WE_ACTIVATIONS), None)
+        bounded = _bounded(op) or (act is not None and _bounded(act))
+        if bounded and relu6 == "skip":
+            continue
+        pairs.append({"first": op.name, "second": second.name, "activation": act.name if act else None,
+                      "bounded_relu": bool(bounded)})
+    return pairs
+
+
+def _f32(x) -> np.ndarray:
+    return np.array(np.asarray(x), dtype=np.float32, copy=True)
+
+
+def equalize_pair(w1: np.ndarray, b1: np.ndarray | None, w2: np.ndarray):
+    """One pass of TPU-MLIR's cross-layer equalization (float32, its operation order): per group of the second
+    conv and per input channel ``ii`` of a group, ``r1 = max|W1[c]|`` (c the first conv's output channel),
+    ``r2 = max|W2[group rows, ii]|``, ranges under 1e-6 count as 0, ``s = r1 / sqrt(r1 * r2)`` (1 when inf/nan);
+    ``W1[c] /= s``, ``b1[c] /= s``, ``W2[group rows, ii] *= s``.  Returns the new arrays and ``s`` per channel."""
+    n1, n2 = _f32(w1), _f32(w2)
+    nb = None if b1 is None else _f32(b1)
+    num_group = w1.shape[0] // w2.shape[1]
+    gi, go = w1.shape[0] // num_group, w2.shape[0] // num_group
+    scales = np.ones(w1.shape[0], np.float32)
+    a1, a2 = np.abs(w1), np.abs(w2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for g in range(num_group):
+            for ii in range(w2.shape[1]):
+                r1 = a1[g * gi + ii].max()
+                r2 = a2[g * go:(g + 1) * go, ii].max()
+                r1 = np.float32(0.0) if r1 < 1e-6 else r1
+                r2 = np.float32(0.0) if r2 < 1e-6 else r2
+                s = r1 / np.sqrt(r1 * r2)
+                if np.isinf(s) or np.isnan(s):
+                    s = np.float32(1.0)
+                c = g * gi + ii
+                n1[c] /= s
+                n2[g * go:(g + 1) * go, ii] *= s
+                if nb is not None:
+                    nb[c] /= s
+                scales[c] = s
+    return n1, nb, n2, scales
+
+
+def _converged(cur, new) -> bool:
+    return float(np.linalg.norm(cur[0] - new[0]) + np.linalg.norm(cur[1] - new[1])) < WE_CONVERGED
+
+
+def weight_equalization(graph: Graph, params: Mapping[str, Any], relu6: str = "tpu_mlir",
+                        max_iter: int = 100) -> tuple[dict[str, np.ndarray], dict]:
+    """TPU-MLIR ``MixPrecSearcher.weight_equalization`` on the canonical params.
+
+    Pairs in graph order (a conv can be the second conv of one pair and the first of the next: the later pair
+    sees the earlier one's result); each pair is iterated until :func:`_converged` (the pass that converges is
+    not applied, like TPU-MLIR).  ``relu6="tpu_mlir"`` keeps TPU-MLIR's rule: a ReLU6 bound on the first conv is
+    left at 6 while the channel is divided by ``s`` (the float model changes where the scaled pre-activation
+    crosses the bound); ``"skip"`` leaves such pairs alone (the float model is unchanged).  Returns the new params
+    (a copy; untouched keys shared) and a record: the pairs, iterations and per-channel total scales, plus
+    ``edits`` (``{"op", "out_scale"}`` / ``{"op", "in_scale"}``) for the ONNX writer."""
+    new = dict(params)
+    pairs = equalization_pairs(graph, relu6)
+    record: dict = {"relu6": relu6, "pairs": [], "edits": []}
+    for p in pairs:
+        op1, op2 = graph.op(p["first"]), graph.op(p["second"])
+        k1, kb, k2 = op1.weight("filter"), op1.weight("bias"), op2.weight("filter")
+        if k1 is None or k2 is None:
+            continue
+        total = None
+        it = 0
+        while it < max_iter:
+            it += 1
+            w1, w2 = _f32(new[k1]), _f32(new[k2])
+            b1 = None if kb is None else _f32(new[kb])
+            if w1.ndim != 4 or w2.ndim != 4 or w1.shape[0] % w2.shape[1]:
+                break
+            n1, nb, n2, s = equalize_pair(w1, b1, w2)
+            if _converged((w1, w2), (n1, n2)):
+                break
+            new[k1], new[k2] = n1, n2
+            if kb is not None:
+                new[kb] = nb
+            total = s if total is None else total * s
+        if total is None:
+            record["pairs"].append({**p, "iterations": it, "applied": False})
+            continue
+        record["pairs"].append({**p, "iterations": it, "applied": True, "groups": int(new[k1].shape[0] // new[k2].shape[1]),
+                                "scale_min": float(total.min()), "scale_max": float(total.max()),
+                                "scales": [float(v) for v in total]})
+        record["edits"].append({"op": op1.name, "out_scale": total})
+        record["edits"].append({"op": op2.name, "in_scale": total, "group_in": int(new[k2].shape[1])})
+    return new, record
+
+
+# ------------------------------------------------------------------------------------------- bias correction
+def shift_bias(params: Mapping[str, Any], op: Op, delta: np.ndarray) -> dict[str, np.ndarray]:
+    """TPU-MLIR ``run_bias_correction``'s change: ``bias += mean_diff`` (float32) for one Conv with a bias."""
+    kb = op.weight("bias")
+    if kb is None:
+        raise QsensError(f"op '{op.name}': bias correction needs a Conv with a bias")
+    new = dict(params)
+    b = _f32(params[kb])
+    b += np.asarray(delta, np.float32).reshape(b.shape)
+    new[kb] = b
+    return new
+
+
+# ------------------------------------------------------------------------------------------------ SmoothQuant
+def smooth_ops(graph: Graph, params: Mapping[str, Any]) -> list[str]:
+    """TPU-MLIR ``SmoothQuant.get_smooth_op_names`` (without its Reshape-like look-through and the BERT v-proj
+    case): a LayerNorm whose users are all MatMul, or a Mul by a weight as wide as its last axis whose users
+    are all MatMul."""
+    out = []
+    for op in graph.ops:
+        users = _succ(graph, op.outputs[0])
+        if not users or any(u.type != "MatMul" for u in users):
+            continue
+        if op.type == "LayerNorm":
+            out.append(op.name)
+        elif op.type == "Mul":
+            ws = [k for _, k in op.weights]
+            if ws and np.shape(params[ws[0]])[-1:] == tuple(op.out_shapes[0][-1:]):
+                out.append(op.name)
+    return out
+
+
+def _qdq_weight(w):
+    mxw = np.abs(w).max(axis=1, keepdims=True)
+    s = mxw / 127
+    return np.clip(np.round(w / s), -127, 127) * s
+
+
+def _qdq_act(x, mxa):
+    s = mxa / 127
+    return np.clip(np.round(x / s), -127, 127) * s
+
+
+def smoothquant_scale(acts: list[np.ndarray], weights: list[np.ndarray]) -> tuple[np.ndarray, dict]:
+    """TPU-MLIR ``SmoothQuant.search_opt_scale`` for one smoothed op: ``acts`` are its outputs (last axis =
+    channels) on the calibration samples, ``weights`` the (in, out) weights of its MatMul users.  Candidates:
+    ``s = amax^alpha / wmax^(1-alpha)`` for alpha in 0, 0.05, ..., 1.0, then OS+'s ``max(1, amax / (max(amax) *
+    (k+1)/20))`` for k in 0..19; inf/nan -> 1; each scored by the summed MSE of ``qdq(x/s) @ qdq_perchannel(W*s)``
+    against ``x @ W`` (per-tensor activation max ``max(amax/s)``, per-row weight max, 127 levels); the first
+    minimum wins.  ``amax`` is the per-channel max |x| over the samples, ``wmax`` the per-input-row max |W| over
+    the users."""
+    amax = None
+    for x in acts:
+        m = np.abs(x.reshape(-1, x.shape[-1])).max(axis=0)
+        amax = m if amax is None else np.maximum(amax, m)
+    wmax = None
+    for w in weights:
+        m = np.abs(w).max(axis=1)
+        wmax = m if wmax is None else np.maximum(wmax, m)
+    ref = [[x @ w for x in acts] for w in weights]
+
+    def loss_of(s):
+        mxa = (amax / s).max()
+        xs = [_qdq_act(x / s, mxa) for x in acts]
+        tot = 0.0
+        for w, r in zip(weights, ref):
+            qw = _qdq_weight(w * s.reshape(-1, 1))
+            for x, y in zip(xs, r):
+                tot += np.mean((x @ qw - y) ** 2)
+        return tot
+
+    best, best_s, best_from = float("inf"), None, None
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for alpha in np.arange(0, 1.05, 0.05):
+            s = amax ** alpha / wmax ** (1 - alpha)
+            s[np.isinf(s)] = 1
+            s[np.isnan(s)] = 1
+            v = loss_of(s)
+            if v < best:
+                best, best_s, best_from = v, s, ("alpha", float(alpha))
+        amx = amax.max()
+        for step in range(20):
+            s = np.maximum(1.0, amax / (amx * (1 + step) / 20))
+            s[np.isinf(s)] = 1
+            s[np.isnan(s)] = 1
+            v = loss_of(s)
+            if v < best:
+                best, best_s, best_from = v, s, ("os+", step)
+    return best_s, {"loss": float(best), "chosen": best_from}
