@@ -710,8 +710,11 @@ def test_sl_names_and_config_validation():
         SearchConfig(strategy="greedy")
     with pytest.raises(SearchError, match="method batch"):
         SearchConfig(method_batch="vmap")
-    with pytest.raises(SearchError, match="bm1684"):
-        SearchConfig(chip="bm1684x")
+    from qsens.errors import QsensError
+
+    with pytest.raises(QsensError, match="--chip cv183x: unsupported chip; use one of bm1684, bm1684x"):
+        SearchConfig(chip="cv183x")
+    assert SearchConfig(chip="bm1684x").chip == "bm1684x"  # BM1684X is simulated too (docs/bm1684x.md)
 
 
 def test_search_api_missing_method_thresholds(rn, tmp_path):

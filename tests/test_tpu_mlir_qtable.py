@@ -27,8 +27,9 @@ STEP_TOL = {
     # Lite0 (all-INT8 cos 0.844): each float step's ops run in float32 on XLA here and oneDNN in TPU-MLIR; codes
     # of the Casts behind them differ by one here and there and the difference grows through the INT8 ops after
     # them (the same effect as the sensitive search's 3e-4 on Lite0's mix model).  Same 27 layers, same 7 steps,
-    # same decisions, same 16 float layers.
-    ("efficientnet_lite0_op13", "run_qtable"): 6e-4,
+    # same decisions, same 16 float layers.  7e-4 since the merged convs' float32 arithmetic (d1342dd): one step
+    # (block 1's project conv) is 6.3e-4 apart where it was below 6e-4, the all-INT8 model itself being bit-exact.
+    ("efficientnet_lite0_op13", "run_qtable"): 7e-4,
 }
 #: per case: layer-cos tolerance (the INT8 prefix carries the steps' Cast outputs, see above)
 LAYER_TOL = {("efficientnet_lite0_op13", "run_qtable"): 6e-5}
