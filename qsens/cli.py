@@ -85,6 +85,59 @@ def _add_aid_args(p: argparse.ArgumentParser) -> None:
                    "it gives TPU-MLIR the same weights")
 
 
+def _add_scale_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("scale (qsens only; README 'Scale')")
+    g.add_argument("--devices", default="1", help="split the inference images over N devices (or 'all'): "
+                   "jax.devices(), across processes in a multi-process run; results equal one device's")
+    g.add_argument("--max_memory", default=None, help="memory the search may hold for cached activations, e.g. "
+                   "1.5G or 800M (default: half the device's, on CPU half the host's available memory); the rest "
+                   "is recomputed")
+    g.add_argument("--coordinator_address", default=None, help="multi-process: host:port of process 0 "
+                   "(jax.distributed; or JAX_COORDINATOR_ADDRESS)")
+    g.add_argument("--num_processes", type=int, default=None, help="multi-process: how many (or JAX_NUM_PROCESSES)")
+    g.add_argument("--process_id", type=int, default=None, help="multi-process: this one's id (or JAX_PROCESS_ID); "
+                   "only process 0 writes files")
+
+
+def setup_scale(args) -> None:
+    """``--devices``, ``--max_memory`` and the multi-process flags, before anything runs on a device.
+
+    In a multi-process run every process computes the same search; processes other than 0 write into a private
+    temporary folder (seeded with ``--out_dir``'s checkpoints when resuming) and print nothing."""
+    if not hasattr(args, "devices"):
+        return
+    from . import devices
+    from .search import memory
+
+    multi = devices.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
+    devices.set_default(devices.select(args.devices))
+    memory.set_budget(memory.parse_bytes(args.max_memory) if args.max_memory else None)
+    if multi and not devices.is_writer():
+        import atexit
+        import shutil
+        import tempfile
+
+        private = tempfile.mkdtemp(prefix=f"qsens_p{devices.process_index()}_")
+        atexit.register(shutil.rmtree, private, True)
+        src = getattr(args, "out_dir", None)
+        if src and getattr(args, "resume", False) and os.path.isdir(src):
+            for f in os.listdir(src):
+                if ".ckpt." in f:
+                    shutil.copy(os.path.join(src, f), private)
+        for k in ("out_dir", "quantize_table", "loss_table"):
+            v = getattr(args, k, None)
+            if k == "out_dir" and v is not None:
+                args.out_dir = private
+            elif isinstance(v, str) and os.path.isabs(v):
+                setattr(args, k, os.path.join(private, os.path.basename(v)))
+        args.quiet = True
+        global _echo_enabled
+        _echo_enabled = False
+
+
+_echo_enabled = True
+
+
 def load_model_from_args(args):
     from .search.workflows import load_model
 
@@ -226,7 +279,8 @@ def run_search_from_args(args) -> int:
 
 
 def _echo(s: str) -> None:
-    print(s, flush=True)
+    if _echo_enabled:
+        print(s, flush=True)
 
 
 def cmd_search(args) -> int:
@@ -344,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fast strategy: suffixes of the candidates one after another (loop) or stacked (concat)")
     s.add_argument("-q", "--quiet", action="store_true")
     _add_aid_args(s)
+    _add_scale_args(s)
     from .search import VARIANTS
 
     v = s.add_argument_group("variants (qsens only; the same output files; README 'Search variants')")
@@ -386,6 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between checkpoints (also after every float step; 0 = after every op)")
     s.add_argument("--batch", type=int, default=10, help="images per compiled batch (memory; default 10)")
     s.add_argument("-q", "--quiet", action="store_true")
+    _add_scale_args(s)
     s.set_defaults(fn=cmd_qtable)
 
     s = sub.add_parser("report", help="one self-contained report.html (plots, op table, thresholds) for a search run")
@@ -428,6 +484,7 @@ def main(argv=None) -> int:
     logging_setup()
     t0 = time.time()
     try:
+        setup_scale(args)
         rc = args.fn(args)
     except QsensError as e:
         if os.environ.get("QSENS_DEBUG"):

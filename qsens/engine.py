@@ -168,8 +168,12 @@ class Engine:
     """Runs ``model``'s canonical graph at one batch size, op by op, with shared per-signature executables."""
 
     def __init__(self, model: Model, batch: int, *, channels_last: bool = True, stats: CompileStats | None = None,
-                 cache: ExecutableCache | None = None):
+                 cache: ExecutableCache | None = None, placement=None):
+        from .devices import Placement
+
         self.model = model
+        #: where activations live (:mod:`qsens.devices`): ``batch`` images split over its devices, or one device
+        self.placement = placement if placement is not None else Placement()
         self.graph: Graph = model.graph_at(batch)
         self.batch = batch
         self.params = model.params
@@ -203,6 +207,8 @@ class Engine:
     def call(self, fn, weights, acts, *extra):
         """Call a jitted executable; the first call per (executable, input shapes) is timed as a compile."""
         self.stats.calls += 1
+        if extra and self.placement.sharded:
+            extra = self.placement.args(extra)
         sk = (tuple((tuple(a.shape), str(a.dtype)) for a in acts), tuple(np.shape(x) for x in extra))
         if not self.cache.first_call(fn, sk):
             return fn(weights, acts, *extra)
@@ -213,12 +219,13 @@ class Engine:
         return out
 
     def weights(self, op: Op) -> dict[str, Any]:
-        return {r: self.params[k] for r, k in op.weights}
+        params = self.placement.weights(self.params)
+        return {r: params[k] for r, k in op.weights}
 
     # ------------------------------------------------------------------------------------------ running
     def input_env(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         # device_put, not jnp.asarray: eager jnp.asarray of a host array compiles a small 'stage' program
-        return {n: self.to_plan(n, to_device(inputs[n])) for n in self.graph.inputs}
+        return {n: self.to_plan(n, self.placement.put(inputs[n])) for n in self.graph.inputs}
 
     def run(self, env: dict[str, Any], start: int = 0, stop: int | None = None, *, keep: Sequence[str] = (),
             on_output=None) -> dict[str, Any]:

@@ -4,7 +4,9 @@ shows progress, so the kill lands mid-search deterministically)."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -96,3 +98,22 @@ def one_line_error(rc, err, *needles) -> str:
     for n in needles:
         assert n in lines[0], (n, lines[0])
     return lines[0]
+
+
+def normalize_outputs(out_dir: Path, model: str = "") -> dict[str, str]:
+    """Every file the search wrote, as text with paths and timings taken out."""
+    res = {}
+    for p in sorted(out_dir.iterdir()):
+        if p.suffix == ".png" or not p.is_file():
+            continue
+        text = p.read_text().replace(str(out_dir), "<out>").replace(str(model) or "<model>", "<model>")
+        if p.name == "search.json":
+            d = json.loads(text)
+            d.pop("timings", None)
+            for o in d.get("ops", []):
+                o.pop("seconds", None)
+            text = json.dumps(d, indent=1, sort_keys=True) + "\n"
+        else:
+            text = re.sub(r"total time:.*", "total time:<t>", text)
+        res[p.name] = text
+    return res

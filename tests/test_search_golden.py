@@ -12,17 +12,17 @@ refactor: Lite0's two merged filters and biases are now bit-identical to model_t
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from pathlib import Path
 
 import pytest
 
 try:
     import search_models as sm
+    from cli_util import normalize_outputs
 except ImportError:
     from tests import search_models as sm
+    from tests.cli_util import normalize_outputs
 
 from qsens import cli
 
@@ -32,25 +32,6 @@ REGEN = bool(os.environ.get("QSENS_REGEN_GOLDEN"))
 ZOO = Path(os.environ.get("QSENS_HOME", Path.home() / ".cache" / "qsens")) / "zoo"
 
 
-def normalize(out_dir: Path, model: str) -> dict[str, str]:
-    """Every file the search wrote, as text with paths and timings taken out."""
-    res = {}
-    for p in sorted(out_dir.iterdir()):
-        if p.suffix == ".png" or not p.is_file():
-            continue
-        text = p.read_text().replace(str(out_dir), "<out>").replace(str(model), "<model>")
-        if p.name == "search.json":
-            d = json.loads(text)
-            d.pop("timings", None)
-            for o in d.get("ops", []):
-                o.pop("seconds", None)
-            text = json.dumps(d, indent=1, sort_keys=True) + "\n"
-        else:
-            text = re.sub(r"total time:.*", "total time:<t>", text)
-        res[p.name] = text
-    return res
-
-
 def run_case(tmp_path: Path, argv: list[str], model: str) -> dict[str, str]:
     out = tmp_path / "out"
     with pytest.MonkeyPatch.context() as mp:
@@ -58,7 +39,7 @@ def run_case(tmp_path: Path, argv: list[str], model: str) -> dict[str, str]:
         mp.delenv("QSENS_DEBUG", raising=False)
         rc = cli.main(argv + ["--out_dir", str(out), "-q"])
     assert rc == 0
-    return normalize(out, model)
+    return normalize_outputs(out, model)
 
 
 def check(case: str, got: dict[str, str]) -> None:

@@ -146,11 +146,36 @@ def mixed_similarity(problem: Problem, config: Config) -> tuple[float, float, np
 
 # --------------------------------------------------------------------------------------------- evaluators
 def prefix_at(evaluator, problem: Problem, start: int) -> Prefix:
-    """A prefix evaluator's carry at op ``start``: the network inputs advanced with ``evaluator.advance``."""
-    carry = Prefix(0, tuple(problem.engine.input_env(part) for part in problem.chunks))
+    """A prefix evaluator's carry at op ``start``: the network inputs advanced with ``evaluator.step``.
+
+    Only the first :func:`~qsens.search.memory.resident_chunks` chunks are cached; the others are ``None`` in the
+    carry and recomputed from their inputs by :func:`env_at` when an op needs them (the memory planner)."""
+    from .memory import resident_chunks
+
+    r = len(problem.chunks) if getattr(evaluator, "all_resident", False) else resident_chunks(problem)
+    carry = Prefix(0, tuple(problem.engine.input_env(part) if k < r else None
+                            for k, part in enumerate(problem.chunks)))
     while carry.next < start:
         carry = evaluator.advance(problem, carry)
     return carry
+
+
+def env_at(evaluator, problem: Problem, carry: Prefix, k: int) -> dict:
+    """Chunk ``k``'s live tensors after ops ``[0, carry.next)``: the cached ones, or recomputed from the input
+    with the evaluator's own ``step`` (the same executables, so the same values)."""
+    env = carry.envs[k]
+    if env is not None:
+        return env
+    env = problem.engine.input_env(problem.chunks[k])
+    for j in range(carry.next):
+        env = evaluator.step(problem, env, j)
+    return env
+
+
+def envs_at(evaluator, problem: Problem, carry: Prefix):
+    """Every chunk's live tensors after ``carry.next`` ops, one chunk at a time (recomputed ones are freed)."""
+    for k in range(len(carry.envs)):
+        yield env_at(evaluator, problem, carry, k)
 
 
 class WholeGraph:
@@ -176,18 +201,22 @@ class FloatPrefix:
 
     name = "float_prefix"
 
-    def __init__(self, method_batch: str = "loop"):
+    def __init__(self, method_batch: str = "loop", all_resident: bool = False):
         if method_batch not in ("loop", "concat"):
             raise ValueError(f"method_batch must be loop or concat, got {method_batch!r}")
         self.method_batch = method_batch
+        #: keep every chunk's prefix (the memory planner off: run_qtable's INT8 walk reads them all each op)
+        self.all_resident = all_resident
 
     def init(self, problem: Problem, start: int = 0) -> Prefix:
         return prefix_at(self, problem, start)
 
+    def step(self, problem: Problem, env: dict, i: int) -> dict:
+        return problem.engine.run(env, i, i + 1, keep=problem.compare or ())
+
     def advance(self, problem: Problem, carry: Prefix) -> Prefix:
         i = carry.next
-        keep = problem.compare or ()
-        return Prefix(i + 1, tuple(problem.engine.run(env, i, i + 1, keep=keep) for env in carry.envs))
+        return Prefix(i + 1, tuple(None if env is None else self.step(problem, env, i) for env in carry.envs))
 
     def losses(self, problem: Problem, configs: Sequence[Config], carry: Prefix) -> list[float]:
         g, e, plan = problem.graph, problem.engine, problem.plan
@@ -209,7 +238,7 @@ class FloatPrefix:
         out_t = op.outputs[0]
         M = len(configs)
         per_cand: list[list[dict]] = [[] for _ in range(M)]
-        for env0 in carry.envs:
+        for env0 in envs_at(self, problem, carry):
             ys = [run_int8_op(problem, e, i, env0, eff, [float(eff[idx[out_t]])])[0] for eff in effs]
             live = {t: v for t, v in env0.items() if (last.get(t, -1) > i or t in keep) and t not in op.outputs}
             if self.method_batch == "concat" and M > 1:
@@ -262,11 +291,12 @@ class MixedPrefix:
     def init(self, problem: Problem, start: int = 0) -> Prefix:
         return prefix_at(self, problem, start)
 
+    def step(self, problem: Problem, env: dict, i: int) -> dict:
+        return advance_mixed(problem, dict(env), self.base_eff, self.base.int8_ops, start=i, stop=i + 1)
+
     def advance(self, problem: Problem, carry: Prefix) -> Prefix:
         i = carry.next
-        envs = tuple(advance_mixed(problem, dict(env), self.base_eff, self.base.int8_ops, start=i, stop=i + 1)
-                     for env in carry.envs)
-        return Prefix(i + 1, envs)
+        return Prefix(i + 1, tuple(None if env is None else self.step(problem, env, i) for env in carry.envs))
 
     def rebase(self, problem: Problem, base: Config, carry: Prefix) -> bool:
         """Take ``base`` as the new base if it agrees with the old one before ``carry.next`` (the carry stays
@@ -280,16 +310,22 @@ class MixedPrefix:
 
     def losses(self, problem: Problem, configs: Sequence[Config], carry: Prefix) -> list[float]:
         i = carry.next
+        effs = [problem.plan.effective(np.asarray(c.thresholds, np.float32)) for c in configs]
+        ok = [prefix_compatible(problem, self.base, self.base_eff, c, eff, i) for c, eff in zip(configs, effs)]
+        parts: list[list] = [[] for _ in configs]
+        if any(ok):
+            for env in envs_at(self, problem, carry):  # chunk outer: a recomputed prefix serves every config
+                for m, c in enumerate(configs):
+                    if ok[m]:
+                        parts[m].append(run_mixed_env(problem, dict(env), effs[m], c.int8_ops, start=i))
         out = []
-        for c in configs:
-            eff = problem.plan.effective(np.asarray(c.thresholds, np.float32))
-            if not prefix_compatible(problem, self.base, self.base_eff, c, eff, i):
+        for m, c in enumerate(configs):
+            if ok[m]:
+                self.suffix_runs += 1
+                out.append(problem.scorer.loss(concat_chunks(parts[m], problem.counts)))
+            else:
                 self.fallbacks += 1
                 out.append(problem.scorer.loss(run_mixed(problem, c)))
-                continue
-            self.suffix_runs += 1
-            outs = [run_mixed_env(problem, dict(env), eff, c.int8_ops, start=i) for env in carry.envs]
-            out.append(problem.scorer.loss(concat_chunks(outs, problem.counts)))
         return out
 
 

@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..calibrate import parse_method
+from ..devices import fetch
 from ..engine import CompileStats, ExecutableCache
 from ..errors import SearchError
 from ..quant.mixed import thresholds_from_table
@@ -415,20 +416,21 @@ def _save_carry(path: str, carry) -> list:
         for t, v in env.items():
             index.append([c, t, v is not None])
             if v is not None:
-                arrays[f"a{len(index) - 1}"] = np.asarray(v)
+                arrays[f"a{len(index) - 1}"] = fetch(v)
     tmp = f"{path}.tmp-{os.getpid()}.npz"
     np.savez(tmp, **arrays)
     os.replace(tmp, path)
     return index
 
 
-def _load_carry(path: str, index: list, n_chunks: int) -> tuple:
-    from ..engine import to_device
+def _load_carry(path: str, index: list, n_chunks: int, placement=None) -> tuple:
+    from ..devices import Placement
 
+    put = (placement or Placement()).put
     envs: list[dict] = [{} for _ in range(n_chunks)]
     with np.load(path) as z:
         for k, (c, t, present) in enumerate(index):
-            envs[c][t] = to_device(z[f"a{k}"]) if present else None
+            envs[c][t] = put(z[f"a{k}"]) if present else None
     return tuple(envs)
 
 
@@ -480,7 +482,7 @@ def qtable_search(model, table, inputs: Mapping[str, np.ndarray], *, expected_co
     if ck is not None:
         index = ck.pop("int8_index")
         state = ck
-        carry = ev.init(problem, state["next"], _load_carry(ckpt_npz, index, len(problem.chunks)))
+        carry = ev.init(problem, state["next"], _load_carry(ckpt_npz, index, len(problem.chunks), problem.placement))
         echo(f"resuming: {state['next']} of {len(g.ops)} ops already walked in {ckpt}")
     if state is None:
         state = strategy.init(problem, all_int8)

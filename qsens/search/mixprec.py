@@ -63,9 +63,11 @@ class MixCarry(NamedTuple):
 
 def _per_sample_cos(problem: Problem, a_chunks, b_chunks) -> np.ndarray:
     """TPU-MLIR ``cos_sim`` per image (0.5 + 0.5 cos of the flattened tensors), padding removed."""
+    from ..devices import fetch
     from ..metrics import cos_sim
 
-    vals = [np.asarray(cos_sim(np.asarray(a, np.float32), np.asarray(b, np.float32), batch_axis=0), np.float64)[:c]
+    vals = [np.asarray(cos_sim(fetch(a).astype(np.float32, copy=False), fetch(b).astype(np.float32, copy=False),
+                               batch_axis=0), np.float64)[:c]
             for a, b, c in zip(a_chunks, b_chunks, problem.counts)]
     return np.concatenate(vals)
 
@@ -76,7 +78,7 @@ class Int8Prefix:
     name = "int8_prefix"
 
     def __init__(self):
-        self.float_prefix = FloatPrefix()
+        self.float_prefix = FloatPrefix(all_resident=True)
 
     def init(self, problem: Problem, start: int = 0, int8: tuple | None = None) -> MixCarry:
         ref = self.float_prefix.init(problem, start)

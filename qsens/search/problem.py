@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..devices import fetch
 from ..engine import DEFAULT_CHUNK, CompileStats, Engine, ExecutableCache, pad_batch
 from ..metrics import plain_cosine, similarity
 from ..quant.mixed import QuantPlan, host_qparams, plan_from_table, thresholds_from_table
@@ -67,13 +68,17 @@ class Problem:
     def __init__(self, model, plan: QuantPlan, th0: np.ndarray, inputs: Mapping[str, np.ndarray], *,
                  compare: Sequence[str] | None = None, compare_weights: Sequence[float] | None = None,
                  post_process: Callable | None = None, stats: CompileStats | None = None,
-                 chunk: int = DEFAULT_CHUNK, cache: ExecutableCache | None = None):
+                 chunk: int = DEFAULT_CHUNK, cache: ExecutableCache | None = None, placement=None):
+        from .. import devices
+
         self.model, self.plan = model, plan
         self.th0 = np.asarray(th0, np.float32)
         self.n = int(next(iter(inputs.values())).shape[0])
-        self.chunk = max(1, min(chunk, self.n))
+        #: the devices the images are split over (``--devices``); each runs ``chunk / placement.n`` images
+        self.placement = placement if placement is not None else devices.default()
+        self.chunk = max(1, min(chunk, self.n)) * self.placement.n
         self.stats = stats or CompileStats()
-        self.engine = Engine(model, self.chunk, stats=self.stats, cache=cache)
+        self.engine = Engine(model, self.chunk, stats=self.stats, cache=cache, placement=self.placement)
         self.cache = self.engine.cache
         self.graph = self.engine.graph
         chunks, counts = [], []
@@ -118,14 +123,15 @@ class Problem:
         """An engine at another batch size (e.g. candidates stacked along the batch), same executables cache."""
         e = self._engines.get(batch)
         if e is None:
-            e = self._engines[batch] = Engine(self.model, batch, stats=self.stats, cache=self.cache)
+            e = self._engines[batch] = Engine(self.model, batch, stats=self.stats, cache=self.cache,
+                                              placement=self.placement)
         return e
 
     def outputs(self, engine: Engine, env) -> dict[str, np.ndarray]:
         """The scored tensors of an environment: the graph outputs, or the compare layers (NCHW, host)."""
         if self.compare:
-            return {t: np.asarray(engine.to_nchw(t, env[t])) for t in self.compare}
-        return {k: np.asarray(v) for k, v in engine.outputs(env).items()}
+            return {t: fetch(engine.to_nchw(t, env[t])) for t in self.compare}
+        return {k: fetch(v) for k, v in engine.outputs(env).items()}
 
     def qparams(self, op, tin: tuple, th_out: float) -> dict:
         """Host-side INT8 parameters of ``op`` for these input/output thresholds (memoized, bounded)."""

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .. import devices
 from ..errors import SearchError
 
 CAL_CKPT = "calibration.ckpt.json"
@@ -349,7 +350,8 @@ def run_sensitive_search(o: SearchOptions, *, echo: Callable[[str], None] = prin
     echo(f"float layers ({len(res.float_layers)}): {', '.join(res.float_layers)}")
     echo(f"Output mix quantization table to {res.files['qtable']}")
     echo(f"total time:{time.time() - t0}  (calibration {t_cal:.1f} s, search {res.timings['search_s']:.1f} s, "
-         f"{res.evaluated_ops} ops evaluated, XLA compile {stats.compile_s:.1f} s for {stats.traces} executables)")
+         f"{res.evaluated_ops} ops evaluated, XLA compile {stats.compile_s:.1f} s for {stats.traces} executables, "
+         f"{devices.default().describe()})")
     echo("success sensitive layer search")
     return res
 

@@ -1,0 +1,96 @@
+"""Memory planner: how many chunks of images keep their prefix activations cached.
+
+The prefix evaluators (:class:`~qsens.search.evaluators.FloatPrefix`, :class:`~qsens.search.evaluators.MixedPrefix`)
+keep, for every chunk of inference images, the live tensors after the ops already walked: one forward's work
+per op instead of one per candidate.  That cache grows with the images (EfficientNet-Lite2 at 260 px holds
+6.5 MB per image after its first blocks: 2 GB for 300 images).  The planner sizes it from the graph's static
+shapes, never from data: the largest live set over all op boundaries, per image, times the images of a chunk.
+Chunks that do not fit the budget are *not resident*: their prefix is recomputed from the input when an op
+needs it (the same executables, so the same values; the cost is at most one extra float forward of the prefix
+per op for those chunks, about a third more work than the candidates' suffixes, which dominate).
+
+Budget: ``--max_memory`` (bytes; ``1.5G``, ``800M``), else half of what the devices can hold (accelerators:
+``memory_stats()['bytes_limit']``; CPU: half of the host's ``MemAvailable``).
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from ..errors import QsensError
+
+_budget: list[int | None] = [None]
+
+
+def parse_bytes(text: str | int | float) -> int:
+    """``1.5G``, ``800M``, ``512k``, ``2e9`` -> bytes."""
+    if isinstance(text, int | float):
+        return int(text)
+    m = re.fullmatch(r"\s*([0-9.]+(?:e[0-9]+)?)\s*([kKmMgGtT]?)i?[bB]?\s*", str(text))
+    if not m:
+        raise QsensError(f"--max_memory {text!r}: give bytes like 1.5G, 800M or 2e9")
+    mult = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[m.group(2).lower()]
+    return int(float(m.group(1)) * mult)
+
+
+def set_budget(nbytes: int | None) -> None:
+    """The process's cache budget in bytes (None: the default from the devices)."""
+    _budget[0] = None if nbytes is None else int(nbytes)
+
+
+def host_available() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 * 2**30
+
+
+def default_budget(placement=None) -> int:
+    """Half of what the placement's devices can hold (CPU: half of the host's available memory)."""
+    import jax
+
+    devs = list(placement.devices) if placement is not None and placement.sharded else [jax.devices()[0]]
+    if devs[0].platform == "cpu":
+        return host_available() // 2
+    total = 0
+    for d in devs:
+        try:
+            total += int((d.memory_stats() or {}).get("bytes_limit", 0))
+        except Exception:  # noqa: BLE001 - backends without memory_stats
+            total += 0
+    return total // 2 if total else host_available() // 2
+
+
+def budget(placement=None) -> int:
+    return _budget[0] if _budget[0] is not None else default_budget(placement)
+
+
+def carry_bytes_per_image(graph, keep=()) -> int:
+    """The largest live set over the graph's op boundaries, in bytes per image (static shapes, float32)."""
+    last = graph.last_use
+    keep = set(keep)
+    batch = max(1, int(graph.batch))
+    live: dict[str, int] = {}  # the Input ops make the network inputs
+    peak = 0
+    for i, op in enumerate(graph.ops):
+        for t in op.outputs:
+            live[t] = int(np.prod(graph.tensor_shape(t))) * 4
+        for t in list(live):
+            if last.get(t, -1) <= i and t not in keep:
+                del live[t]
+        peak = max(peak, sum(live.values()))
+    return peak // batch
+
+
+def resident_chunks(problem) -> int:
+    """How many of ``problem``'s chunks keep their prefix cached (the first ones); the rest are recomputed."""
+    per_chunk = carry_bytes_per_image(problem.graph, problem.keep) * problem.chunk
+    if per_chunk <= 0:
+        return len(problem.chunks)
+    return int(min(len(problem.chunks), budget(problem.placement) // per_chunk))
