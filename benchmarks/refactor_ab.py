@@ -32,14 +32,16 @@ def job(tree: Path, model, images, n_img, n_inf, out_dir: Path, cache: Path) -> 
     cmd = [sys.executable, "-m", "qsens", "search", str(model), "--dataset", str(images), "--input_num", str(n_img),
            "--inference_num", str(n_inf), "--expected_cos", "0.9999", "--out_dir", str(out_dir), "-q"]
     t = time.perf_counter()
-    p = subprocess.run(cmd, env=env, cwd=str(tree), capture_output=True, text=True)
+    p = subprocess.Popen(cmd, env=env, cwd=str(tree), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, status, ru = os.wait4(p.pid, 0)  # -q: little output, the pipes cannot fill
     wall = time.perf_counter() - t
-    if p.returncode != 0:
-        raise SystemExit(f"job failed in {tree}: {p.stderr[-3000:]}")
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"job failed in {tree}: {p.stderr.read()[-3000:]}")
     res = json.loads((out_dir / "search.json").read_text())
     files = {n: (out_dir / n).read_bytes() for n in ("qtable", "new_cali_table.txt")}
+    cpu = ru.ru_utime + ru.ru_stime
     return {"wall_s": wall, "search_s": res["timings"]["search_s"], "files": files,
-            "float_layers": res["float_layers"]}
+            "float_layers": res["float_layers"], "cpu_s": cpu, "cores_used": cpu / wall}
 
 
 def main(argv=None):
@@ -49,6 +51,8 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--images", type=int, default=100)
     ap.add_argument("--inference", type=int, default=30)
+    ap.add_argument("--name", default="refactor_ab", help="results file stem (benchmarks/results/<name>_<device>.json)")
+    ap.add_argument("--what", default="", help="what changed between the trees (written into the JSON)")
     args = ap.parse_args(argv)
     from qsens.zoo import zoo_path
 
@@ -73,16 +77,18 @@ def main(argv=None):
         finally:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(old)], capture_output=True)
     same = all(a["files"] == b["files"] for a in runs["old"] for b in runs["new"])
-    med = {k: {m: statistics.median(x[m] for x in v) for m in ("wall_s", "search_s")} for k, v in runs.items()}
-    ratio = {m: med["new"][m] / med["old"][m] for m in ("wall_s", "search_s")}
+    keys = ("wall_s", "search_s", "cores_used")
+    med = {k: {m: statistics.median(x[m] for x in v) for m in keys} for k, v in runs.items()}
+    ratio = {m: med["new"][m] / med["old"][m] for m in keys}
     print(f"median whole job: old {med['old']['wall_s']:.1f} s, new {med['new']['wall_s']:.1f} s "
           f"(new/old {ratio['wall_s']:.3f}); search compute: old {med['old']['search_s']:.1f} s, new "
-          f"{med['new']['search_s']:.1f} s (new/old {ratio['search_s']:.3f}); qtable + new_cali_table.txt "
+          f"{med['new']['search_s']:.1f} s (new/old {ratio['search_s']:.3f}); cores used old "
+          f"{med['old']['cores_used']:.2f}, new {med['new']['cores_used']:.2f}; qtable + new_cali_table.txt "
           f"byte-identical: {same}")
-    out = write("refactor_ab", {
+    out = write(args.name, {"what": args.what, "load_average_end": os.getloadavg(),
         "benchmark": "qsens search (Lite0, demo flags), old vs new tree, warm cache, interleaved rounds",
         "old": args.old, "new": args.new, "rounds": args.rounds, "images": args.images, "inference": args.inference,
-        "runs": {k: [{m: x[m] for m in ("wall_s", "search_s")} for x in v] for k, v in runs.items()},
+        "runs": {k: [{m: x[m] for m in keys + ("cpu_s",)} for x in v] for k, v in runs.items()},
         "median": med, "new_over_old": ratio, "outputs_byte_identical": same,
         "float_layers": runs["new"][0]["float_layers"], "machine": machine(),
     })

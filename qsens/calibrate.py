@@ -134,33 +134,70 @@ def collect_statistics_multi(model: Model, files, pp, *, specs: Sequence[tuple[S
         active = [k for k, (_, h) in enumerate(specs) if p == 0 or h == "v1"]
         bar = _progress(n, f"calibration pass {p + 1}/{passes}" if passes > 1 else "calibration", progress)
         off = 0
-        for inp in iter_inputs(files, engine.graph, pp, batch):
-            inp, k = pad_batch(inp, batch)
-            box = {"states": states}
+        box = {"states": states}
+        with Background() as bg:
+            for inp in iter_inputs(files, engine.graph, pp, batch):
+                inp, k = pad_batch(inp, batch)
 
-            def consume(t, v, k=k, off=off, box=box, take=(min(k, tune_num - off) if p == 0 else 0), active=active):  # noqa: B008
-                a = np.asarray(v)[:k]
-                if take > 0:  # the tuner's samples: the first tune_num, whatever the batch size
-                    part = a[:take].copy()
-                    tune_acts[t] = part if t not in tune_acts else np.concatenate([tune_acts[t], part])
-                sts = list(box["states"])
-                for j in active:
-                    sts[j] = calib.update(sts[j], {t: a}, off)
-                box["states"] = sts
+                def consume(t, v, k=k, off=off, take=(min(k, tune_num - off) if p == 0 else 0), active=active,  # noqa: B008
+                            box=box):
+                    a = np.asarray(v)[:k]
+                    if take > 0:  # the tuner's samples: the first tune_num, whatever the batch size
+                        part = a[:take].copy()
+                        tune_acts[t] = part if t not in tune_acts else np.concatenate([tune_acts[t], part])
+                    sts = list(box["states"])
+                    for j in active:
+                        sts[j] = calib.update(sts[j], {t: a}, off)
+                    box["states"] = sts
 
-            env = engine.input_env(inp)
-            for t in engine.graph.inputs:
-                consume(t, env[t])
-            engine.run(env, on_output=consume)
-            states = box["states"]
-            off += k
-            if bar:
-                bar.update(k)
+                env = engine.input_env(inp)
+                for t in engine.graph.inputs:
+                    bg.submit(consume, t, env[t])
+                engine.run(env, on_output=lambda t, v, c=consume: bg.submit(c, t, v))
+                off += k
+                if bar:
+                    bar.update(k)
+        states = box["states"]
         if bar:
             bar.close()
         if p == 0:
             states = [calib.begin_histograms(st) if h == "v1" else st for st, (_, h) in zip(states, specs)]
     return [calib.finalize(st) for st in states], tune_acts
+
+
+class Background:
+    """One worker thread that runs submitted calls in order (FIFO), beside the caller.
+
+    Calibration statistics (NumPy histograms, tails, MSE sums: single-threaded, GIL released in the array loops)
+    run on it while the main thread dispatches the next op's forward, so both cores work.  The order of the calls,
+    and so every statistic, is the same as running them inline; at most ``depth`` calls wait (bounded memory: each
+    holds one op's output); the first exception is raised in the caller (at the next submit or on exit)."""
+
+    def __init__(self, depth: int = 4):
+        import concurrent.futures as cf
+
+        self._pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="qsens-calib")
+        self._pending: list = []
+        self.depth = depth
+
+    def submit(self, fn, *args) -> None:
+        self._pending.append(self._pool.submit(fn, *args))
+        while len(self._pending) > self.depth or (self._pending and self._pending[0].done()):
+            self._pending.pop(0).result()  # waits; re-raises the call's exception here
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if exc_type is None:
+                for f in self._pending:
+                    f.result()
+        finally:
+            for f in self._pending:
+                f.cancel()
+            self._pool.shutdown(wait=True)
+        return False
 
 
 def round_table(th: float) -> float:
@@ -217,16 +254,28 @@ def tune(model: Model, tune_acts: dict[str, np.ndarray], table: dict[str, float]
             # rows (candidate, sample), fake-quantized lazily one chunk at a time (memory: one chunk)
             flat = [(ci, j) for ci in range(len(cands)) for j in range(n_t)]
             per = np.empty(len(flat))
+
+            def finish(s0, chunk, out_dev, ref=ref, ref_l1=ref_l1, per=per):
+                out = np.asarray(out_dev)
+                for r, (_, j) in enumerate(chunk):  # ||ref - out||_2 / ||ref||_1, per sample, float64
+                    d = (ref[j].astype(np.float64) - out[r]).ravel()
+                    per[s0 + r] = np.sqrt(d @ d) / ref_l1[j]
+
+            # software pipeline: the host fake-quantizes chunk s+1 and scores chunk s-1 while the device (XLA's
+            # asynchronous dispatch) runs chunk s; the same calls on the same values as one after the other
+            pending = None
             for s0 in range(0, len(flat), batch):
                 chunk = flat[s0 : s0 + batch]
                 acts = []
                 for x in op.inputs:
                     a = np.stack([fake_quant_np(tune_acts[x][j], float(cands[ci])) for ci, j in chunk])
                     acts.append(to_device(pad_batch({"a": a}, batch)[0]["a"]))
-                out = np.asarray(engine.call(fn, w, acts)[0])
-                for r, (_, j) in enumerate(chunk):  # ||ref - out||_2 / ||ref||_1, per sample, float64
-                    d = (ref[j].astype(np.float64) - out[r]).ravel()
-                    per[s0 + r] = np.sqrt(d @ d) / ref_l1[j]
+                out_dev = engine.call(fn, w, acts)[0]
+                if pending is not None:
+                    finish(*pending)
+                pending = (s0, chunk, out_dev)
+            if pending is not None:
+                finish(*pending)
             dists = per.reshape(len(cands), n_t).mean(axis=1)
             table[t] = float(calib.select(initial[t], cands, dists, current=table[t]))  # thresholds only grow
     if bar:
