@@ -9,7 +9,9 @@
 #   2. benchmarks/forward.py (native convolutions on GPU, whole batch per step);
 #   3. benchmarks/search.py (cold, warm, concat, naive), then the per-(op, method) losses against the committed
 #      CPU run;
-#   4. benchmarks/qtable.py --skip-tpu-mlir (qsens qtable on Lite0, cold and warm).
+#   4. benchmarks/qtable.py --skip-tpu-mlir (qsens qtable on Lite0, cold and warm);
+#   5. (STEPS=...,scaling) tests/test_devices.py and benchmarks/scaling.py --skip-memory (--devices 1/2/4 on the
+#      real devices when the machine has several, else forced host devices for the sharding checks).
 # Results land in $OUT (else benchmarks/results/gpu_out).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -43,5 +45,9 @@ print(f"CPU vs GPU: max |loss difference| {d:.2e}; same float layers: {same}")
 PY
 fi
 [[ $STEPS == *qtable* ]] && step 150 $PY benchmarks/qtable.py --skip-tpu-mlir
+if [[ $STEPS == *scaling* ]]; then
+step 200 $PY -m pytest -q -p no:cacheprovider tests/test_devices.py
+step 240 $PY benchmarks/scaling.py --skip-memory
+fi
 cp benchmarks/results/*_gpu.json "$OUT"/ 2>/dev/null
 ls -la "$OUT"
