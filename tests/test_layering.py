@@ -17,19 +17,19 @@ LAYERS = {
     "qsens.errors": 0, "qsens.paths": 0, "qsens.hostmem": 0, "qsens.metrics": 0,
     "qsens.onnx": 1, "qsens.data": 1, "qsens.tables": 1,
     "qsens.quant": 2, "qsens.calib": 2, "qsens.pipeline": 2, "qsens.zoo": 2, "qsens.mnist": 2,
-    "qsens.engine": 3,
+    "qsens.engine": 3, "qsens.devices": 3,  # placement of the engine's arrays (devices, mesh, processes)
     "qsens.calibrate": 4,
     "qsens.search": 5,
     "qsens.report": 5,  # reads run directories (tables, search JSON); imports nothing of the search
     "qsens.cli": 6, "qsens.__main__": 6, "qsens.interop": 6,  # names / compare / run verbs (CLI glue)
 }
 #: inside qsens.search: the engine parts, then the job (the only I/O), then the workflows from files
-SEARCH = {"candidates": 0, "selectors": 0, "problem": 0, "evaluators": 1, "gradient": 1, "strategies": 2,
+SEARCH = {"candidates": 0, "selectors": 0, "memory": 0, "problem": 0, "evaluators": 1, "gradient": 1, "strategies": 2,
           "mixprec": 2, "variants": 2, "biascorr": 3, "calisearch": 3, "job": 3, "calijob": 4, "varjob": 4,
           "aidjob": 4, "workflows": 5, "aidflow": 5}
 #: the simulation and search core never touch the zoo (real-model downloads) or the CLI
-CORE = ("qsens.onnx", "qsens.quant", "qsens.calib", "qsens.engine", "qsens.calibrate", "qsens.metrics",
-        "qsens.tables", "qsens.search.candidates", "qsens.search.selectors", "qsens.search.problem",
+CORE = ("qsens.onnx", "qsens.quant", "qsens.calib", "qsens.engine", "qsens.devices", "qsens.calibrate", "qsens.metrics",
+        "qsens.tables", "qsens.search.candidates", "qsens.search.selectors", "qsens.search.memory", "qsens.search.problem",
         "qsens.search.evaluators", "qsens.search.strategies", "qsens.search.mixprec", "qsens.search.calisearch",
         "qsens.search.job", "qsens.search.calijob", "qsens.search.gradient", "qsens.search.variants",
         "qsens.search.varjob")
