@@ -127,15 +127,18 @@ def main(argv=None):
                 out["memory"][label] = r
                 print(f"Lite2, {big_inf} inference images, {label}: whole job {r['wall_s']:.1f} s, search "
                       f"{r['timings']['search_s']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB (bar 1536)", flush=True)
-    if args.skip_devices:  # merge into the last full run's JSON
-        from common import RESULTS
+    from common import RESULTS
 
-        prev = RESULTS / f"scaling_{jax.devices()[0].platform}.json"
-        if prev.exists():
-            old = json.loads(prev.read_text())
+    prev = RESULTS / f"scaling_{jax.devices()[0].platform}.json"
+    if (args.skip_devices or args.skip_memory) and prev.exists():  # merge the part not re-run from the last JSON
+        old = json.loads(prev.read_text())
+        if args.skip_devices:
             old["memory"].update(out["memory"])
             old["memory_measured_separately"] = {"load_average_end": os.getloadavg(), "quick": args.quick}
             out = {**old, "memory": old["memory"]}
+        else:
+            out["memory"] = old.get("memory", {})
+            out["memory_measured_before"] = {"load_average_end": old.get("load_average_end")}
     if out["devices"]:
         base = out["devices"]["1"]["timings"]["search_s"]
         out["search_speedup"] = {n: base / r["timings"]["search_s"] for n, r in out["devices"].items()}
