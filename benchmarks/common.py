@@ -63,6 +63,15 @@ def median_time(fn, n: int = 5, warmup: int = 1) -> tuple[float, list[float]]:
     return float(np.median(ts)), ts
 
 
+def search_job_cmd(model, images, n_img: int, n_inf: int, out_dir, extra=()) -> list[str]:
+    """The ``qsens search`` process every job benchmark times: ``qsens demo``'s flags (``--expected_cos 0.9999``, so
+    the search always runs), quiet, in a fresh interpreter."""
+    import sys
+
+    return [sys.executable, "-m", "qsens", "search", str(model), "--dataset", str(images), "--input_num", str(n_img),
+            "--inference_num", str(n_inf), "--expected_cos", "0.9999", "--out_dir", str(out_dir), "-q", *extra]
+
+
 def write(name: str, data: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     dev = data.get("machine", {}).get("device", "cpu").split(":")[0]

@@ -22,15 +22,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, write  # noqa: E402
+from common import machine, search_job_cmd, write  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def job(tree: Path, model, images, n_img, n_inf, out_dir: Path, cache: Path) -> dict:
     env = dict(os.environ, QSENS_JAX_CACHE=str(cache), SOURCE_DATE_EPOCH="1700000000", PYTHONPATH=str(tree))
-    cmd = [sys.executable, "-m", "qsens", "search", str(model), "--dataset", str(images), "--input_num", str(n_img),
-           "--inference_num", str(n_inf), "--expected_cos", "0.9999", "--out_dir", str(out_dir), "-q"]
+    cmd = search_job_cmd(model, images, n_img, n_inf, out_dir)
     t = time.perf_counter()
     p = subprocess.Popen(cmd, env=env, cwd=str(tree), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _, status, ru = os.wait4(p.pid, 0)  # -q: little output, the pipes cannot fill

@@ -25,13 +25,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, write  # noqa: E402
+from common import RESULTS, machine, search_job_cmd, write  # noqa: E402
 
 
 def run(model, images, n_img, n_inf, out_dir, cache_dir, extra=(), env_extra=None):
     env = dict(os.environ, QSENS_JAX_CACHE=str(cache_dir), SOURCE_DATE_EPOCH="1700000000", **(env_extra or {}))
-    cmd = [sys.executable, "-m", "qsens", "search", str(model), "--dataset", str(images), "--input_num", str(n_img),
-           "--inference_num", str(n_inf), "--expected_cos", "0.9999", "--out_dir", str(out_dir), "-q", *extra]
+    cmd = search_job_cmd(model, images, n_img, n_inf, out_dir, extra)
     t = time.perf_counter()
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = p.communicate()
@@ -127,8 +126,6 @@ def main(argv=None):
                 out["memory"][label] = r
                 print(f"Lite2, {big_inf} inference images, {label}: whole job {r['wall_s']:.1f} s, search "
                       f"{r['timings']['search_s']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB (bar 1536)", flush=True)
-    from common import RESULTS
-
     prev = RESULTS / f"scaling_{jax.devices()[0].platform}.json"
     if (args.skip_devices or args.skip_memory) and prev.exists():  # merge the part not re-run from the last JSON
         old = json.loads(prev.read_text())

@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, write  # noqa: E402
+from common import machine, search_job_cmd, write  # noqa: E402
 
 CANDIDATE_OPS = ("Conv", "Add", "Gemm", "MatMul")
 BARS = {"qsens_3_methods_over_ort": 0.5, "qsens_max_over_ort": 0.3, "qsens_max_over_ort_goal": 0.25}
@@ -180,8 +180,7 @@ def run_qsens(model: Path, images: Path, n_cal: int, n_inf: int, out_dir: Path, 
     env = dict(os.environ, QSENS_JAX_CACHE=str(cache_dir), SOURCE_DATE_EPOCH="1700000000")
     if src is not None:  # the exported revision first on the path (cwd too: `python -m` puts it first)
         env["PYTHONPATH"] = os.pathsep.join([str(src), *filter(None, [os.environ.get("PYTHONPATH")])])
-    cmd = [sys.executable, "-m", "qsens", "search", str(model), "--dataset", str(images), "--input_num", str(n_cal),
-           "--inference_num", str(n_inf), "--expected_cos", "0.9999", "--out_dir", str(out_dir), "-q", *extra]
+    cmd = search_job_cmd(model, images, n_cal, n_inf, out_dir, extra)
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryFile("w+") as log:
         t = time.perf_counter()
