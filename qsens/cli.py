@@ -104,6 +104,7 @@ def setup_scale(args) -> None:
 
     In a multi-process run every process computes the same search; processes other than 0 write into a private
     temporary folder (seeded with ``--out_dir``'s checkpoints when resuming) and print nothing."""
+    global _echo_enabled
     if not hasattr(args, "devices"):
         return
     from . import devices
@@ -124,14 +125,12 @@ def setup_scale(args) -> None:
             for f in os.listdir(src):
                 if ".ckpt." in f:
                     shutil.copy(os.path.join(src, f), private)
-        for k in ("out_dir", "quantize_table", "loss_table"):
+        args.out_dir = private  # relative output paths follow it; absolute ones are moved into it
+        for k in ("quantize_table", "loss_table"):
             v = getattr(args, k, None)
-            if k == "out_dir" and v is not None:
-                args.out_dir = private
-            elif isinstance(v, str) and os.path.isabs(v):
+            if isinstance(v, str) and os.path.isabs(v):
                 setattr(args, k, os.path.join(private, os.path.basename(v)))
         args.quiet = True
-        global _echo_enabled
         _echo_enabled = False
 
 
