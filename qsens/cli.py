@@ -29,15 +29,23 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    "and dump uses your model_transform.py's names")
 
 
-def _add_tpu_mlir_calibration_flags(p: argparse.ArgumentParser, *, debug_cmd: bool) -> None:
+_DEBUG_CMD_HELP = {
+    "calibrate": "TPU-MLIR's 'k1;k2=v': use_max, use_percentile9999 (untuned), use_mse, tune_steps=N; debug_log, "
+                 "print_debug_info, dump_list (no numeric effect)",
+    "search": "TPU-MLIR's 'k1;k2=v': tune_steps=N (every method's tuner); debug_log, print_debug_info, max_sampling=N, "
+              "dump_tensor_diff_by_html, visual_tensor=X (no numeric effect)",
+    "qtable": "TPU-MLIR's 'k1;k2=v': debug_log, max_sampling=N, dump_tensor_diff_by_html, visual_tensor=X (no numeric "
+              "effect: run_qtable calibrates nothing)",
+}
+
+
+def _add_tpu_mlir_calibration_flags(p: argparse.ArgumentParser, *, debug_cmd: str) -> None:
     """run_calibration.py / run_sensitive_layer.py flags that change the thresholds (qsens.calib.flags)."""
     p.add_argument("--histogram_bin_num", default="2048", help="histogram bins for KL (default 2048)")
     p.add_argument("--tune_list", default=None, metavar="FILE",
                    help="samples for the SimpleTuner, one path per line (its first --tune_num lines; default: the first "
                    "--tune_num calibration samples)")
-    if debug_cmd:
-        p.add_argument("--debug_cmd", default="", help="TPU-MLIR's 'k1;k2=v': use_max, use_percentile9999 (untuned), "
-                       "use_mse, tune_steps=N; debug_log, print_debug_info, dump_list (no numeric effect)")
+    p.add_argument("--debug_cmd", default="", help=_DEBUG_CMD_HELP[debug_cmd])
 
 
 def _add_data_args(p: argparse.ArgumentParser, *, input_num: int = 0, labels: bool = False) -> None:
@@ -344,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--methods", default="", help="also write <table>_<m>.1 and <table>_<m>_tune for these methods, "
                    "e.g. max,percentile9999,kl (what the sensitive-layer search uses)")
     s.add_argument("--tune_num", type=int, default=5, help="SimpleTuner samples (0 = untuned thresholds)")
-    _add_tpu_mlir_calibration_flags(s, debug_cmd=True)
+    _add_tpu_mlir_calibration_flags(s, debug_cmd="calibrate")
     s.add_argument("--hist", choices=("v1", "v2"), default="v2",
                    help="v2 (default, TPU-MLIR 1.23 run_calibration): one pass, streaming histogram merge; "
                    "v1: abs-max pass then one histogram width, percentile of |a| (what run_sensitive_layer's "
@@ -383,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--quantize_table", default="qtable", help="qtable path (relative: inside --out_dir)")
     s.add_argument("--methods", default="max,percentile9999,kl", help="candidate methods, in TPU-MLIR's order")
     s.add_argument("--tune_num", type=int, default=5)
-    _add_tpu_mlir_calibration_flags(s, debug_cmd=False)
+    _add_tpu_mlir_calibration_flags(s, debug_cmd="search")
     s.add_argument("--fp_type", default="auto", help="float type of the float layers: auto (= F32 on BM1684) or F32; "
                    "F16/BF16 only where the chip mixes them")
     s.add_argument("--hist", choices=("v1", "v2"), default="v1",
@@ -430,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--chip", "--processor", dest="chip", default="bm1684")
     s.add_argument("--fp_type", default="auto", help="float type of the float layers: auto = F32 (qsens simulates F32 "
                    "float layers only; TPU-MLIR's auto is F16 on BM1684X)")
+    s.add_argument("--debug_cmd", default="", help=_DEBUG_CMD_HELP["qtable"])
     s.add_argument("--loss_table", default="full_loss_table.txt", help="layer cos table (relative: inside --out_dir)")
     s.add_argument("-o", "--quantize_table", default="qtable", help="qtable path (relative: inside --out_dir)")
     s.add_argument("--out_dir", default=".")

@@ -148,6 +148,11 @@ def test_calibrate_flag_errors(argv, needles, tmp_path, capsys, zoo):
     (["--fp_type", "int8"], ["--fp_type", "'int8'"]),
     (["--histogram_bin_num", "x"], ["--histogram_bin_num", "'x'"]),
     (["--tune_list", "/no/such/list.txt"], ["--tune_list", "does not exist"]),
+    (["--debug_cmd", "use_max"], ["--debug_cmd use_max on search", "KL candidate table with max", "--methods"]),
+    (["--debug_cmd", "use_mse"], ["--debug_cmd use_mse on search", "no effect", "--methods"]),
+    (["--debug_cmd", "tune_steps=0"], ["tune_steps needs a whole number >= 1"]),
+    (["--debug_cmd", "dump_list"], ["'dump_list' is a run_calibration key that search does not take"]),
+    (["--debug_cmd", "max_sampling"], ["'max_sampling' needs a value"]),
 ])
 def test_search_flag_errors(argv, needles, tmp_path, capsys, zoo):
     rc, _, err = run_cli(["search", _pnet(), *PNET_FLAGS, "--dataset", _images(), "--input_num", "4",
@@ -172,6 +177,31 @@ def test_search_histogram_bins_and_tune_list(tmp_path, capsys, zoo):
         h = _header(tmp_path / "run" / name)
         assert "# histogram number: 1024" in h, (name, h)
     assert "# tune number: 3" in _header(tmp_path / "run" / "cali_table_KL_tune")
+
+
+@pytest.mark.zoo
+@pytest.mark.parametrize("argv, needles", [
+    (["--debug_cmd", "tune_steps=5"], ["'tune_steps' has no effect on run_qtable", "qsens calibrate"]),
+    (["--debug_cmd", "run_bias_correction"], ["run_bias_correction", "not modelled", "--bc"]),
+    (["--debug_cmd", "debug_log;nope"], ["'nope' is unknown", "max_sampling"]),
+])
+def test_qtable_debug_cmd_errors(argv, needles, tmp_path, capsys, zoo):
+    table = Path(__file__).parent / "fixtures" / "tpu_mlir" / "mtcnn_pnet" / "cali_table"
+    rc, _, err = run_cli(["qtable", _pnet(), *PNET_FLAGS, "--dataset", _images(), "--input_num", "2",
+                          "--calibration_table", str(table), "--out_dir", str(tmp_path), "-q", *argv], capsys)
+    one_line_error(rc, err, *needles)
+
+
+def test_debug_cmd_per_tool():
+    """What each tool takes (qsens.calib.flags: run_sensitive_layer / run_qtable 1.23): the searcher's logging keys
+    are accepted with no numeric effect; tune_steps reaches search's tuners."""
+    d = parse_debug_cmd("tune_steps=5;debug_log;max_sampling=100;visual_tensor=all;dump_tensor_diff_by_html", "search")
+    assert d.tune_steps == 5 and d.method("kl") == "kl" and not d.skips_tuning
+    assert parse_debug_cmd("debug_log;max_sampling=7", "qtable").tune_steps == 21
+    with pytest.raises(QsensError, match="'max_sampling' is unknown"):  # not a run_calibration key
+        parse_debug_cmd("max_sampling=3")
+    with pytest.raises(ValueError):
+        parse_debug_cmd("debug_log", "deploy")
 
 
 # ------------------------------------------------------------------------------------------------ data_list

@@ -289,10 +289,17 @@ TOL = {"default": (1e-6, 1.5e-6, 1.5e-6),
 @pytest.mark.zoo
 @pytest.mark.parametrize("name", FIXTURES)
 def test_sensitive_layer_search(name, searches):
+    assert_search_equal(name, searches[name], "sensitive")
+
+
+def assert_search_equal(name: str, run: Path, step: str) -> None:
+    """qsens's search in ``run`` == run_sensitive_layer's in the fixture's ``step`` folder: every (op, method)
+    threshold and loss, the best methods (near-ties aside), the float layers, both similarities, the new table and
+    the qtable."""
     fx = _fx(name)
     tol_loss, tol_int8, tol_mix = TOL.get(name, TOL["default"])
-    theirs = fx.json("sensitive", "summary.json")
-    ours = json.loads((searches[name] / "search.json").read_text())
+    theirs = fx.json(step, "summary.json")
+    ours = json.loads((run / "search.json").read_text())
     n = 0
     flipped = set()
     defect = INTERPRETER_DEFECT.get(name)
@@ -321,10 +328,37 @@ def test_sensitive_layer_search(name, searches):
     s = ours["summary"]
     assert round(s["int8"]["similarity"], 6) == pytest.approx(theirs["int8_outputs_cos"], abs=tol_int8)
     assert round(s["mix_new_table"]["similarity"], 6) == pytest.approx(theirs["mix_outputs_cos"], abs=tol_mix)
-    assert_tables_close(searches[name] / "new_cali_table.txt", fx.file("sensitive", "new_cali_table.txt"), rel, skip=flipped)
-    qt = [line.split() for line in (searches[name] / "qtable").read_text().splitlines() if line and line[0] != "#"]
-    theirs_qt = [line.split() for line in fx.file("sensitive", "qtable").read_text().splitlines() if line and line[0] != "#"]
+    assert_tables_close(run / "new_cali_table.txt", fx.file(step, "new_cali_table.txt"), rel, skip=flipped)
+    qt = [line.split() for line in (run / "qtable").read_text().splitlines() if line and line[0] != "#"]
+    theirs_qt = [line.split() for line in fx.file(step, "qtable").read_text().splitlines() if line and line[0] != "#"]
     assert qt == theirs_qt
+
+
+@pytest.mark.zoo
+def test_sensitive_debug_cmd_tune_steps(tmp_path, zoo):
+    """``run_sensitive_layer.py --debug_cmd tune_steps=5`` (PNet, ``sensitive_tune_steps5/``): the flag reaches every
+    method's SimpleTuner in TPU-MLIR and in qsens alike: the same tuned tables, losses, choices and qtable, and
+    the tuned thresholds really move from the default run's."""
+    from qsens.cli import main
+
+    name = "mtcnn_pnet"
+    fx = _fx(name)
+    f = fx.flags
+    assert "--debug_cmd tune_steps=5" in fx.meta["commands"][-1]["cmd"]
+    assert main(["search", str(O.model_path(fx)), "--dataset", _dataset(fx), "--input_num", str(f["input_num"]),
+                 "--inference_num", str(f["inference_num"]), *_flag_args(fx), "--calibration_table",
+                 str(fx.file("cali_table")), "--expected_cos", str(f["expected_cos"]), "--max_float_layers",
+                 str(f["max_float_layers"]), "--debug_cmd", "tune_steps=5;debug_log", "--out_dir", str(tmp_path),
+                 "-q"]) == 0
+    for m in ("MAX", "Percentile9999", "KL"):
+        for suffix in (".1", "_tune"):
+            assert_tables_close(tmp_path / f"cali_table_{m}{suffix}", fx.file("sensitive_tune_steps5",
+                                                                               f"cali_table_{m}{suffix}"))
+    assert_search_equal(name, tmp_path, "sensitive_tune_steps5")
+    _, five = _table(tmp_path / "cali_table_KL_tune")
+    _, default = _table(fx.file("sensitive", "cali_table_KL_tune"))
+    moved = [t for t in default if abs(five[t][0] - default[t][0]) > 1e-4 * default[t][0]]
+    assert "prelu_PRelu" in moved and "prelu_2_PRelu" in moved, moved
 
 
 # ------------------------------------------------------------------------------------------ live (harness)

@@ -15,6 +15,19 @@
   ``tune_steps=N`` sets the tuner's grid (``SimpleTuner.tune_steps``, default 21).  ``debug_log``,
   ``print_debug_info`` and ``dump_list`` change no number (``dump_list`` writes ``selected_image_list.txt``).
   TPU-MLIR keys qsens does not model are refused by name, and so is any other key.
+* ``--debug_cmd`` on ``qsens search`` (``run_sensitive_layer.py``, 1.23 ``calibration/sensitive_layer.py``): every
+  method's SimpleTuner is built from the user's ``args`` (``SimpleTuner.__init__`` parses ``args.debug_cmd``), so
+  ``tune_steps=N`` sets the tuner's grid of all three candidate tables (and of the base table qsens calibrates when no
+  ``--calibration_table`` is given, as if that ``run_calibration`` had the same flag).  The MAX / Percentile9999
+  calibrators get ``debug_cmd`` overwritten with ``'use_max'`` / ``'use_percentile9999'``; only the KL calibrator
+  keeps the user's keys, so ``use_max`` / ``use_percentile9999`` there silently turn the *KL* candidate into a
+  second MAX / Percentile table (``use_mse`` is ignored by the v1 statistics).  qsens refuses the three with a
+  one-line error pointing at ``--methods`` (decision: the duplicate is a trap, not a feature).  ``MixPrecSearcher``
+  reads ``debug_log``, ``max_sampling=N``, ``dump_tensor_diff_by_html`` and ``visual_tensor=NAMES`` (logging and
+  plots only): accepted, no numeric effect.
+* ``--debug_cmd`` on ``qsens qtable`` (``run_qtable.py``): only ``MixPrecSearcher``'s keys above (no effect), and
+  ``run_bias_correction`` (a different search mode of run_qtable, not modelled: refused).  Calibration keys have no
+  effect in a tool that calibrates nothing and are refused with a pointer to ``qsens calibrate``.
 * ``--fp_type auto|F16|BF16|F32``: the float type of float layers; ``auto`` is the chip's (``FLOAT_MAP``: BM1684 F32),
   and a type outside ``chip_support_mix_fp_type`` (BM1684: F32 only) is an error.
 """
@@ -30,6 +43,8 @@ DEFAULT_BINS = 2048
 DEFAULT_TUNE_STEPS = 21
 #: keys qsens implements (no value) or accepts without a numeric effect
 KEYS = ("use_max", "use_percentile9999", "use_mse", "tune_steps", "debug_log", "print_debug_info", "dump_list")
+#: MixPrecSearcher's keys (run_sensitive_layer / run_qtable): logging and plots, no numeric effect (name -> takes a value)
+SEARCHER_KEYS = {"debug_log": False, "max_sampling": True, "dump_tensor_diff_by_html": False, "visual_tensor": True}
 #: TPU-MLIR 1.23 keys that change numbers but are not modelled by qsens
 UNSUPPORTED = {
     "use_torch_observer_for_cali": "torch observers (asymmetric scales)",
@@ -71,8 +86,13 @@ class DebugCmd:
         return DEFAULT_TUNE_STEPS if v is None else int(v)
 
 
-def parse_debug_cmd(text: str | None) -> DebugCmd:
-    """TPU-MLIR's ``parse_debug_cmd``, then qsens's checks (one-line errors naming the key and the accepted ones)."""
+#: --debug_cmd keys of search that would change the KL candidate table into another method's (see the module doc)
+_KL_OVERRIDES = ("use_max", "use_percentile9999", "use_mse")
+
+
+def parse_debug_cmd(text: str | None, tool: str = "calibrate") -> DebugCmd:
+    """TPU-MLIR's ``parse_debug_cmd``, then qsens's checks for ``tool`` (``calibrate``, ``search`` or ``qtable``):
+    one-line errors naming the key and the accepted ones."""
     if not text:
         return DebugCmd()
     keys = []
@@ -81,12 +101,42 @@ def parse_debug_cmd(text: str | None) -> DebugCmd:
             continue
         k, sep, v = part.partition("=")
         keys.append((k.lower(), v if sep else None))
-    accepted = ", ".join(KEYS)
+    if tool == "calibrate":
+        return _check_keys(keys, KEYS, {}, tool)
+    if tool not in ("search", "qtable"):
+        raise ValueError(f"parse_debug_cmd: unknown tool {tool!r}")
+    for k, _ in keys:
+        if tool == "search" and k in _KL_OVERRIDES:
+            effect = ("is ignored by its v1 statistics (no effect)" if k == "use_mse" else
+                      f"would compute its KL candidate table with {k[4:]} instead (a duplicate candidate)")
+            raise QsensError(f"--debug_cmd {k} on search: run_sensitive_layer {effect}; choose the candidates with "
+                             "--methods")
+        if tool == "qtable" and k == "run_bias_correction":
+            raise QsensError("--debug_cmd run_bias_correction (run_qtable's bias-correction mode) is not modelled by "
+                             "qsens; for TPU-MLIR's calibration bias correction use `qsens calibrate --bc`")
+        if tool == "qtable" and k in KEYS and k not in SEARCHER_KEYS:
+            raise QsensError(f"--debug_cmd key {k!r} has no effect on run_qtable (it calibrates nothing); pass it to "
+                             f"`qsens calibrate`; accepted keys here: {', '.join(SEARCHER_KEYS)}")
+    allowed = ("tune_steps", "print_debug_info") if tool == "search" else ()
+    return _check_keys(keys, allowed, SEARCHER_KEYS, tool)
+
+
+def _check_keys(keys: list, allowed: tuple, searcher: dict, tool: str) -> DebugCmd:
+    accepted = ", ".join((*allowed, *searcher))
     for k, v in keys:
+        if k in searcher:
+            if searcher[k] and not v:
+                raise QsensError(f"--debug_cmd key {k!r} needs a value ({k}=...)")
+            if not searcher[k] and v is not None:
+                raise QsensError(f"--debug_cmd key {k!r} takes no value, got {k}={v}")
+            continue
         if k in UNSUPPORTED:
             raise QsensError(f"--debug_cmd key {k!r} ({UNSUPPORTED[k]}) is a TPU-MLIR option qsens does not model; "
                              f"accepted keys: {accepted}")
-        if k not in KEYS:
+        if k in KEYS and k not in allowed:
+            raise QsensError(f"--debug_cmd key {k!r} is a run_calibration key that {tool} does not take; accepted keys "
+                             f"here: {accepted}")
+        if k not in allowed:
             raise QsensError(f"--debug_cmd key {k!r} is unknown; accepted keys: {accepted} (syntax 'k1;k2=v')")
         if k == "tune_steps":
             if v is None or not v.strip().isdigit() or int(v) < 1:
@@ -135,12 +185,12 @@ def resolve_fp_type(chip: str, fp_type: str) -> str:
                      "use auto or F32")
 
 
-def calibration_flags(o, cali_method: str, files=None) -> tuple[str, dict]:
+def calibration_flags(o, cali_method: str, files=None, tool: str = "calibrate") -> tuple[str, dict]:
     """``(method, calibrate kwargs)`` from an options object / namespace with TPU-MLIR's ``debug_cmd``,
     ``histogram_bin_num``, ``tune_list`` and ``tune_num``: the method ``--debug_cmd`` picks and ``tune_num``,
     ``n_bins``, ``tune_files``, ``tune_steps`` for :func:`qsens.calibrate.calibrate`.  ``dump_list`` writes
     TPU-MLIR's ``selected_image_list.txt`` (and ``selected_tune_image_list.txt``) into the working directory."""
-    dbg = parse_debug_cmd(getattr(o, "debug_cmd", None))
+    dbg = parse_debug_cmd(getattr(o, "debug_cmd", None), tool)
     bins = histogram_bin_num(getattr(o, "histogram_bin_num", DEFAULT_BINS))
     tune_num = 0 if dbg.skips_tuning else o.tune_num
     tfiles = tune_files(getattr(o, "tune_list", None), o.tune_num)

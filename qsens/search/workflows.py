@@ -96,6 +96,7 @@ class SearchOptions(DataOptions):
     histogram_bin_num: Any = 2048  # run_sensitive_layer's --histogram_bin_num (qsens.calib.flags)
     tune_list: str | None = None  # samples for the SimpleTuner (--tune_list)
     fp_type: str = "auto"  # float type of the float layers (auto = F32 on BM1684)
+    debug_cmd: str = ""  # run_sensitive_layer's --debug_cmd (tune_steps=N; logging keys; qsens.calib.flags)
 
 
 
@@ -257,10 +258,10 @@ def run_sensitive_search(o: SearchOptions, *, echo: Callable[[str], None] = prin
     cfg = SearchConfig(methods=tuple(o.methods.split(",")), max_float_layers=o.max_float_layers,
                        expected_cos=o.expected_cos, strategy=o.strategy, method_batch=o.method_batch,
                        compare_layers=compare, compare_weights=cweights, chip=o.chip)
-    from ..calib.flags import calibration_flags, resolve_fp_type
+    from ..calib.flags import DEFAULT_TUNE_STEPS, calibration_flags, resolve_fp_type
 
     resolve_fp_type(o.chip, o.fp_type)
-    _, flag_kw = calibration_flags(o, "kl")  # --histogram_bin_num, --tune_list
+    _, flag_kw = calibration_flags(o, "kl", tool="search")  # --histogram_bin_num, --tune_list, --debug_cmd
     fn, params = load_model(o)
     g = fn.graph
     if compare:
@@ -287,7 +288,8 @@ def run_sensitive_search(o: SearchOptions, *, echo: Callable[[str], None] = prin
         "model": file_sha(o.model), "ops": g.op_names, "files": cal_files, "pp": repr(pp), "methods": cfg.methods,
         "hist": o.hist, "tune_num": o.tune_num, "batch": o.batch, "base": base is None,
         **({"bins": flag_kw["n_bins"], "tune_files": flag_kw["tune_files"]} if flag_kw["n_bins"] != 2048 or
-           flag_kw["tune_files"] else {})})
+           flag_kw["tune_files"] else {}),
+        **({"tune_steps": flag_kw["tune_steps"]} if flag_kw["tune_steps"] != DEFAULT_TUNE_STEPS else {})})
     saved = phase.load() if o.resume else None
     t_cal = time.time()
     if saved is not None:
@@ -407,6 +409,7 @@ class QtableOptions(DataOptions):
     post_process: str | None = None
     chip: str = "bm1684"
     fp_type: str = "auto"
+    debug_cmd: str = ""  # run_qtable's --debug_cmd: logging keys only (qsens.calib.flags)
     checkpoint_every_s: float = 10.0
     loss_table: str = "full_loss_table.txt"
     quantize_table: str = "qtable"
@@ -433,6 +436,9 @@ def run_qtable(o: QtableOptions, *, echo: Callable[[str], None] = print):
 
     get_chip(o.chip)  # one-line error for an unsupported chip
     resolve_fp_type(o.chip, o.fp_type)  # auto -> F32; F16/BF16: one-line error (not simulated)
+    from ..calib.flags import parse_debug_cmd
+
+    parse_debug_cmd(o.debug_cmd, "qtable")  # logging keys only; the rest: one-line errors
     enable_compilation_cache()
     out_dir = ensure_out_dir(o.out_dir)
     for p in (o.quantize_table, o.loss_table):

@@ -9,7 +9,7 @@ under the harness interpreter):
 1. ``model_transform.py``  -> ``ops.json`` (the Top-dialect op list: name, type, operands, in order)
 2. ``run_calibration.py``   -> ``cali_table`` (default method: KL + SimpleTuner) and ``cali_table_<m>`` for
    ``--cali_methods`` (default max, percentile9999, mse)
-3. ``run_sensitive_layer.py`` (``--steps sensitive``) -> ``sensitive/``: qtable, new_cali_table.txt, the
+3. ``run_sensitive_layer.py`` (``--steps sensitive``) -> ``sensitive/`` (``--sensitive_dir``; ``--sensitive_args`` adds flags): qtable, new_cali_table.txt, the
    per-method tables ``cali_table_<M>.1`` / ``_tune`` it generates, its log (``SensitiveLayerSearcher``,
    the repeated preprocessing banners dropped) and ``summary.json`` (all-INT8 / mix similarity, per-op
    losses, float layers, wall time)
@@ -588,6 +588,8 @@ def main(argv=None) -> None:
     ap.add_argument("--search_setting", default="", help="why this setting, kept in the search step's summary.json")
     ap.add_argument("--search_collect_only", action="store_true",
                     help="rebuild OUT/<dir> and its summary.json from an earlier run's work folder (no run)")
+    ap.add_argument("--sensitive_dir", default="sensitive", help="the sensitive step's folder in OUT and OUT/work")
+    ap.add_argument("--sensitive_args", default="", help="more run_sensitive_layer flags, e.g. '--debug_cmd tune_steps=5'")
     ap.add_argument("--cali_args", default="", help="more run_calibration flags for the calibrate step, e.g. "
                     "'--we --bc' (the accuracy aids; the Top weights before/after go to OUT/top_weights_*.npz)")
     ap.add_argument("--cali_methods", default="max,percentile9999,mse",
@@ -643,8 +645,8 @@ def main(argv=None) -> None:
                       f"calibration_{m.strip()}.log")
                 shutil.copy(work / f"cali_table_{m.strip()}", a.out / f"cali_table_{m.strip()}")
     if "sensitive" in steps:
-        sd = a.out / "sensitive"
-        sw = work / "sensitive"
+        sd = a.out / a.sensitive_dir
+        sw = work / a.sensitive_dir
         sw.mkdir(exist_ok=True)
         for f in work.glob(f"{name}*"):
             if f.is_file() and (f.suffix in (".mlir", ".npz")):
@@ -653,7 +655,7 @@ def main(argv=None) -> None:
         dt = r.run(["run_sensitive_layer.py", mlir.name, *data_flags(a), "--input_num", str(a.input_num),
                     "--inference_num", str(a.inference_num), "--tune_num", str(a.tune_num), "--calibration_table",
                     "cali_table", "--chip", a.chip, "--max_float_layers", str(a.max_float_layers),
-                    "--expected_cos", str(a.expected_cos), "-o", "qtable"], sw, "stdout.log")
+                    "--expected_cos", str(a.expected_cos), *a.sensitive_args.split(), "-o", "qtable"], sw, "stdout.log")
         sd.mkdir(exist_ok=True)
         for f in sorted(sw.iterdir()):
             if f.name in ("qtable", "new_cali_table.txt") or f.name.startswith("cali_table_"):
