@@ -5,13 +5,16 @@ What runs where (measured on the 2-core CPU, README "Performance"):
 
 * the float forward runs op by op through :class:`qsens.engine.Engine` (shared per-signature executables),
   keeping every canonical tensor of one batch;
-* the statistics are host NumPy (:mod:`qsens.calib.stats`): min/max, the 2048-bin histograms (``v1``: an
-  exact abs-max pass, then histograms of one width, order-independent; ``v2``: TPU-MLIR's per-sample
-  streaming merge), percentile tails, MSE (only when asked for) -- memory does not grow with ``input_num``;
+* the statistics (:mod:`qsens.calib.stats`, on a worker thread while the next batch runs forward) are host NumPy
+  -- min/max, percentile tails, MSE (only when asked for) -- except the histograms' bin counts, which are one
+  jit-compiled scatter-add per call on the device (:func:`qsens.calib.histogram.histogram_rows`, bit-identical
+  to NumPy; ``v1``: an exact abs-max pass, then histograms of one width, order-independent; ``v2``: TPU-MLIR's
+  per-sample streaming merge, its rules on the host) -- memory does not grow with ``input_num``;
   activations are consumed in the engine's layout (NHWC for channel-last tensors): every statistic is
   invariant to the element order within a sample;
-* the SimpleTuner (:func:`tune`) evaluates each op alone, in float, on its inputs fake-quantized on the host
-  (:func:`fake_quant_np`, NumPy) for each of the 22 candidate thresholds x ``tune_num`` samples: these rows
+* the SimpleTuner (:func:`tune`) evaluates each op alone, in float, on its inputs fake-quantized on the device
+  (:func:`fake_quant_rows`, bit-identical to the NumPy oracle :func:`fake_quant_np`) for each of the 22
+  candidate thresholds x ``tune_num`` samples: these rows
   are stacked along the batch axis and run ``batch`` rows per call through the op's float executable, the
   same per-signature jit the calibration forward uses (no vmap; nothing new is compiled at the calibration's
   batch size); the distances are computed on the host in float64.
@@ -28,6 +31,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from . import calib
@@ -146,8 +151,8 @@ def collect_statistics_multi(model: Model, files, pp, *, specs: Sequence[tuple[S
                         part = a[:take].copy()
                         tune_acts[t] = part if t not in tune_acts else np.concatenate([tune_acts[t], part])
                     sts = list(box["states"])
-                    for j in active:
-                        sts[j] = calib.update(sts[j], {t: a}, off)
+                    for j, st in zip(active, calib.update_many([sts[j] for j in active], {t: a}, off)):
+                        sts[j] = st
                     box["states"] = sts
 
                 env = engine.input_env(inp)
@@ -211,6 +216,21 @@ def fake_quant_np(x: np.ndarray, th: float) -> np.ndarray:
     return (np.clip(np.round(x * scale), -128, 127) / scale).astype(np.float32)
 
 
+@jax.jit
+def fake_quant_rows(src, idx, scale):
+    """``fake_quant_np(src[idx[r]], th_r)`` for every row ``r`` on the device, bit for bit: ``scale`` holds
+    ``np.float32(127.0 / th_r)`` computed on the host (float64 division, then float32, as the NumPy path), and
+    ``jnp.round`` is round half to even like ``np.round``.  Used by :func:`tune` (the rows of one executable call:
+    (candidate, sample) pairs gathered from the device-resident tune activations)."""
+    x = src[idx]
+    s = scale.reshape((-1,) + (1,) * (x.ndim - 1))
+    # XLA's algebraic simplifier rewrites a division by a broadcast into a multiplication by the broadcast
+    # reciprocal, which is not IEEE division (1 ulp off, e.g. 2.5 at th 63.6); ``x * 0 + s`` equals ``s`` for the
+    # finite tune activations and is no broadcast, so the exact float32 division NumPy does stays
+    # (:func:`qsens.calib.histogram._counts` does the same)
+    return jnp.clip(jnp.round(x * s), -128.0, 127.0) / (x * jnp.float32(0) + s)
+
+
 def tune(model: Model, tune_acts: dict[str, np.ndarray], table: dict[str, float], amax: dict[str, float], *,
          batch: int = 30, stats: CompileStats | None = None, progress: bool = False,
          steps: int = calib.TUNE_STEPS) -> dict[str, float]:
@@ -220,10 +240,11 @@ def tune(model: Model, tune_acts: dict[str, np.ndarray], table: dict[str, float]
     1.23 does); ``amax``: the grid's upper end per tensor; ``tune_acts``: the FP32 activations of the tune
     samples (engine layout), inputs and references alike.  For each op whose inputs are not all tuned yet,
     every untuned input is tuned; otherwise ``op.inputs[0]`` is tuned again.  Per candidate ``c``
-    (:func:`qsens.calib.tune_candidates`) ALL inputs of the op are fake-quantized with ``c`` on the host
-    (:func:`fake_quant_np`); the (candidate, sample) rows are stacked along the batch axis and run ``batch``
+    (:func:`qsens.calib.tune_candidates`) ALL inputs of the op are fake-quantized with ``c`` on the device
+    (:func:`fake_quant_rows`, bit-identical to the host oracle :func:`fake_quant_np`, from the tune samples put on
+    the device once per op); the (candidate, sample) rows are stacked along the batch axis and run ``batch``
     rows per call through the op's float executable (the calibration forward's executables, so at the
-    calibration's ``batch`` nothing new is compiled).  Distance per sample ``||ref - out||_2 / ||ref||_1`` in
+    calibration's ``batch`` nothing new is compiled but one small fake-quant executable per activation shape).  Distance per sample ``||ref - out||_2 / ||ref||_1`` in
     float64 on the host (TPU-MLIR's norms are float32: this can only matter for near-ties), mean over the
     samples; the choice and the upward-only update are :func:`qsens.calib.select`.
     """
@@ -246,6 +267,7 @@ def tune(model: Model, tune_acts: dict[str, np.ndarray], table: dict[str, float]
         ref_l1 = np.abs(ref.reshape(n_t, -1)).sum(axis=1, dtype=np.float64)
         fn = engine.float_exe(i)
         w = engine.weights(op)
+        srcs = [to_device(tune_acts[x]) for x in op.inputs]
         for t in todo:
             tuned.add(t)
             cands = calib.tune_candidates(initial[t], amax[t], steps)  # steps: --debug_cmd tune_steps=N
@@ -261,15 +283,17 @@ def tune(model: Model, tune_acts: dict[str, np.ndarray], table: dict[str, float]
                     d = (ref[j].astype(np.float64) - out[r]).ravel()
                     per[s0 + r] = np.sqrt(d @ d) / ref_l1[j]
 
-            # software pipeline: the host fake-quantizes chunk s+1 and scores chunk s-1 while the device (XLA's
-            # asynchronous dispatch) runs chunk s; the same calls on the same values as one after the other
+            # host float64 -> float32 scales, as fake_quant_np computes them
+            scales = np.array([np.float32(127.0 / float(c)) for c in cands], np.float32)
+            # software pipeline: the host scores chunk s-1 while the device (XLA's asynchronous dispatch) runs
+            # chunk s; the same calls on the same values as one after the other
             pending = None
             for s0 in range(0, len(flat), batch):
                 chunk = flat[s0 : s0 + batch]
-                acts = []
-                for x in op.inputs:
-                    a = np.stack([fake_quant_np(tune_acts[x][j], float(cands[ci])) for ci, j in chunk])
-                    acts.append(to_device(pad_batch({"a": a}, batch)[0]["a"]))
+                rows = chunk + [chunk[-1]] * (batch - len(chunk))  # a short chunk repeats its last row (pad_batch)
+                idx = np.array([j for _, j in rows], np.int32)
+                sc = scales[[ci for ci, _ in rows]]
+                acts = [fake_quant_rows(src, idx, sc) for src in srcs]
                 out_dev = engine.call(fn, w, acts)[0]
                 if pending is not None:
                     finish(*pending)

@@ -36,6 +36,7 @@ from qsens.calib.stats import begin_histograms as begin_histograms
 from qsens.calib.stats import finalize as finalize
 from qsens.calib.stats import init as init
 from qsens.calib.stats import update as update
+from qsens.calib.stats import update_many as update_many
 from qsens.calib.tuner_math import TUNE_STEPS as TUNE_STEPS
 from qsens.calib.tuner_math import distance as distance
 from qsens.calib.tuner_math import fake_quant as fake_quant

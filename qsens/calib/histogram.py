@@ -1,4 +1,4 @@
-"""TPU-MLIR activation histograms (host NumPy).
+"""TPU-MLIR activation histograms (the counts on the device, the merge rules on the host).
 
 Bin convention (TPU-MLIR ``cali_math.histogram``), ONE convention used everywhere in qsens:
 
@@ -18,16 +18,23 @@ Accumulation over samples:
   ``step = th_old/len(h)`` bins (note ``/len``, not ``/(len-1)``), old bins are added index-wise, and a
   histogram that would exceed 8,000,000 bins is discarded and restarted.
 
-Why NumPy and not XLA: the v2 merge has data-dependent output shapes (the bin count grows) and is sequential
-over samples; and a bincount of ~1e6 values takes a few ms in NumPy on the host, cheaper than compiling one
-XLA scatter per (shape, bin count) pair.  Counts are int64 (TPU-MLIR casts to int32; only relevant above 2**31
-values per bin).
+Where it runs: the counts the calibration accumulates (:func:`v1_update`, :func:`v2_update`) are computed on the
+device by :func:`histogram_rows`, one jit-compiled bin-index + scatter-add per (batch shape, bin-count bucket),
+bit-identical to the NumPy :func:`histogram` (the oracle the tests compare with): the same float32 division
+(behind an optimization barrier, see :func:`_counts`), ``+0.5``, truncation.  Measured on Lite0 (100 images, the
+search's v1 + v2 statistics on the 2-core CPU): the NumPy histograms were 11.5 s of the 16.6 s the statistics
+thread spent (``benchmarks/results/``).  The v2 merge itself (data-dependent bin counts, sequential over samples)
+stays on the host; the bin count of one call is a dynamic argument, its scatter length a static power-of-two
+bucket, and the rows a dynamic range of the whole batch, so a growing histogram or a partial batch compiles
+nothing new.  Counts are int64 on the host (int32 per call on the device; TPU-MLIR casts to int32 as well).
 """
 
 import functools
 import warnings
 from typing import NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 N_BINS = 2048  #: TPU-MLIR ``histogram_bin_num`` default
@@ -70,6 +77,42 @@ def histogram(a, abs_max, n_bins: int = N_BINS) -> tuple[np.ndarray, np.float32]
     return h, width
 
 
+@functools.partial(jax.jit, static_argnames=("length",))
+def _counts(flat, lo, hi, width, n_bins, *, length: int):
+    """Bin counts of rows ``lo <= r < hi`` of ``flat`` (B, size): ``k = trunc(|a| / width + 0.5)`` in float32,
+    zeros and ``k >= n_bins`` dropped (sent to bin ``n_bins``, sliced off by the caller)."""
+    t = jnp.abs(flat)
+    # XLA rewrites a division by a broadcast scalar into a multiplication by its reciprocal (not IEEE division:
+    # 1 ulp off, tests/calib/test_calib_histogram.py); NumPy divides.  ``t * 0 + width`` equals ``width`` for every
+    # finite ``t`` (the statistics reject NaN/Inf first) and is no broadcast, so the true division stays, fused in
+    # the same loop (an optimization barrier on the broadcast also works but materializes it: 20 % slower)
+    w = t * jnp.float32(0) + width
+    k = jnp.floor(t / w + jnp.float32(0.5))
+    rows = jnp.arange(flat.shape[0])[:, None]
+    # zeros are dropped.  Decision: a float32 subnormal counts as zero here (XLA's CPU flushes denormals, even in a
+    # bit test once fused) where NumPy puts it in bin 0; qsens's activations come out of XLA ops, which flush
+    # denormals, so none reaches a histogram (tests/calib/test_calib_histogram.py checks both facts)
+    keep = (t != 0) & (rows >= lo) & (rows < hi)
+    k = jnp.where(keep, jnp.minimum(k, n_bins.astype(jnp.float32)), n_bins.astype(jnp.float32))
+    return jnp.bincount(k.astype(jnp.int32).ravel(), length=length)
+
+
+def histogram_rows(flat, lo: int, hi: int, abs_max, n_bins: int = N_BINS) -> tuple[np.ndarray, np.float32]:
+    """:func:`histogram` of ``flat[lo:hi]`` (``flat``: (B, size) float32, all finite), counted on the device; the
+    same int64 counts and float32 width bit for bit."""
+    width = bin_width(abs_max, n_bins)
+    if hi <= lo or flat.size == 0 or not width > 0:
+        return np.zeros(n_bins, np.int64), width
+    if hi - lo == 1 and flat.shape[0] > 1:  # one sample (a v2 range growth): its own (1, size) executable
+        flat, lo, hi = flat[lo : lo + 1], 0, 1
+    c = _counts(flat, np.int32(lo), np.int32(hi), np.float32(width), np.int32(n_bins), length=1 << n_bins.bit_length())
+    h = np.asarray(c)[:n_bins].astype(np.int64)
+    remap = _float32_edge_remap(n_bins)
+    if remap is not None:
+        h = np.bincount(remap, weights=h, minlength=n_bins).astype(np.int64)
+    return h, width
+
+
 class HistState(NamedTuple):
     """A histogram with the range it covers: bin k is centred on ``k*width``, ``width = th/(len(hist)-1)``."""
 
@@ -84,7 +127,9 @@ def empty_state() -> HistState:
 
 def v1_update(state: HistState, samples, abs_max, n_bins: int = N_BINS) -> HistState:
     """v1: add the histogram of ``samples`` (any number of samples at once) at the fixed final ``abs_max``."""
-    h, width = histogram(samples, abs_max, n_bins)
+    flat = np.asarray(samples, np.float32)
+    flat = flat.reshape(flat.shape[0] if flat.ndim > 1 else 1, -1)
+    h, width = histogram_rows(flat, 0, flat.shape[0], abs_max, n_bins)
     if state.hist.size:
         h = state.hist + h
     return HistState(h, np.float32(abs_max), width)
@@ -96,13 +141,18 @@ def combine_histogram(state: HistState, a, new_th, n0: int = N_BINS) -> HistStat
     ``state.hist`` empty or ``state.th == 0`` (nothing non-zero seen yet) starts a fresh ``n0``-bin histogram;
     TPU-MLIR would divide by a zero step in the latter case.
     """
+    return _combine(state, lambda th, n: histogram(a, th, n), new_th, n0)
+
+
+def _combine(state: HistState, hist, new_th, n0: int) -> HistState:
+    """:func:`combine_histogram` with the sample's histogram as ``hist(abs_max, n_bins)``."""
     new_th = np.float32(new_th)
     old_h, old_th = state.hist, np.float32(state.th)
     if old_h.size == 0 or not old_th > 0:
-        h, width = histogram(a, new_th, n0)
+        h, width = hist(new_th, n0)
         return HistState(h, new_th, width)
     if new_th <= old_th:
-        h, _ = histogram(a, old_th, old_h.size)
+        h, _ = hist(old_th, old_h.size)
         return HistState(old_h + h, old_th, state.width)
     step = old_th / np.float32(old_h.size)
     add = int((new_th - old_th) // step + 1)
@@ -114,10 +164,10 @@ def combine_histogram(state: HistState, a, new_th, n0: int = N_BINS) -> HistStat
             UserWarning,
             stacklevel=2,
         )
-        h, width = histogram(a, new_th, n0)
+        h, width = hist(new_th, n0)
         return HistState(h, new_th, width)
     th = np.float32(add * step + old_th)
-    h, width = histogram(a, th, n_new)
+    h, width = hist(th, n_new)
     h[: old_h.size] += old_h
     return HistState(h, th, width)
 
@@ -128,16 +178,18 @@ def v2_update(state: HistState, batch: np.ndarray, running_th: np.ndarray, n0: i
     Equal to calling :func:`combine_histogram` sample by sample; consecutive samples that do not grow the
     range share the width and are binned in one call.
     """
-    j, n = 0, len(batch)
+    flat = np.asarray(batch, np.float32)
+    flat = flat.reshape(flat.shape[0], -1)
+    j, n = 0, len(flat)
     while j < n:
         if state.hist.size and state.th > 0 and running_th[j] <= state.th:
             # running_th is non-decreasing: all samples up to the first that exceeds state.th share the width.
             stop = j + int(np.searchsorted(running_th[j:], state.th, side="right"))
-            h, _ = histogram(batch[j:stop], state.th, state.hist.size)
+            h, _ = histogram_rows(flat, j, stop, state.th, state.hist.size)
             state = HistState(state.hist + h, state.th, state.width)
             j = stop
         else:
-            state = combine_histogram(state, batch[j], running_th[j], n0)
+            state = _combine(state, lambda th, nb, j=j: histogram_rows(flat, j, j + 1, th, nb), running_th[j], n0)
             j += 1
     return state
 

@@ -1,4 +1,5 @@
-"""Streaming per-tensor calibration statistics (optax-style ``init / update / finalize``, host NumPy).
+"""Streaming per-tensor calibration statistics (optax-style ``init / update / finalize``, host NumPy; the
+histograms' bin counts on the device, :func:`qsens.calib.histogram.histogram_rows`).
 
 One *sample* is one image (one batch element), as TPU-MLIR runs batch-1 samples: a batch of B images is B
 samples for the percentile length L, the per-sample MSE and the v2 histogram merge order.
@@ -35,7 +36,7 @@ from qsens.calib import kl as K
 from qsens.calib import methods as M
 from qsens.calib.methods import CalibResult
 
-__all__ = ["CalibConfig", "CalibState", "TensorStats", "init", "update", "begin_histograms", "finalize"]
+__all__ = ["CalibConfig", "CalibState", "TensorStats", "init", "update", "update_many", "begin_histograms", "finalize"]
 
 
 class CalibConfig(NamedTuple):
@@ -120,7 +121,12 @@ def _abs_max(t: TensorStats) -> np.float32:
     return np.float32(max(abs(t.min), abs(t.max))) if t.n_seen else np.float32(0)
 
 
-def _update_stats(cfg: CalibConfig, name: str, t: TensorStats, batch: np.ndarray, hist: bool) -> TensorStats:
+def _update_stats(cfg: CalibConfig, name: str, t: TensorStats, batch: np.ndarray, hist: bool,
+                  memo: dict | None = None) -> TensorStats:
+    """``memo`` (:func:`update_many`): the per-sample min/max of ``batch`` and the merged tails, computed once for
+    all states fed the same batch (tails keyed by the identity of the state's own tail arrays: two states that
+    have seen the same samples hold the same array objects, so they share the result)."""
+    memo = {} if memo is None else memo
     flat = batch.reshape(batch.shape[0], -1)
     size = flat.shape[1]
     if t.size and size != t.size:
@@ -128,14 +134,19 @@ def _update_stats(cfg: CalibConfig, name: str, t: TensorStats, batch: np.ndarray
     tail_len = t.tail_len or M.percentile_tail_len(
         cfg.n_samples * size, M.percentile_level(cfg.op_index[name], cfg.n_ops)
     )
-    mins, maxs = flat.min(axis=1), flat.max(axis=1)
+    if "minmax" not in memo:
+        memo["minmax"] = (flat.min(axis=1), flat.max(axis=1))
+    mins, maxs = memo["minmax"]
     run_min = np.minimum.accumulate(np.concatenate([[t.min], mins]))[1:]
     run_max = np.maximum.accumulate(np.concatenate([[t.max], maxs]))[1:]
     h = t.hist
     if hist:  # v2: running abs-max including each sample
         running_th = np.maximum(np.abs(run_min), np.abs(run_max)).astype(np.float32)
         h = H.v2_update(h, flat, running_th, cfg.n_bins)
-    lo, hi = M.merge_tails(t.lo, t.hi, flat, tail_len)
+    key = ("tails", id(t.lo), id(t.hi), tail_len)
+    if key not in memo:
+        memo[key] = M.merge_tails(t.lo, t.hi, flat, tail_len)
+    lo, hi = memo[key]
     if name in cfg.absmax_mse or not cfg.mse:
         mse_sum = 0.0
     else:
@@ -159,15 +170,34 @@ def update(state: CalibState, batch: Mapping[str, object], sample_offset: int = 
 
     Tensors absent from ``batch`` are left unchanged.  Raises :class:`qsens.errors.NumericsError` on NaN/Inf.
     """
-    cfg = state.config
-    tensors = dict(state.tensors)
+    return update_many([state], batch, sample_offset)[0]
+
+
+def update_many(states: Sequence[CalibState], batch: Mapping[str, object], sample_offset: int = 0
+                ) -> list[CalibState]:
+    """:func:`update` of each state with the same batch; equal to updating them one by one, with the work they
+    share done once (the NaN/Inf check, per-sample min/max, and the percentile tails of states that have seen the
+    same samples: a v1 pass-1 state and a v2 state fed together)."""
+    arrays = {}
     for name, arr in batch.items():
-        if name not in tensors:
-            raise KeyError(f"tensor '{name}' was not declared in init()")
         a = np.asarray(arr, dtype=np.float32)
         if a.ndim == 0 or a.shape[0] == 0:
             raise ValueError(f"tensor '{name}': expected a batch array (B, ...), got shape {a.shape}")
-        M.check_finite(name, a, sample_offset)
+        arrays[name] = a
+    memos: dict[str, dict] = {name: {} for name in arrays}
+    return [_update(st, arrays, sample_offset, memos) for st in states]
+
+
+def _update(state: CalibState, arrays: Mapping[str, np.ndarray], sample_offset: int, memos: dict) -> CalibState:
+    cfg = state.config
+    tensors = dict(state.tensors)
+    for name, a in arrays.items():
+        if name not in tensors:
+            raise KeyError(f"tensor '{name}' was not declared in init()")
+        memo = memos[name]
+        if "finite" not in memo:
+            M.check_finite(name, a, sample_offset)
+            memo["finite"] = True
         t = tensors[name]
         if state.phase == "hist":
             flat = a.reshape(a.shape[0], -1)
@@ -184,7 +214,7 @@ def update(state: CalibState, batch: Mapping[str, object], sample_offset: int = 
             h = H.v1_update(t.hist, flat, t.hist.th, cfg.n_bins)
             tensors[name] = t._replace(hist=h, n_hist=t.n_hist + flat.shape[0])
         else:
-            t = _update_stats(cfg, name, t, a, hist=state.phase == "single")
+            t = _update_stats(cfg, name, t, a, hist=state.phase == "single", memo=memo)
             if t.n_seen > cfg.n_samples:
                 raise ValueError(
                     f"tensor '{name}': more samples ({t.n_seen}) than declared n_samples={cfg.n_samples}"

@@ -42,6 +42,49 @@ def test_histogram_matches_np_histogram(values, n_bins):
     np.testing.assert_array_equal(h, h_ref)
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.floats(-1e3, 1e3, width=32), min_size=4, max_size=240),
+    st.sampled_from([16, 128, 2048, 3073]),
+    st.integers(1, 4),
+    st.data(),
+)
+def test_device_histogram_rows_equal_numpy(values, n_bins, rows, data):
+    """The counts the calibration accumulates (``histogram_rows``, on the device) == the NumPy ``histogram`` of the
+    same rows, bit for bit: any row range (one row: its own executable), the float32 edge remap, zeros, -0.0,
+    values beyond the range (dropped), a bin count that is not a power of two."""
+    a = np.array(values[: len(values) // rows * rows], np.float32).reshape(rows, -1)
+    a[np.abs(a) < np.finfo(np.float32).tiny] = 0.0  # subnormals: see the next test
+    a[0, 0] = -0.0
+    lo = data.draw(st.integers(0, rows - 1))
+    hi = data.draw(st.integers(lo + 1, rows))
+    amax = np.float32(np.abs(a).max() * data.draw(st.sampled_from([1.0, 0.5])))  # 0.5: half the values overflow
+    h, w = H.histogram_rows(a, lo, hi, amax, n_bins)
+    h_np, w_np = H.histogram(a[lo:hi], amax, n_bins)
+    assert w == w_np and h.dtype == np.int64
+    np.testing.assert_array_equal(h, h_np)
+
+
+def test_device_histogram_subnormals_count_as_zero():
+    """The documented difference: NumPy counts a float32 subnormal in bin 0, the device path (XLA's CPU flushes
+    denormals) drops it like a zero; and qsens's forward never hands one over (XLA flushes its results)."""
+    a = np.array([[0.0, 1.0, 1.401298464324817e-45, -1e-40]], np.float32)
+    h, _ = H.histogram_rows(a, 0, 1, np.float32(1.0), 16)
+    assert h[0] == 0 and H.histogram(a, np.float32(1.0), 16)[0][0] == 2
+    np.testing.assert_array_equal(h[1:], H.histogram(a, np.float32(1.0), 16)[0][1:])
+    import jax.numpy as jnp
+
+    y = np.asarray(jnp.asarray(a) * jnp.float32(0.5))  # an XLA op's output
+    assert y[0, 2] == 0 and y[0, 3] == 0
+
+
+def test_device_histogram_exact_division():
+    """The case that needs the optimization barrier: XLA's x * (1/width) puts t = 2046.5 * width one bin off."""
+    w = np.float32(1) / np.float32(2047)
+    t = ((np.arange(1, 2048, dtype=np.float32) - np.float32(0.5)) * w).reshape(1, -1)
+    np.testing.assert_array_equal(H.histogram_rows(t, 0, 1, np.float32(1.0))[0], H.histogram(t, np.float32(1.0))[0])
+
+
 def test_exact_half_ties_follow_float32():
     # values exactly at bin edges: k = floor(t/width + 0.5) in float32
     w = np.float32(1) / np.float32(2047)

@@ -1,7 +1,7 @@
 """The PRODUCTION SimpleTuner against the spec's tuner vectors (§2.6, §8).
 
-Tested here are the functions ``qsens.calibrate.calibrate`` actually runs: ``qsens.calibrate.fake_quant_np``
-(host fake quant), ``qsens.calib.tune_candidates`` / ``qsens.calib.select`` (grid and choice) and
+Tested here are the functions ``qsens.calibrate.calibrate`` actually runs: ``qsens.calibrate.fake_quant_rows``
+(the tuner's device fake quant) and its host twin ``fake_quant_np``, ``qsens.calib.tune_candidates`` / ``qsens.calib.select`` (grid and choice) and
 ``qsens.calibrate.tune`` itself (the distance, the mean over samples, which inputs are fake-quantized, the
 upward-only table).  ``tests/calib/test_calib_tuner.py`` tests the jnp ``tuner_math.fake_quant`` /
 ``distance`` / ``mean_distance``, which production does not call.
@@ -29,7 +29,7 @@ from onnx import helper
 
 import qsens.calib
 from qsens.calib import select, tune_candidates
-from qsens.calibrate import calibrate, fake_quant_np, round_table, tune
+from qsens.calibrate import calibrate, fake_quant_np, fake_quant_rows, round_table, tune
 from qsens.onnx import to_jax
 from tests.onnx_builders import make_model, vi
 
@@ -118,6 +118,25 @@ def test_fake_quant_equals_exact_oracle(xs, th):
     x = np.array(xs, np.float32)
     got = fake_quant_np(x, th)
     want = fq_oracle(x, th)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
+
+
+@settings(max_examples=200, deadline=None)
+@given(xs=st.lists(f32s, min_size=2, max_size=24), th=ths, th2=ths, data=st.data())
+@example(xs=[2.5, 3.5, -2.5, 200.0, -200.0, -0.0], th=127.0, th2=1.0, data=None)
+@example(xs=[1.0, -2.0, 2.5, 0.0], th=63.6, th2=64.39999999999999, data=None)  # XLA's x * (1/s) is 1 ulp off here
+def test_device_fake_quant_rows_equal_oracle(xs, th, th2, data):
+    """The device path ``tune`` runs (``fake_quant_rows``: gathered rows, one threshold per row, broadcast over
+    each row's elements) equals the exact oracle bit for bit, including ties (half to even) and saturation."""
+    x = np.array(xs, np.float32)
+    src = np.stack([x, -x, x[::-1]], axis=1)  # rows of 3 elements: the per-row scale is broadcast
+    idx = np.array([0, len(xs) - 1, 1] if data is None else
+                   data.draw(st.lists(st.integers(0, len(xs) - 1), min_size=1, max_size=6)), np.int32)
+    row_th = [th if r % 2 == 0 else th2 for r in range(len(idx))]
+    scale = np.array([np.float32(127.0 / float(t)) for t in row_th], np.float32)
+    got = np.asarray(fake_quant_rows(src, idx, scale))
+    want = np.stack([fq_oracle(src[i], t) for i, t in zip(idx, row_th)])
     assert got.dtype == np.float32
     np.testing.assert_array_equal(got, want)
 
