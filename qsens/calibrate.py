@@ -173,7 +173,7 @@ def collect_statistics_multi(model: Model, files, pp, *, specs: Sequence[tuple[S
 class Background:
     """One worker thread that runs submitted calls in order (FIFO), beside the caller.
 
-    Calibration statistics (NumPy histograms, tails, MSE sums: single-threaded, GIL released in the array loops)
+    Calibration statistics (histogram counts on the device, NumPy tails and MSE sums: GIL released in the loops)
     run on it while the main thread dispatches the next op's forward, so both cores work.  The order of the calls,
     and so every statistic, is the same as running them inline; at most ``depth`` calls wait (bounded memory: each
     holds one op's output); the first exception is raised in the caller (at the next submit or on exit)."""

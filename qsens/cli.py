@@ -245,11 +245,9 @@ def cmd_calibrate(args) -> int:
     if args.search and args.search.lower() != "false":
         from .search.workflows import CalibrationSearchOptions, run_calibration_search
 
-        given = [f for f, v in (("--histogram_bin_num", str(args.histogram_bin_num) != "2048"),
-                                ("--tune_list", args.tune_list), ("--debug_cmd", args.debug_cmd)) if v]
-        if given:
-            raise QsensError(f"{', '.join(given)} with --search {args.search} is not implemented yet; drop it or "
-                             "calibrate without --search")
+        if args.debug_cmd:
+            raise QsensError(f"--debug_cmd with --search {args.search} is not implemented yet; drop it or calibrate "
+                             "without --search")
 
         run_calibration_search(CalibrationSearchOptions.from_namespace(args), echo=_echo)
         return 0

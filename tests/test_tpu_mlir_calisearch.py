@@ -4,7 +4,8 @@ algorithm in ``docs/search_qtable.md``).
 
 search_qtable: the per-method tables, the searched types and layers, every layer's best method and loss, the
 top-K list and its similarity, auto-N's probes, the written qtable and the all-INT8 similarity.
-search_threshold: the per-method tables, every method's score and the chosen table.  ``fast_search`` and
+search_threshold: the per-method tables, every method's score and the chosen table.  ``--histogram_bin_num``
+(``search_threshold_bins1024``) and ``--tune_list`` (``search_qtable_tune_list``) reach every calibrator of a search.  ``fast_search`` and
 ``--cluster`` are not implemented in qsens (skipped here, with the reason).
 """
 
@@ -66,6 +67,12 @@ def run(name, sub, tmp_path):
             argv += [k, str(f[k])]
     if "--cluster" in f:
         argv.append("--cluster")
+    if "--histogram_bin_num" in f:
+        argv += ["--histogram_bin_num", str(f["--histogram_bin_num"])]
+    if "--tune_list" in f:  # the fixture's list of base names -> their paths in this machine's zoo folder
+        lst = tmp_path / "tune_list.txt"
+        lst.write_text("".join(f"{_dataset(fx)}/{n}\n" for n in (fx.path / sub / "tune_list.txt").read_text().split()))
+        argv += ["--tune_list", str(lst)]
     argv += ["--quantize_table", str(out / "qtable"), "-o", str(out / "cali_table"), "-q"]
     assert main(argv) == 0
     return fx, s, out
@@ -84,6 +91,9 @@ def test_calibrate_search_equals_run_calibration(name, sub, tmp_path, zoo, capsy
     d = fx.path / sub
     for t in sorted(d.glob("cali_table_*")):  # every per-method table, .1 and _tune
         assert_tables_close(out / t.name, t)
+        for key in ("# histogram number", "# tune number"):  # --histogram_bin_num, --tune_list's count
+            assert [x for x in (out / t.name).read_text().splitlines() if x.startswith(key)] == \
+                   [x for x in t.read_text().splitlines() if x.startswith(key)], (t.name, key)
     assert_tables_close(out / "cali_table", d / "cali_table")
     t = tol(name)
     if theirs["mode"] == "search_threshold":

@@ -503,6 +503,8 @@ class CalibrationSearchOptions(DataOptions):
     max_float_layers: int = 5
     quantize_method_list: str = "MSE"
     benchmark_method: str = "cos"
+    histogram_bin_num: Any = 2048  # --histogram_bin_num (qsens.calib.flags)
+    tune_list: str | None = None  # --tune_list: the SimpleTuner's samples
     cluster: bool = False
     post_process: str | None = None
     chip: str = "bm1684"
@@ -568,6 +570,12 @@ def run_calibration_search(o: CalibrationSearchOptions, *, echo: Callable[[str],
 
     o = with_aids(o, out_dir=out_dir, echo=echo)  # TPU-MLIR runs the aids with search_threshold, not search_qtable
     ensure_out_dir(os.path.dirname(os.path.abspath(o.quantize_table)))
+    from ..calib.flags import calibration_flags
+
+    # --histogram_bin_num / --tune_list reach every calibrator of the search (1.30.2 builds them from args/tune_ds)
+    _, flag_kw = calibration_flags(o, "kl")
+    ckw = {"n_bins": flag_kw["n_bins"], "tune_files": flag_kw["tune_files"]}
+    tune_num = flag_kw["tune_num"]
     enable_compilation_cache()
     fn, _ = load_model(o)
     g = fn.graph
@@ -597,12 +605,12 @@ def run_calibration_search(o: CalibrationSearchOptions, *, echo: Callable[[str],
             base = read_cali_table(cali)
             check_table_matches(base, g.tensors, cali)
         else:  # plain run_calibration: KL (v2 statistics) tuned, its .1 removed
-            cal = calibrate(fn.model, cal_files, pp, methods=("kl",), hist="v2", tune_num=o.tune_num,
-                            tune_methods=("kl",), progress=not o.quiet, stats=stats, batch=o.batch)
+            cal = calibrate(fn.model, cal_files, pp, methods=("kl",), hist="v2", tune_num=tune_num,
+                            tune_methods=("kl",), progress=not o.quiet, stats=stats, batch=o.batch, **ckw)
             from ..tables import write_cali_table
 
             write_cali_table(cali, cal.table_entries("kl", o.tune_num > 0), method="['kl']", mlir=mlir,
-                             histogram_bins=2048, sample_number=cal.n_samples, tune_number=cal.tune_num,
+                             histogram_bins=ckw["n_bins"], sample_number=cal.n_samples, tune_number=cal.tune_num,
                              version_style="kld-new")
             base = read_cali_table(cali)
         problem = Problem.from_table(fn.model, base, inputs, **pkw)
@@ -625,16 +633,18 @@ def run_calibration_search(o: CalibrationSearchOptions, *, echo: Callable[[str],
     else:
         phase = PhaseCheckpoint(os.path.join(out_dir, CAL_CKPT), {
             "model": file_sha(o.model), "ops": g.op_names, "files": cal_files, "pp": repr(pp), "methods": methods,
-            "tune_num": o.tune_num, "batch": o.batch})
+            "tune_num": o.tune_num, "batch": o.batch,
+            **({"bins": ckw["n_bins"], "tune_files": ckw["tune_files"]} if ckw["n_bins"] != 2048 or ckw["tune_files"]
+               else {})})
         saved = phase.load() if o.resume else None
         if saved is not None:
             cal = Calibration.from_json(saved["cal"])
             echo(f"resuming: calibration reused from {phase.path}")
         else:
-            cal = calibrate(fn.model, cal_files, pp, methods=methods, hist="v2", tune_num=o.tune_num,
-                            tune_methods=methods, progress=not o.quiet, stats=stats, batch=o.batch)
+            cal = calibrate(fn.model, cal_files, pp, methods=methods, hist="v2", tune_num=tune_num,
+                            tune_methods=methods, progress=not o.quiet, stats=stats, batch=o.batch, **ckw)
             write_tables(cal, cali, main_method=None, mlir=mlir, method_names={m: m for m in methods},
-                         version_style="kld-new")
+                         version_style="kld-new", histogram_bins=ckw["n_bins"])
             phase.save({"cal": cal.to_json()})
         method_thresholds = cal.tuned if o.tune_num > 0 else cal.untuned
         head.append(f"quantize_method_list={methods}")
