@@ -37,10 +37,15 @@ def job(tree: Path, model, images, n_img, n_inf, out_dir: Path, cache: Path) -> 
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"job failed in {tree}: {p.stderr.read()[-3000:]}")
     res = json.loads((out_dir / "search.json").read_text())
-    files = {n: (out_dir / n).read_bytes() for n in ("qtable", "new_cali_table.txt")}
+    names = ["qtable", "new_cali_table.txt"] + sorted(f.name for f in out_dir.glob("cali_table*"))
+    files = {n: (out_dir / n).read_bytes() for n in names}  # SOURCE_DATE_EPOCH fixes the tables' time line
     cpu = ru.ru_utime + ru.ru_stime
     return {"wall_s": wall, "search_s": res["timings"]["search_s"], "files": files,
-            "float_layers": res["float_layers"], "cpu_s": cpu, "cores_used": cpu / wall}
+            "float_layers": res["float_layers"], "cpu_s": cpu, "cores_used": cpu / wall,
+            # written by trees after ce6c4a3 (None before): the calibration phase and each phase's cores
+            "calibration_s": res["timings"].get("calibration_s"),
+            "calibration_cores": res["timings"].get("calibration_cores"),
+            "search_cores": res["timings"].get("search_cores")}
 
 
 def main(argv=None):
@@ -82,13 +87,15 @@ def main(argv=None):
     print(f"median whole job: old {med['old']['wall_s']:.1f} s, new {med['new']['wall_s']:.1f} s "
           f"(new/old {ratio['wall_s']:.3f}); search compute: old {med['old']['search_s']:.1f} s, new "
           f"{med['new']['search_s']:.1f} s (new/old {ratio['search_s']:.3f}); cores used old "
-          f"{med['old']['cores_used']:.2f}, new {med['new']['cores_used']:.2f}; qtable + new_cali_table.txt "
-          f"byte-identical: {same}")
+          f"{med['old']['cores_used']:.2f}, new {med['new']['cores_used']:.2f}; qtable, new_cali_table.txt and "
+          f"every cali_table* byte-identical: {same}")
     out = write(args.name, {"what": args.what, "load_average_end": os.getloadavg(),
         "benchmark": "qsens search (Lite0, demo flags), old vs new tree, warm cache, interleaved rounds",
         "old": args.old, "new": args.new, "rounds": args.rounds, "images": args.images, "inference": args.inference,
-        "runs": {k: [{m: x[m] for m in keys + ("cpu_s",)} for x in v] for k, v in runs.items()},
+        "runs": {k: [{m: x[m] for m in keys + ("cpu_s", "calibration_s", "calibration_cores", "search_cores")}
+                     for x in v] for k, v in runs.items()},
         "median": med, "new_over_old": ratio, "outputs_byte_identical": same,
+        "files_compared": sorted(runs["new"][0]["files"]),
         "float_layers": runs["new"][0]["float_layers"], "machine": machine(),
     })
     print(f"wrote {out}")

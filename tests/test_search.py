@@ -387,6 +387,10 @@ def test_other_seed_runs(clidata, tmp_path, capsys):
     out = tmp_path / "seed7"
     rc, stdout, _ = run_cli(search_argv(clidata, out, "--seed", "7", "--input_num", "5"), capsys)
     assert rc == 0 and "success sensitive layer search" in stdout
+    # each phase's wall time and cores used (process CPU time over wall time) in search.json and the summary line
+    t = json.loads((out / "search.json").read_text())["timings"]
+    assert t["calibration_s"] > 0 and 0 < t["calibration_cores"] < 64 and 0 < t["search_cores"] < 64
+    assert re.search(r"calibration [\d.]+ s on [\d.]+ cores, search [\d.]+ s on [\d.]+ cores", stdout), stdout
     q = ref.cpp_qtable(out / "qtable")
     assert 1 <= len(q) and set(q.values()) == {"F32"}
     _, th = ref.python_parse(out / "new_cali_table.txt")

@@ -187,14 +187,16 @@ def search(model, base_table, method_thresholds: Mapping[str, Mapping[str, float
            resume: bool = False, post_process: Callable | None = None, progress: bool = True,
            echo: Callable[[str], None] | None = None, extra_files: Callable[[], dict[str, str]] | None = None,
            stats: CompileStats | None = None, post_process_id: str | None = None, chunk: int | None = None,
-           labels: Sequence | None = None, cache: ExecutableCache | None = None) -> SearchResult:
+           labels: Sequence | None = None, cache: ExecutableCache | None = None,
+           pre_timings: Mapping[str, float] | None = None) -> SearchResult:
     """Run the sensitive-layer search.
 
     ``base_table``: :class:`qsens.tables.CaliTable` (``--calibration_table``: the INT8 model, signedness, the
     thresholds that evolve op by op); ``method_thresholds[m][tensor]``: each method's (tuned) threshold;
     ``inputs``: the inference images ``{input: (N, ...)}``; ``post_process_id`` identifies ``post_process`` in the
     resume checkpoint (e.g. a hash of its file).  ``extra_files()`` is called once the early exit is
-    ruled out (qsens writes its own calibration tables then, so an early exit writes nothing).
+    ruled out (qsens writes its own calibration tables then, so an early exit writes nothing).  ``pre_timings``
+    (e.g. the calibration's seconds and cores) are written into ``search.json``'s timings first.
     """
     t_start = time.perf_counter()
     echo = echo or (lambda s: print(s, flush=True))
@@ -228,10 +230,14 @@ def search(model, base_table, method_thresholds: Mapping[str, Mapping[str, float
     })
     io = JobIO(out_dir, log, echo, progress, resume, files, stats, t_start, qtable_path)
     try:
+        cpu0, wall0 = time.process_time(), time.perf_counter()
         state, evaluated, t_search, t_done = _run_strategy(
             problem, strategy, evaluator, key, io, [f"all_int8_cos={int8_sim}", "layer name check pass !"]
             + ([f"Global metrics layer is : {list(cfg.compare_layers)}"] if cfg.compare_layers else []))
-        timings = {"float_reference_s": t_ref - t_start, "int8_model_s": t_int8 - t_ref, "search_s": t_done - t_search}
+        # cores used: the process's CPU time (every thread: XLA's pool included) over the wall time
+        cores = (time.process_time() - cpu0) / max(time.perf_counter() - wall0, 1e-9)
+        timings = {**dict(pre_timings or {}), "float_reference_s": t_ref - t_start, "int8_model_s": t_int8 - t_ref,
+                   "search_s": t_done - t_search, "search_cores": cores}
         return _finish(problem, io, cfg, strategy.results(state), TopN(cfg.max_float_layers), base_table,
                        candidates.labels, AllInt8(int8_sim, int8_cos, int8_first), labels, evaluated, timings, t_done)
     finally:

@@ -291,7 +291,7 @@ def run_sensitive_search(o: SearchOptions, *, echo: Callable[[str], None] = prin
            flag_kw["tune_files"] else {}),
         **({"tune_steps": flag_kw["tune_steps"]} if flag_kw["tune_steps"] != DEFAULT_TUNE_STEPS else {})})
     saved = phase.load() if o.resume else None
-    t_cal = time.time()
+    t_cal, cpu_cal = time.time(), time.process_time()
     if saved is not None:
         cal = Calibration.from_json(saved["cal"])
         base_cal = Calibration.from_json(saved["base_cal"]) if saved.get("base_cal") else None
@@ -310,6 +310,7 @@ def run_sensitive_search(o: SearchOptions, *, echo: Callable[[str], None] = prin
         phase.save({"cal": cal.to_json(), "base_cal": base_cal.to_json() if base_cal is not None else None,
                     "p999": grid_lo})
     t_cal = time.time() - t_cal
+    cal_cores = (time.process_time() - cpu_cal) / max(t_cal, 1e-9)  # every thread: statistics worker, XLA's pool
     if o.tune_num <= 0:
         print("note: --tune_num 0: untuned method thresholds (TPU-MLIR's SL-old would crash here)", file=sys.stderr)
     cali_path = os.path.join(out_dir, "cali_table")
@@ -332,7 +333,8 @@ def run_sensitive_search(o: SearchOptions, *, echo: Callable[[str], None] = prin
                             extra_files, phase, echo, t0, t_cal)
     res = search(fn.model, base, cal.tuned, inputs, cfg, out_dir=out_dir, qtable_path=o.quantize_table, chunk=o.batch,
                  labels=labels, resume=o.resume, post_process=post, progress=not o.quiet,
-                 extra_files=extra_files, stats=stats, post_process_id=post_id, echo=echo)
+                 extra_files=extra_files, stats=stats, post_process_id=post_id, echo=echo,
+                 pre_timings={"calibration_s": t_cal, "calibration_cores": cal_cores})
     phase.remove()  # the search finished (or exited early): nothing left to resume
     if res.early_exit:
         return res
@@ -351,7 +353,8 @@ def run_sensitive_search(o: SearchOptions, *, echo: Callable[[str], None] = prin
              + "; ".join(f"{k} ({v})" for k, v in s["f32_ops"].items()))
     echo(f"float layers ({len(res.float_layers)}): {', '.join(res.float_layers)}")
     echo(f"Output mix quantization table to {res.files['qtable']}")
-    echo(f"total time:{time.time() - t0}  (calibration {t_cal:.1f} s, search {res.timings['search_s']:.1f} s, "
+    echo(f"total time:{time.time() - t0}  (calibration {t_cal:.1f} s on {cal_cores:.2f} cores, search "
+         f"{res.timings['search_s']:.1f} s on {res.timings['search_cores']:.2f} cores, "
          f"{res.evaluated_ops} ops evaluated, XLA compile {stats.compile_s:.1f} s for {stats.traces} executables, "
          f"{devices.default().describe()})")
     echo("success sensitive layer search")
