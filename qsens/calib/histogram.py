@@ -20,13 +20,14 @@ Accumulation over samples:
 
 Where it runs: the counts the calibration accumulates (:func:`v1_update`, :func:`v2_update`) are computed on the
 device by :func:`histogram_rows`, one jit-compiled bin-index + scatter-add per (batch shape, bin-count bucket),
-bit-identical to the NumPy :func:`histogram` (the oracle the tests compare with): the same float32 division
-(behind an optimization barrier, see :func:`_counts`), ``+0.5``, truncation.  Measured on Lite0 (100 images, the
-search's v1 + v2 statistics on the 2-core CPU): the NumPy histograms were 11.5 s of the 16.6 s the statistics
-thread spent (``benchmarks/results/``).  The v2 merge itself (data-dependent bin counts, sequential over samples)
-stays on the host; the bin count of one call is a dynamic argument, its scatter length a static power-of-two
-bucket, and the rows a dynamic range of the whole batch, so a growing histogram or a partial batch compiles
-nothing new.  Counts are int64 on the host (int32 per call on the device; TPU-MLIR casts to int32 as well).
+bit-identical to the NumPy :func:`histogram` (the oracle the tests compare with): the same float32 division (kept
+exact, see :func:`_counts`), ``+0.5``, truncation; float32 subnormals aside (a documented decision, same place).
+Measured on Lite0 (100 images, the search's v1 + v2 statistics, 2-core CPU under load): the NumPy histograms were
+11.5 s of the 16.6 s the statistics thread spent, the device counts 7.4 s.  The v2 merge itself (data-dependent
+bin counts, sequential over samples) stays on the host; the bin count of one call is a dynamic argument, its
+scatter length a static power-of-two bucket, and the rows a dynamic range of the whole batch (one sample: its own
+``(1, size)`` executable), so a growing histogram compiles nothing new.  Counts are int64 on the host (int32 per
+call on the device; TPU-MLIR casts to int32 as well).
 """
 
 import functools

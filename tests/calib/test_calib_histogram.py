@@ -79,7 +79,7 @@ def test_device_histogram_subnormals_count_as_zero():
 
 
 def test_device_histogram_exact_division():
-    """The case that needs the optimization barrier: XLA's x * (1/width) puts t = 2046.5 * width one bin off."""
+    """The case that needs the exact division: XLA's x * (1/width) puts some t = (k - 0.5) * width one bin off."""
     w = np.float32(1) / np.float32(2047)
     t = ((np.arange(1, 2048, dtype=np.float32) - np.float32(0.5)) * w).reshape(1, -1)
     np.testing.assert_array_equal(H.histogram_rows(t, 0, 1, np.float32(1.0))[0], H.histogram(t, np.float32(1.0))[0])
