@@ -1,6 +1,6 @@
 """A/B: the whole `qsens search` job of two qsens trees, interleaved in one run (same machine, same minutes).
 
-    python benchmarks/refactor_ab.py --old 0bb63c9 [--rounds 3 --images 100 --inference 30]
+    python benchmarks/refactor_ab.py --old 0bb63c9 [--rounds 3 --images 100 --inference 30] [--job search_qtable]
 
 ``--old`` is a commit checked out into a temporary git worktree; ``--new`` (default: this working tree).  Each
 round runs the old and the new job (order alternating) as fresh processes on a warm JAX compilation cache
@@ -27,16 +27,29 @@ from common import machine, search_job_cmd, write  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
-def job(tree: Path, model, images, n_img, n_inf, out_dir: Path, cache: Path) -> dict:
+def job_cmd(kind: str, model, images, n_img, n_inf, out_dir: Path) -> tuple[list[str], str]:
+    """The process of one job and the JSON it leaves: ``search`` (the demo job) or ``search_qtable`` (``qsens
+    calibrate --search search_qtable``, TPU-MLIR 1.30.2's defaults)."""
+    if kind == "search":
+        return search_job_cmd(model, images, n_img, n_inf, out_dir), "search.json"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return ([sys.executable, "-m", "qsens", "calibrate", str(model), "--dataset", str(images), "--input_num",
+             str(n_img), "--inference_num", str(n_inf), "--search", "search_qtable", "--quantize_table",
+             str(out_dir / "qtable"), "-o", str(out_dir / "cali_table"), "-q"], "search_qtable.json")
+
+
+def job(tree: Path, model, images, n_img, n_inf, out_dir: Path, cache: Path, kind: str = "search") -> dict:
     env = dict(os.environ, QSENS_JAX_CACHE=str(cache), SOURCE_DATE_EPOCH="1700000000", PYTHONPATH=str(tree))
-    cmd = search_job_cmd(model, images, n_img, n_inf, out_dir)
+    cmd, result = job_cmd(kind, model, images, n_img, n_inf, out_dir)
     t = time.perf_counter()
     p = subprocess.Popen(cmd, env=env, cwd=str(tree), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _, status, ru = os.wait4(p.pid, 0)  # -q: little output, the pipes cannot fill
     wall = time.perf_counter() - t
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"job failed in {tree}: {p.stderr.read()[-3000:]}")
-    res = json.loads((out_dir / "search.json").read_text())
+    res = json.loads((out_dir / result).read_text())
+    if kind == "search_qtable":  # its JSON has the whole search's seconds, no per-phase timings
+        res["timings"] = {"search_s": res["seconds"]}
     names = ["qtable", "new_cali_table.txt"] + sorted(f.name for f in out_dir.glob("cali_table*"))
     files = {n: (out_dir / n).read_bytes() for n in names}  # SOURCE_DATE_EPOCH fixes the tables' time line
     cpu = ru.ru_utime + ru.ru_stime
@@ -57,6 +70,8 @@ def main(argv=None):
     ap.add_argument("--inference", type=int, default=30)
     ap.add_argument("--name", default="refactor_ab", help="results file stem (benchmarks/results/<name>_<device>.json)")
     ap.add_argument("--what", default="", help="what changed between the trees (written into the JSON)")
+    ap.add_argument("--job", choices=("search", "search_qtable"), default="search",
+                    help="the qsens search demo job (default) or calibrate --search search_qtable")
     args = ap.parse_args(argv)
     from qsens.zoo import zoo_path
 
@@ -70,12 +85,12 @@ def main(argv=None):
             trees = {"old": old, "new": Path(args.new)}
             caches = {k: td / f"cache_{k}" for k in trees}
             for k, tree in trees.items():  # cold runs fill each tree's compilation cache (not timed)
-                job(tree, model, images, args.images, args.inference, td / f"{k}_cold", caches[k])
+                job(tree, model, images, args.images, args.inference, td / f"{k}_cold", caches[k], args.job)
             runs = {k: [] for k in trees}
             for r in range(args.rounds):
                 for k in (("old", "new") if r % 2 == 0 else ("new", "old")):
                     runs[k].append(job(trees[k], model, images, args.images, args.inference, td / f"{k}_{r}",
-                                       caches[k]))
+                                       caches[k], args.job))
                     print(f"round {r} {k}: whole job {runs[k][-1]['wall_s']:.1f} s, search {runs[k][-1]['search_s']:.1f} s",
                           flush=True)
         finally:
@@ -90,7 +105,9 @@ def main(argv=None):
           f"{med['old']['cores_used']:.2f}, new {med['new']['cores_used']:.2f}; qtable, new_cali_table.txt and "
           f"every cali_table* byte-identical: {same}")
     out = write(args.name, {"what": args.what, "load_average_end": os.getloadavg(),
-        "benchmark": "qsens search (Lite0, demo flags), old vs new tree, warm cache, interleaved rounds",
+        "benchmark": ("qsens search (Lite0, demo flags)" if args.job == "search" else
+                      "qsens calibrate --search search_qtable (Lite0, TPU-MLIR 1.30.2's defaults)")
+        + ", old vs new tree, warm cache, interleaved rounds",
         "old": args.old, "new": args.new, "rounds": args.rounds, "images": args.images, "inference": args.inference,
         "runs": {k: [{m: x[m] for m in keys + ("cpu_s", "calibration_s", "calibration_cores", "search_cores")}
                      for x in v] for k, v in runs.items()},

@@ -97,9 +97,10 @@ def search_qtable_job(problem: Problem, strategy, base_table, *, out_dir: str, q
         bar = tqdm(total=total, desc="search_qtable", unit="step", file=sys.stderr, dynamic_ncols=True,
                    disable=not progress)
         t_layers = time.perf_counter()
+        carry = None  # the strategy's in-memory state between updates (search_qtable: the mixed prefix)
         while not strategy.done(problem, state):
             before = state["phase"]
-            state, _, events = strategy.update(problem, state)
+            state, carry, events = strategy.update(problem, state, carry=carry)
             if before == "layers" and state["phase"] != "layers":
                 events = events + [f"total time of sensitive_layer search is: {time.perf_counter() - t_layers}"]
             if before == "screen" and state["phase"] == "done" and not state.get("search_layers"):

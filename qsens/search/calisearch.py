@@ -156,16 +156,25 @@ class SearchQtable:
             th = np.asarray(state["th"], np.float32)
             ev.append(f"start to handle layer: {L}, type: top.{op.type}")
             trials = []
+            configs = []
             for m in self.methods:
-                th_j = float(self.method_thresholds[m][t])
                 trial = th.copy()
-                trial[idx] = round_table(th_j)  # set_layer_new_th -> new_cali_table.txt (%.7f) -> the lowering
-                outs = run_mixed(problem, Config(int8, trial))
-                loss = problem.scorer.loss(outs)
+                trial[idx] = round_table(float(self.method_thresholds[m][t]))  # set_layer_new_th (%.7f) -> lowering
+                configs.append(Config(int8, trial))
+            if self.cluster:  # run_model(..., ['cos', 'snr']): both from the same whole-network run
+                losses, snrs = [], []
+                for c in configs:
+                    outs = run_mixed(problem, c)
+                    losses.append(problem.scorer.loss(outs))
+                    snrs.append(float(np.mean(snr_loss(problem.scorer.ref, problem.scorer._post(outs), len(outs)))))
+            else:  # every trial from L on, on the mixed prefix before L (the same losses as whole-network runs)
+                losses, carry = self._layer_losses(problem, configs, g.index(L), carry)
+            for j, m in enumerate(self.methods):
+                th_j = float(self.method_thresholds[m][t])
+                loss = losses[j]
                 trials.append({"method": m, "th": th_j, "loss": loss})
-                if self.cluster:  # run_model(..., ['cos', 'snr']): the snr of the same run
-                    trials[-1]["snr"] = float(np.mean(snr_loss(problem.scorer.ref, problem.scorer._post(outs),
-                                                               len(outs))))
+                if self.cluster:
+                    trials[-1]["snr"] = snrs[j]
                 ev += [f"adjust layer {L} th, with method {m}, and threshlod {th_j}", "run int8 mode: {mlir}",
                        f"outputs_cos_los = {loss}"]
             best = trials[0]
@@ -188,6 +197,28 @@ class SearchQtable:
         if ph == "select":
             return self._select(problem, state)
         raise ValueError(f"unknown phase {ph!r}")
+
+    @staticmethod
+    def _layer_losses(problem: Problem, configs: list[Config], start: int, carry):
+        """Losses of ``configs`` (one searched layer's trials: they differ only in its output threshold) run from
+        op ``start`` on the mixed prefix before it.  Before searched layer i every other searched layer is F32 in
+        every trial of every layer, so the prefix walks on from the previous layer's position (``carry``: the
+        :class:`MixedPrefix` and its carry) as long as the new configuration agrees with the old one before it
+        (``rebase``; else, and after a resume, the prefix is rebuilt from the inputs).  ``MixedPrefix`` runs the
+        same executables on the same tensors as a whole-network run, so the losses are equal."""
+        from .evaluators import MixedPrefix
+
+        base = configs[0]
+        if carry is not None:
+            ev, pref = carry
+            if pref.next > start or not ev.rebase(problem, base, pref):
+                carry = None
+        if carry is None:
+            ev = MixedPrefix(problem, base)
+            pref = ev.init(problem, start)
+        while pref.next < start:
+            pref = ev.advance(problem, pref)
+        return ev.losses(problem, configs, pref), (ev, pref)
 
     # -------------------------------------------------------------------------------------- selection
     def _analysis(self, problem: Problem, state: dict, k: int, log: bool) -> tuple[list[str], list[str]]:
