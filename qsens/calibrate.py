@@ -244,7 +244,8 @@ def tune(model: Model, tune_acts: dict[str, np.ndarray], table: dict[str, float]
     (:func:`fake_quant_rows`, bit-identical to the host oracle :func:`fake_quant_np`, from the tune samples put on
     the device once per op); the (candidate, sample) rows are stacked along the batch axis and run ``batch``
     rows per call through the op's float executable (the calibration forward's executables, so at the
-    calibration's ``batch`` nothing new is compiled but one small fake-quant executable per activation shape).  Distance per sample ``||ref - out||_2 / ||ref||_1`` in
+    calibration's ``batch`` nothing new is compiled but one small fake-quant executable per activation shape).
+    Distance per sample ``||ref - out||_2 / ||ref||_1`` in
     float64 on the host (TPU-MLIR's norms are float32: this can only matter for near-ties), mean over the
     samples; the choice and the upward-only update are :func:`qsens.calib.select`.
     """
