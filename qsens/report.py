@@ -528,7 +528,8 @@ def render_html(run: Run) -> str:
                 ("ops", "Ops", _ops_table(run) if run.ops else ""),
                 ("thresholds", "Thresholds: base table vs new table",
                  _threshold_table(run) if run.threshold_tables else ""),
-                ("timings", "Timings", _kv([(k, f"{v:.2f} s" if k.endswith("_s") else v) for k, v in run.timings])
+                ("timings", "Timings", _kv([(k, f"{v:.2f} s" if k.endswith("_s") else f"{v:.2f} cores"
+                                              if k.endswith("_cores") else v) for k, v in run.timings])
                  if run.timings else ""),
                 ("files", "Files in the run directory", _kv([(n, f"{s:,} bytes") for n, s in run.files]))]
     nav = "".join(f'<a href="#{sid}">{_e(title)}</a>' for sid, title, _ in sections)

@@ -167,6 +167,7 @@ def test_sensitive_search_report(runs):
     assert "records the whole curve" in p.notes["curve"]
     timings = dict(cells for _, cells in p.body("timings"))
     assert timings == {**{k: f"{v:.2f} s" for k, v in res["timings"].items() if k.endswith("_s")},
+                       **{k: f"{v:.2f} cores" for k, v in res["timings"].items() if k.endswith("_cores")},
                        **{f"compile: {k}": f"{v:.2f} s" if k.endswith("_s") else str(v)
                           for k, v in res["timings"]["compile"].items()}}
 
