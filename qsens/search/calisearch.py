@@ -167,8 +167,14 @@ class SearchQtable:
                     outs = run_mixed(problem, c)
                     losses.append(problem.scorer.loss(outs))
                     snrs.append(float(np.mean(snr_loss(problem.scorer.ref, problem.scorer._post(outs), len(outs)))))
-            else:  # every trial from L on, on the mixed prefix before L (the same losses as whole-network runs)
-                losses, carry = self._layer_losses(problem, configs, g.index(L), carry)
+            else:
+                # every trial from L on, on the mixed prefix before L: before searched layer i every other searched
+                # layer is F32 in every trial of every layer, so the Walker's prefix walks on from the previous
+                # layer (rebuilt after a resume or when the base no longer agrees); the same losses as whole runs
+                from .variants import Walker
+
+                carry = carry or Walker(problem)
+                losses = carry.walk(configs[0], {g.index(L): configs})[g.index(L)]
             for j, m in enumerate(self.methods):
                 th_j = float(self.method_thresholds[m][t])
                 loss = losses[j]
@@ -197,28 +203,6 @@ class SearchQtable:
         if ph == "select":
             return self._select(problem, state)
         raise ValueError(f"unknown phase {ph!r}")
-
-    @staticmethod
-    def _layer_losses(problem: Problem, configs: list[Config], start: int, carry):
-        """Losses of ``configs`` (one searched layer's trials: they differ only in its output threshold) run from
-        op ``start`` on the mixed prefix before it.  Before searched layer i every other searched layer is F32 in
-        every trial of every layer, so the prefix walks on from the previous layer's position (``carry``: the
-        :class:`MixedPrefix` and its carry) as long as the new configuration agrees with the old one before it
-        (``rebase``; else, and after a resume, the prefix is rebuilt from the inputs).  ``MixedPrefix`` runs the
-        same executables on the same tensors as a whole-network run, so the losses are equal."""
-        from .evaluators import MixedPrefix
-
-        base = configs[0]
-        if carry is not None:
-            ev, pref = carry
-            if pref.next > start or not ev.rebase(problem, base, pref):
-                carry = None
-        if carry is None:
-            ev = MixedPrefix(problem, base)
-            pref = ev.init(problem, start)
-        while pref.next < start:
-            pref = ev.advance(problem, pref)
-        return ev.losses(problem, configs, pref), (ev, pref)
 
     # -------------------------------------------------------------------------------------- selection
     def _analysis(self, problem: Problem, state: dict, k: int, log: bool) -> tuple[list[str], list[str]]:
