@@ -9,8 +9,10 @@ table is the same and only the INT8 arithmetic differs (docs/bm1684.md vs docs/b
 chip keeps in F32 inside the INT8 model, the float layers the search chose and the mixed model's similarity with
 the original and the new table; a search that exits early (the all-INT8 model already passes expected_cos: TPU-MLIR's rule, nothing
 written) is recorded from its log line with no float layers.  ``--strict`` adds a BM1684X search at a stricter
-expected_cos (default 0.9999), to see which layers it would still keep in float.  A finished qsens run is not redone
-when the same ``--work`` is given.
+expected_cos (default 0.9999), to see which layers it would still keep in float.  BM1684X runs with ``--fp_type auto``
+(TPU-MLIR's FLOAT_MAP: F16 float layers and an F16 reference model); the strict search is also run with
+``--fp_type F32`` (float layers and reference F32, what qsens simulated before its F16 layers).  A finished qsens run
+is not redone when the same ``--work`` is given.
 """
 
 from __future__ import annotations
@@ -26,19 +28,22 @@ from common import RESULTS, file_sha, meta, qtable_ops, rounded, run_qsens
 CHIPS = ("bm1684", "bm1684x")
 
 
-def run_chip(model: Path, folder: Path, chip: str, cfg: dict, work: Path, expected_cos: float) -> dict:
-    d = work / (chip if expected_cos == cfg["expected_cos"] else f"{chip}_{expected_cos}")
+def run_chip(model: Path, folder: Path, chip: str, cfg: dict, work: Path, expected_cos: float,
+             fp_type: str = "auto") -> dict:
+    d = work / ((chip if expected_cos == cfg["expected_cos"] else f"{chip}_{expected_cos}")
+                + ("" if fp_type == "auto" else f"_{fp_type}"))
     d.mkdir(parents=True, exist_ok=True)
     wall = run_qsens(["search", str(model), "--dataset", str(folder), "--input_num", str(cfg["images"]),
                       "--inference_num", str(cfg["inference"]), "--seed", str(cfg["seed"]), "--chip", chip,
-                      "--expected_cos", str(expected_cos), "--out_dir", str(d / "search"), "-q"], None,
-                     d / "search.log")
+                      "--fp_type", fp_type, "--expected_cos", str(expected_cos), "--out_dir", str(d / "search"), "-q"],
+                     None, d / "search.log")
     if not (d / "search" / "search.json").exists():  # early exit (TPU-MLIR's: nothing written): the log line
         m = re.search(r"current int8 cos:(\S+) is higher than expected_cos", (d / "search.log").read_text())
         sim = float(m[1])
         out = {"int8_similarity": sim, "int8_cosine": 2 * sim - 1, "early_exit": True, "f32_ops_in_int8_model": None,
                "float_layers": [], "n_float_layers": 0, "qtable": [], "expected_cos": expected_cos,
                "reaches_expected_cos": True}
+        out["fp_type"] = fp_type
         return {"result": out, "wall_s": wall}
     res = json.loads((d / "search" / "search.json").read_text())
     s = res.get("summary", {})
@@ -50,6 +55,7 @@ def run_chip(model: Path, folder: Path, chip: str, cfg: dict, work: Path, expect
         if k in s:
             out[k] = s[k]
     out["expected_cos"] = expected_cos
+    out["fp_type"] = fp_type
     out["reaches_expected_cos"] = bool(out.get("mix_new_table", {}).get("similarity", out["int8_similarity"])
                                        >= expected_cos)
     return {"result": out, "wall_s": wall}
@@ -73,9 +79,11 @@ def main(argv=None) -> None:
     runs = {c: run_chip(model, folder, c, cfg, work, cfg["expected_cos"]) for c in CHIPS}
     if a.strict:
         runs[f"bm1684x_expected_cos_{a.strict}"] = run_chip(model, folder, "bm1684x", cfg, work, a.strict)
+        runs[f"bm1684x_expected_cos_{a.strict}_F32"] = run_chip(model, folder, "bm1684x", cfg, work, a.strict, "F32")
     data = {"meta": meta(cfg["seed"], cfg), "model": a.model, "model_sha256": file_sha(model),
             "command": f"qsens search {a.model}.onnx --dataset images100 --input_num {cfg['images']} --inference_num "
-                       f"{cfg['inference']} --seed {cfg['seed']} --chip CHIP --expected_cos 0.99 (and BM1684X at --strict)",
+                       f"{cfg['inference']} --seed {cfg['seed']} --chip CHIP --expected_cos 0.99 (and BM1684X at --strict, "
+                       "--fp_type auto = F16 and F32)",
             "chips": {c: r["result"] for c, r in runs.items()},
             "timings": {c: {"wall_s": r["wall_s"]} for c, r in runs.items()}}
     x, y = data["chips"]["bm1684"], data["chips"]["bm1684x"]

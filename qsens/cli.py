@@ -390,8 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--methods", default="max,percentile9999,kl", help="candidate methods, in TPU-MLIR's order")
     s.add_argument("--tune_num", type=int, default=5)
     _add_tpu_mlir_calibration_flags(s, debug_cmd="search")
-    s.add_argument("--fp_type", default="auto", help="float type of the float layers: auto (= F32 on BM1684) or F32; "
-                   "F16/BF16 only where the chip mixes them")
+    s.add_argument("--fp_type", default="auto", help="float type of the float layers (and of the reference model): "
+                   "auto = TPU-MLIR's FLOAT_MAP (F32 on BM1684, F16 on BM1684X), F16 or F32 where the chip mixes them")
     s.add_argument("--hist", choices=("v1", "v2"), default="v1",
                    help="statistics of the per-method candidate tables (TPU-MLIR 1.23's run_sensitive_layer: v1); "
                    "the base table qsens calibrates without --calibration_table is run_calibration's (v2)")
@@ -434,8 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an op whose INT8 output (with the error accumulated before it) is below this goes float")
     s.add_argument("--global_compare_layers", default=None, help="'a,b' or 'a:0.3,b:0.7' (canonical tensor names)")
     s.add_argument("--chip", "--processor", dest="chip", default="bm1684")
-    s.add_argument("--fp_type", default="auto", help="float type of the float layers: auto = F32 (qsens simulates F32 "
-                   "float layers only; TPU-MLIR's auto is F16 on BM1684X)")
+    s.add_argument("--fp_type", default="auto", help="float type of the float layers (and of the reference model): "
+                   "auto = TPU-MLIR's FLOAT_MAP (F32 on BM1684, F16 on BM1684X), F16 or F32 where the chip mixes them")
     s.add_argument("--debug_cmd", default="", help=_DEBUG_CMD_HELP["qtable"])
     s.add_argument("--loss_table", default="full_loss_table.txt", help="layer cos table (relative: inside --out_dir)")
     s.add_argument("-o", "--quantize_table", default="qtable", help="qtable path (relative: inside --out_dir)")

@@ -23,7 +23,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .onnx.convert import Model, layout_plan, op_runs_nhwc, run_op_planned
+from .onnx.convert import (
+    FLOAT_TYPE_FOLLOWS_INPUT,
+    Model,
+    f32_tensor,
+    layout_plan,
+    op_float_type,
+    op_runs_nhwc,
+    run_op_planned,
+)
 from .onnx.ir import Graph, Op
 from .onnx.layout import TO_NCHW, TO_NHWC, per_op_executable
 
@@ -168,7 +176,7 @@ class Engine:
     """Runs ``model``'s canonical graph at one batch size, op by op, with shared per-signature executables."""
 
     def __init__(self, model: Model, batch: int, *, channels_last: bool = True, stats: CompileStats | None = None,
-                 cache: ExecutableCache | None = None, placement=None):
+                 cache: ExecutableCache | None = None, placement=None, float_type: str = "F32"):
         from .devices import Placement
 
         self.model = model
@@ -180,6 +188,8 @@ class Engine:
         self.plan = layout_plan(self.graph, self.params, channels_last)
         self.stats = stats or CompileStats()
         self.cache = cache if cache is not None else DEFAULT_CACHE
+        #: what float ops run in: F32, or F16 / BF16 as a mixed model's float layers (``--fp_type``)
+        self.float_type = float_type
 
     # ------------------------------------------------------------------------------------------ layout
     def to_plan(self, tensor: str, x_nchw):
@@ -189,16 +199,20 @@ class Engine:
         return jnp.transpose(x, TO_NCHW) if self.plan.get(tensor) else x
 
     # ------------------------------------------------------------------------------------------ executables
-    def float_exe(self, i: int):
+    def float_exe(self, i: int, int8_inputs: frozenset = frozenset()):
+        """Op ``i``'s float executable; ``int8_inputs``: its input tensors a dequantized INT8 producer wrote (an F16 op
+        does not round those: :func:`qsens.onnx.convert.float_type_op`)."""
         op = self.graph.ops[i]
         in_nhwc = tuple(bool(self.plan.get(t)) for t in op.inputs)
         out_nhwc = op_runs_nhwc(op, self.plan)
-        key = ("float",) + op_signature(op, self.params, in_nhwc, out_nhwc)
+        ft = op_float_type(op, self.float_type)
+        rin = tuple(f32_tensor(self.graph, t, ft) and t not in int8_inputs for t in op.inputs) if ft != "F32" else None
+        key = ("float",) + op_signature(op, self.params, in_nhwc, out_nhwc) + ((ft, rin) if ft != "F32" else ())
 
         def make():
             def f(weights, acts, _op=op, _in=in_nhwc, _out=out_nhwc):
                 with per_op_executable():
-                    return run_op_planned(_op, weights, acts, _in, _out)
+                    return run_op_planned(_op, weights, acts, _in, _out, ft, rin)
 
             return jax.jit(f)
 
@@ -228,21 +242,26 @@ class Engine:
         return {n: self.to_plan(n, self.placement.put(inputs[n])) for n in self.graph.inputs}
 
     def run(self, env: dict[str, Any], start: int = 0, stop: int | None = None, *, keep: Sequence[str] = (),
-            on_output=None) -> dict[str, Any]:
+            on_output=None, int8_tensors: Sequence[str] = ()) -> dict[str, Any]:
         """Advance ``env`` (tensors in plan layout) through ops ``[start, stop)``; drop dead tensors.
 
         ``on_output(tensor, value)`` is called for every tensor produced (streaming consumers such as the
-        calibration statistics), so nothing beyond the live set needs to be kept."""
+        calibration statistics), so nothing beyond the live set needs to be kept.  ``int8_tensors``: tensors of
+        ``env`` an INT8 op wrote (dequantized; matters to F16 / BF16 float ops only, see :meth:`float_exe`)."""
         g = self.graph
         stop = len(g.ops) if stop is None else stop
         last = g.last_use
         keep = set(keep)
         env = dict(env)
+        int8_t = set(int8_tensors) if self.float_type != "F32" else set()
         for i in range(start, stop):
             op = g.ops[i]
             if op.type == "Input":
                 continue
-            fn = self.float_exe(i)
+            int8_in = frozenset(t for t in op.inputs if t in int8_t) if int8_t else frozenset()
+            fn = self.float_exe(i, int8_in) if int8_in else self.float_exe(i)
+            if int8_in and op.type in FLOAT_TYPE_FOLLOWS_INPUT:  # a reshape takes its input's type
+                int8_t.update(op.outputs)
             # block per op: with asynchronous dispatch every output buffer of the whole graph would be
             # allocated before the first op finishes (peak RSS = all activations instead of the live set)
             outs = jax.block_until_ready(self.call(fn, self.weights(op), [env[t] for t in op.inputs]))

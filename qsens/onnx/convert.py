@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -90,8 +91,93 @@ def op_runs_nhwc(op: Op, plan: Mapping[str, bool]) -> bool:
     return bool(op.outputs) and plan.get(op.outputs[0], False)
 
 
-def run_op_planned(op: Op, weights: Mapping[str, Any], acts: Sequence[Any], in_nhwc: Sequence[bool], nhwc: bool) -> list:
-    """Run ``op`` on activations laid out as ``in_nhwc`` says; outputs NHWC iff ``nhwc``."""
+#: The float types a mixed model's float layers can run in (TPU-MLIR's ``--fp_type``; ``FLOAT_MAP``: BM1684X's default
+#: is F16) and the dtype qsens rounds to for each (None: plain float32).
+FLOAT_DTYPES = {"F32": None, "F16": jnp.float16, "BF16": jnp.bfloat16}
+#: Op kinds TPU-MLIR 1.23 keeps F32 inside a BM1684X F16 model (a Cast F16 -> F32 in front of them): read from its
+#: lowered F16 models of the fixtures (tests/fixtures/tpu_mlir/*/f16_bm1684x): AvgPool (2-D and global, and
+#: ReduceMean lowered to it), Div, Sigmoid, Tanh, HardSigmoid.  (Exp, Clip, Softmax, PRelu, LeakyRelu, MaxPool, Add,
+#: Mul, Concat, Conv/Deconv/MatMul, Scale, Pad, Permute, SubConst run F16.)
+FLOAT_TYPE_KEEPS_F32 = frozenset({"AvgPool", "Div", "Sigmoid", "Tanh", "HardSigmoid"})
+#: ... and the reshapes, which take their input's type (an F32 AvgPool's Flatten stays F32).
+FLOAT_TYPE_FOLLOWS_INPUT = frozenset({"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity"})
+
+
+def round_to_float_type(x, float_type: str = "F32"):
+    """``x`` rounded to ``float_type`` and widened back to float32: round to nearest, ties to even (IEEE, XLA's
+    ``convert``), overflow to inf, subnormals kept.  F32 (and integer arrays) pass through untouched."""
+    dt = FLOAT_DTYPES[float_type]
+    if dt is None or not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+        return x
+    return jnp.asarray(x).astype(dt).astype(jnp.result_type(x))
+
+
+def op_float_type(op: Op, float_type: str = "F32") -> str:
+    """The float type ``op`` runs in when a model's float layers are ``float_type``: F32 for the kinds TPU-MLIR
+    keeps F32 (:data:`FLOAT_TYPE_KEEPS_F32`) and the reshapes (:data:`FLOAT_TYPE_FOLLOWS_INPUT`)."""
+    if float_type == "F32" or op.type in FLOAT_TYPE_KEEPS_F32 or op.type in FLOAT_TYPE_FOLLOWS_INPUT:
+        return "F32"
+    return float_type
+
+
+def f32_tensor(graph: Graph, tensor: str, float_type: str = "F32") -> bool:
+    """True when ``tensor`` is F32 in a mixed model whose float layers run ``float_type``: a graph input or the output
+    of an op kept F32 (:func:`op_float_type`), seen through reshapes (which take their input's type).  An F16 /
+    BF16 consumer of such a tensor casts it (rounds it); of an F16 producer's or a dequantized INT8 one it does not."""
+    p = graph.producer(tensor) if tensor in graph.tensors else None
+    while p is not None and p.type in FLOAT_TYPE_FOLLOWS_INPUT and p.inputs:
+        p = graph.producer(p.inputs[0])
+    return p is None or p.type == "Input" or op_float_type(p, float_type) == "F32"
+
+
+def float_type_op(fn, float_type: str = "F32", round_in: Sequence[bool] | None = None):
+    """``fn(op, weights, acts, in_nhwc, nhwc) -> outputs`` run as TPU-MLIR runs an F16 / BF16 op on BM1684X (its
+    interpreter, TPU-MLIR 1.23, checked tensor by tensor on the F16 and mixed INT8/F16 models of
+    tests/fixtures/tpu_mlir/*/f16_bm1684x): the lowering stores every weight in the float type except a *bias*
+    (F32), the arithmetic is float32 and the output is rounded to the float type.  Input ``k`` is rounded when
+    ``round_in[k]`` (default: all): TPU-MLIR's Cast F32 -> F16 rounds (round to nearest even), its Cast INT8 -> F16
+    does not (the dequantized ``q * s`` stays float32 inside the interpreter), an F16 producer's output is rounded
+    already.  A Scale (a BatchNorm, or a per-channel Add/Mul) is lowered to a depthwise convolution:
+    ``x * fp(q_scale) + q_bias`` with its folded float32 parameters.  ``float_type == "F32"`` returns ``fn`` itself
+    (the F32 path is unchanged, bit for bit)."""
+    if FLOAT_DTYPES[float_type] is None:
+        return fn
+    r = functools.partial(round_to_float_type, float_type=float_type)
+
+    def wrapped(op, weights, acts, in_nhwc, nhwc):
+        if op_float_type(op, float_type) == "F32":
+            return fn(op, weights, acts, in_nhwc, nhwc)
+        acts = [r(a) if (round_in is None or round_in[k]) else a for k, a in enumerate(acts)]
+        if op.type == "Scale" and "q_scale" in weights and "q_bias" in weights:
+            return [r(_scale_as_conv(op, r(weights["q_scale"]), weights["q_bias"], acts[0], in_nhwc[0], nhwc))]
+        w = {k: (v if k.endswith("bias") else r(v)) for k, v in weights.items()}
+        return [r(y) for y in fn(op, w, acts, in_nhwc, nhwc)]
+
+    return wrapped
+
+
+def _scale_as_conv(op: Op, a, b, x, x_nhwc: bool, nhwc: bool):
+    """``x * a + b`` per channel (TPU-MLIR's Scale as a depthwise 1x1 convolution), in the layout ``nhwc`` asks."""
+    from . import layout as L
+
+    if x.ndim == 4 and x_nhwc != nhwc:
+        x = jnp.transpose(x, L.TO_NHWC if nhwc else L.TO_NCHW)
+    axis = x.ndim - 1 if (x.ndim == 4 and nhwc) else 1
+    shp = [1] * x.ndim
+    shp[axis] = -1
+    return _relu(op, x * jnp.reshape(a, shp).astype(x.dtype) + jnp.reshape(b, shp).astype(x.dtype))
+
+
+def run_op_planned(op: Op, weights: Mapping[str, Any], acts: Sequence[Any], in_nhwc: Sequence[bool], nhwc: bool,
+                   float_type: str = "F32", round_in: Sequence[bool] | None = None) -> list:
+    """Run ``op`` on activations laid out as ``in_nhwc`` says; outputs NHWC iff ``nhwc``; in ``float_type``
+    (:func:`float_type_op`, which rounds the inputs ``round_in`` flags)."""
+    if float_type != "F32":
+        return float_type_op(_run_op_planned, float_type, round_in)(op, weights, acts, in_nhwc, nhwc)
+    return _run_op_planned(op, weights, acts, in_nhwc, nhwc)
+
+
+def _run_op_planned(op: Op, weights: Mapping[str, Any], acts: Sequence[Any], in_nhwc: Sequence[bool], nhwc: bool) -> list:
     from . import layout as L
 
     if nhwc:
@@ -112,6 +198,7 @@ def run_graph(
     keep: Sequence[str] = (),
     mix_fn=None,
     channels_last: bool = True,
+    float_type: str = "F32",
 ) -> dict[str, Any]:
     """Run ``graph.ops[start:stop]`` on the tensors in ``env`` (activations by canonical tensor name, NCHW).
 
@@ -121,7 +208,8 @@ def run_graph(
     the op's output is ``where(flag, alternative, float)``, so a False flag gives the float result bit for bit.
     A ``mix_fn`` with the attribute ``wants_float = True`` is called ``mix_fn(op, params, acts, float_outs)`` with
     the op's float outputs (NCHW, computed on the fast layout path) as well.
-    With ``channels_last`` 4-D activations are kept NHWC inside (:func:`layout_plan`).
+    With ``channels_last`` 4-D activations are kept NHWC inside (:func:`layout_plan`).  ``float_type``: the float
+    ops run in F32 (default) or as F16 / BF16 ops (:func:`float_type_op`; a mixed model's float layers on BM1684X).
     """
     from . import layout as L
 
@@ -131,13 +219,21 @@ def run_graph(
     keep = set(keep)
     cur = dict(env)
     nhwc: set[str] = set()
+    int8_flag: dict[str, Any] = {}  # tensor -> (traced) bool: its producer ran INT8 (mix_fn's flag)
     for i in range(start, stop):
         op = graph.ops[i]
         if op.type == "Input":
             continue
         out_nhwc = op_runs_nhwc(op, plan)
         weights = {r: params[k] for r, k in op.weights}
-        outs = run_op_planned(op, weights, [cur[t] for t in op.inputs], [t in nhwc for t in op.inputs], out_nhwc)
+        ins, round_in = [cur[t] for t in op.inputs], None
+        if float_type != "F32":  # F32 -> F16 casts round; a dequantized INT8 producer's output is not rounded
+            round_in = [f32_tensor(graph, t, float_type) for t in op.inputs]
+            for k, t in enumerate(op.inputs):
+                if round_in[k] and t in int8_flag:
+                    ins[k] = jnp.where(int8_flag[t], ins[k], round_to_float_type(ins[k], float_type))
+                    round_in[k] = False
+        outs = run_op_planned(op, weights, ins, [t in nhwc for t in op.inputs], out_nhwc, float_type, round_in)
         if mix_fn is not None:
             acts = [jnp.transpose(cur[t], L.TO_NCHW) if t in nhwc else cur[t] for t in op.inputs]
             if getattr(mix_fn, "wants_float", False):  # it also gets the float outputs (NCHW), e.g. to build on them
@@ -147,6 +243,10 @@ def run_graph(
             if alt is not None:
                 alt_outs, flag = alt
                 outs = [jnp.where(flag, jnp.transpose(a, L.TO_NHWC) if out_nhwc else a, f) for a, f in zip(alt_outs, outs)]
+                if float_type != "F32" and op.type not in FLOAT_TYPE_FOLLOWS_INPUT:
+                    int8_flag.update((t, flag) for t in op.outputs)
+        if float_type != "F32" and op.type in FLOAT_TYPE_FOLLOWS_INPUT and op.inputs and op.inputs[0] in int8_flag:
+            int8_flag[op.outputs[0]] = int8_flag[op.inputs[0]]  # a reshape takes its input's type
         for t, v in zip(op.outputs, outs):
             cur[t] = v
             if out_nhwc:

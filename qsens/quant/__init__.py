@@ -1,6 +1,6 @@
 """BM1684 / BM1684X INT8 quantization semantics (TPU-MLIR compatible): rounding primitives, per-op qparams, kernels."""
 
-from .chip import BM1684, BM1684X, CHIPS, ChipSpec, as_chip, get_chip, resolve_fp_type
+from .chip import BM1684, BM1684X, CHIPS, ChipSpec, as_chip, get_chip, resolve_fp_type, with_fp_type
 from .kernels import dequantize, int8_op, int8_op_jit, quantize
 from .numerics import (
     QTYPE_RANGE,
@@ -28,6 +28,7 @@ __all__ = [
     "CHIPS",
     "as_chip",
     "resolve_fp_type",
+    "with_fp_type",
     "ChipSpec",
     "get_chip",
     "dequantize",

@@ -25,7 +25,7 @@ class ChipSpec:
     max_pool_kernel: int = 225  # Avg/MaxPool kernel area above this -> F32
     max_conv_stride: int = 15  # Conv stride above this -> F32
     per_channel_conv: bool = False  # BM1684: per-layer shift, multiplier 1
-    mix_float_type: str = "F32"  # what "float" layers of a mixed model run in
+    mix_float_type: str = "F32"  # what "float" layers of a mixed model run in (``--fp_type``; BM1684X: F16)
     conv_negative_rshift_fallback: bool = True  # Conv rshift < 0 -> F32
     matmul_clamp_rshift: bool = True  # MatMul: r = max(r, 0) (no fallback)
     add_clamp_rshift: bool = True  # Add: r_k = max(r_k, 0)
@@ -59,7 +59,8 @@ BM1684X = ChipSpec(
     avgpool_requant="scale_and_shift",
     int8_kinds=frozenset({"Conv", "MatMul", "Add", "MaxPool", "AvgPool", "GlobalAvgPool", "Concat", "LeakyRelu",
                           "PRelu", "Sigmoid"}),
-    mix_float_types=("F32",),
+    mix_float_type="F16",  # TPU-MLIR's FLOAT_MAP: a BM1684X mixed model's float layers are F16 (--fp_type auto)
+    mix_float_types=("F16", "F32"),
     weight_operand_int8=False,
 )
 
@@ -86,20 +87,23 @@ def resolve_fp_type(chip: ChipSpec | str | None, fp_type: str = "auto") -> str:
     """The float type of a mixed model's float layers for ``--fp_type`` on ``chip``.
 
     TPU-MLIR (python/calibration/utils.py ``FLOAT_MAP`` / ``chip_support_mix_fp_type``, 1.23): ``auto`` is F32 on
-    BM1684 and F16 on BM1684X, whose allowed types are F16 and F32 (BF16 is refused there).  qsens simulates F32 float
-    layers only: ``auto`` resolves to F32 on every chip (on BM1684X a deliberate difference: the qtable qsens writes
-    says F32, so TPU-MLIR reproduces it); F16 / BF16 raise a one-line error."""
+    BM1684 and F16 on BM1684X, whose allowed types are F16 and F32 (BF16 is refused on both).  qsens simulates both
+    (F16 layers: :func:`qsens.onnx.convert.float_type_op`, checked against TPU-MLIR's F16 models and its BM1684X
+    sensitive search); any other type is a one-line error."""
     from qsens.errors import QsensError
 
     spec = as_chip(chip)
-    want = fp_type.upper()
-    allowed = {"BM1684": ("F32",), "BM1684X": ("F16", "F32")}.get(spec.name, spec.mix_float_types)
+    want = str(fp_type).upper()
     if want == "AUTO":
-        return "F32"
-    if want not in allowed:
-        raise QsensError(f"--fp_type {fp_type}: {spec.name} mixes INT8 with {' or '.join(allowed)} only "
-                         f"(TPU-MLIR's chip_support_mix_fp_type); use auto or F32")
-    if want != "F32":
-        raise QsensError(f"--fp_type {fp_type} on {spec.name}: qsens simulates F32 float layers only (F16 is not "
-                         "simulated); use --fp_type F32 (or auto, which qsens resolves to F32)")
+        return spec.mix_float_type
+    if want not in spec.mix_float_types:
+        raise QsensError(f"--fp_type {fp_type}: {spec.name} mixes INT8 with {' or '.join(spec.mix_float_types)} only "
+                         f"(TPU-MLIR's chip_support_mix_fp_type); use auto or {' / '.join(spec.mix_float_types)}")
     return want
+
+
+def with_fp_type(chip: ChipSpec | str | None, fp_type: str = "auto") -> ChipSpec:
+    """``chip`` whose mixed models run their float layers in ``--fp_type`` (:func:`resolve_fp_type`)."""
+    spec = as_chip(chip)
+    want = resolve_fp_type(spec, fp_type)
+    return spec if want == spec.mix_float_type else dataclasses.replace(spec, mix_float_type=want)

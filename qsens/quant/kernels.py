@@ -350,6 +350,21 @@ def quantize(x, th, signed: bool):
     return jnp.clip(round_to_int(v, Round.HALF_AWAY_FROM_ZERO), lo, hi).astype(I32)
 
 
+def quantize_from(x, th, signed: bool, float_type: str = "F32"):
+    """The cast of a ``float_type`` tensor to INT8.  F32: :func:`quantize`.  F16 / BF16 (TPU-MLIR 1.23's BM1684X
+    ``tpu.Cast`` F16 -> INT8, checked code for code on PNet's mixed model, tests/fixtures/tpu_mlir/mtcnn_pnet/
+    mix_bm1684x): the product runs in the float type, ``saturate(RHAZ(fp(x * fp(float32(1/s)))))``, ``fp`` = round to
+    nearest even in the float type."""
+    if float_type == "F32":
+        return quantize(x, th, signed)
+    from ..onnx.convert import round_to_float_type
+
+    lo, hi = qrange(signed)
+    inv = round_to_float_type(_inv_scale_f32(th, signed), float_type)
+    v = round_to_float_type(jnp.asarray(x).astype(F32) * inv, float_type)
+    return jnp.clip(round_to_int(v, Round.HALF_AWAY_FROM_ZERO), lo, hi).astype(I32)
+
+
 def dequantize(q, th, signed: bool):
     """INT8 -> FP32: ``q * float32(s)``."""
     return jnp.asarray(q).astype(F32) * _scale_f32(th, signed)

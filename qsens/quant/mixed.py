@@ -43,17 +43,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..errors import TableError
-from ..onnx.convert import run_graph, run_op_roles
+from ..onnx.convert import FLOAT_TYPE_FOLLOWS_INPUT, f32_tensor, run_graph, run_op_roles
 from ..onnx.ir import Graph, Op
 from .chip import BM1684, ChipSpec
-from .kernels import dequantize, int8_op, pad_value_code, quantize
+from .kernels import dequantize, int8_op, pad_value_code, quantize, quantize_from
 from .qparams import qparams_for, static_fallback
 
 #: Data movement: INT8 codes pass through unchanged (output threshold = input threshold).
 PASS_THROUGH = {"Reshape", "Permute", "Pad", "Slice", "Tile", "Squeeze", "Unsqueeze", "Flatten", "Identity"}
 #: ... of which these (TPU-MLIR's top.Reshape) are lowered with their input's type, so alone they never quantize;
 #: the others (Permute checked on MTCNN RNet; Pad/Slice/Tile assumed alike, not yet checked) cast their input.
-FOLLOWS_INPUT_TYPE = {"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity"}
+FOLLOWS_INPUT_TYPE = FLOAT_TYPE_FOLLOWS_INPUT  # {"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity"}
 #: Output (min, max) copied from the input by TPU-MLIR's calibration post-processing on BM1684.
 #: PRelu / LeakyRelu included: TPU-MLIR 1.23 gives their output the input's scale (tests/fixtures/tpu_mlir, the
 #: lowered INT8 models of MTCNN PNet and the generated nets).
@@ -105,6 +105,11 @@ class QuantPlan:
     min_src: np.ndarray | None = None  # int32: where each tensor's min (-threshold) comes from (default copy_src)
     copy_scale: np.ndarray | None = None  # float32 factor on the copied range (MulConst outputs), default 1
     chip: ChipSpec = BM1684  # the chip whose INT8 lowering the plan's F32 set and every INT8 kernel follow
+
+    @property
+    def float_type(self) -> str:
+        """What the float layers of this plan's mixed models run in: the chip's ``mix_float_type`` (``--fp_type``)."""
+        return self.chip.mix_float_type
 
     @property
     def int8_ops(self) -> list[str]:
@@ -296,7 +301,11 @@ def int8_core(plan: QuantPlan, op: Op, weights: Mapping[str, Any], acts: Sequenc
     sig_in = tuple(plan.signed[t] for t in ins)
     if op.type in ("Add", "Mul") and op.weights:  # a weight operand, quantized per tensor (BM1684/{Add,Mul}.cpp)
         acts, th_in, sig_in = _with_weight_operand(op, weights, acts, th_in, sig_in)
-    q = [quantize(a, th, s) for a, th, s in zip(acts, th_in, sig_in)]
+    # an input an F16 / BF16 op produced is cast to INT8 in that float type (a dequantized INT8 input re-quantizes
+    # to its own codes either way)
+    fts = [plan.float_type if not f32_tensor(plan.graph, t, plan.float_type) else "F32" for t in ins] \
+        if plan.float_type != "F32" and len(ins) == len(acts) else ["F32"] * len(acts)
+    q = [quantize_from(a, th, s, ft) for a, th, s, ft in zip(acts, th_in, sig_in, fts)]
     if op.type == "Pad":
         return [_int8_pad(op, weights, dequantize(q[0], th_in[0], sig_in[0]), th_in[0], sig_in[0])]
     if op.type in PASS_THROUGH:  # e.g. Permute: a real INT8 op (RNet's permute alone: loss 7.9e-5, as TPU-MLIR)
@@ -382,6 +391,6 @@ class MixedModel:
             return int8_path(self.plan, op, w, acts, th, self.chip), mask[index[op.name]]
 
         taps = tuple(taps)
-        env = run_graph(g, params, env, mix_fn=mix_fn, keep=taps)
+        env = run_graph(g, params, env, mix_fn=mix_fn, keep=taps, float_type=self.chip.mix_float_type)
         outs = {name: env[t] for name, t in zip(g.output_names, g.outputs)}
         return (outs, {t: env[t] for t in taps}) if taps else outs

@@ -34,9 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..engine import Engine, op_signature, to_device
-from ..onnx.convert import op_runs_nhwc
+from ..onnx.convert import f32_tensor, op_runs_nhwc
 from ..onnx.layout import TO_NCHW, TO_NHWC, per_op_executable
-from ..quant.mixed import QuantPlan, int8_core
+from ..quant.mixed import FOLLOWS_INPUT_TYPE, QuantPlan, int8_core
 from .problem import Problem, concat_chunks
 
 
@@ -64,8 +64,10 @@ def int8_exe(engine: Engine, plan: QuantPlan, i: int):
     out_nhwc = op_runs_nhwc(op, engine.plan) if op.type != "Input" else in_nhwc[0]
     sig = tuple(plan.signed[t] for t in op.inputs + op.outputs)
     shapes = tuple(tuple(plan.graph.tensor_shape(t)) for t in ins)
+    # the float type of the inputs' producers picks each input's cast (F16 -> INT8 in F16 arithmetic)
+    fts = tuple(not f32_tensor(plan.graph, t, plan.float_type) for t in op.inputs) if plan.float_type != "F32" else ()
     key = ("int8", plan.chip.name, op.name in plan.f32_reason, sig, shapes) + op_signature(op, engine.params, in_nhwc,
-                                                                                            out_nhwc)
+                                                                                            out_nhwc) + fts
 
     def make():
         def f(weights, acts, th_in, th_out, qp, _op=op, _in=in_nhwc, _out=out_nhwc):
@@ -100,6 +102,16 @@ def run_int8_op(problem: Problem, engine: Engine, i: int, env, th_eff: np.ndarra
     return out
 
 
+def int8_tensor(problem: Problem, t: str, int8_ops) -> bool:
+    """True when ``t`` holds a dequantized INT8 value in the configuration ``int8_ops``: its producer (seen through
+    reshapes, which take their input's type) runs INT8."""
+    g, plan = problem.graph, problem.plan
+    p = g.producer(t) if t in g.tensors else None
+    while p is not None and p.type in FOLLOWS_INPUT_TYPE and p.inputs:
+        p = g.producer(p.inputs[0])
+    return p is not None and p.type != "Input" and p.name in int8_ops and p.name not in plan.f32_reason
+
+
 def advance_mixed(problem: Problem, env, th_eff: np.ndarray, int8_ops, start: int = 0, engine: Engine | None = None,
                   keep=(), stop: int | None = None) -> dict:
     """Advance ``env`` in place through ops ``[start, stop)`` (default: to the end), ops in ``int8_ops`` INT8 (the
@@ -108,6 +120,7 @@ def advance_mixed(problem: Problem, env, th_eff: np.ndarray, int8_ops, start: in
     g = problem.graph
     last = g.last_use
     keep = problem.keep | set(keep)
+    f16 = problem.plan.float_type != "F32"
     for i in range(start, len(g.ops) if stop is None else stop):
         op = g.ops[i]
         if op.type == "Input":  # never quantized by itself: each INT8 consumer casts it (TPU-MLIR lowering)
@@ -115,7 +128,9 @@ def advance_mixed(problem: Problem, env, th_eff: np.ndarray, int8_ops, start: in
         if op.name in int8_ops and op.name not in problem.plan.f32_reason:
             outs = [run_int8_op(problem, e, i, env, th_eff, [th_eff[problem.plan.tensor_index[op.outputs[0]]]])[0]]
         else:
-            outs = e.call(e.float_exe(i), e.weights(op), [env[t] for t in op.inputs])
+            # an F16 float op does not round what a dequantized INT8 producer wrote (int8_tensor)
+            int8_in = frozenset(t for t in op.inputs if int8_tensor(problem, t, int8_ops)) if f16 else frozenset()
+            outs = e.call(e.float_exe(i, int8_in), e.weights(op), [env[t] for t in op.inputs])
         outs = jax.block_until_ready(outs)
         for t, v in zip(op.outputs, outs):
             env[t] = v
@@ -245,14 +260,14 @@ class FloatPrefix:
                 eng = problem.engine_at(problem.chunk * M)
                 env = {t: jnp.concatenate([v] * M, axis=0) for t, v in live.items()}
                 env[out_t] = jnp.concatenate(ys, axis=0)
-                outs = problem.outputs(eng, eng.run(env, i + 1, keep=keep))
+                outs = problem.outputs(eng, eng.run(env, i + 1, keep=keep, int8_tensors=op.outputs))
                 for m in range(M):
                     per_cand[m].append({k: v[m * problem.chunk : (m + 1) * problem.chunk] for k, v in outs.items()})
             else:
                 for m in range(M):
                     env = dict(live)
                     env[out_t] = ys[m]
-                    per_cand[m].append(problem.outputs(e, e.run(env, i + 1, keep=keep)))
+                    per_cand[m].append(problem.outputs(e, e.run(env, i + 1, keep=keep, int8_tensors=op.outputs)))
         return [problem.scorer.loss(concat_chunks(parts, problem.counts)) for parts in per_cand]
 
 

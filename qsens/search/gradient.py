@@ -104,7 +104,7 @@ def _run(model, plan: QuantPlan, params, inputs, thresholds, ops: Sequence[str],
     mix_fn.wants_float = True
 
     taps = tuple(taps)
-    env = run_graph(g, params, env, mix_fn=mix_fn, keep=taps)
+    env = run_graph(g, params, env, mix_fn=mix_fn, keep=taps, float_type=plan.float_type)
     return {name: env[t] for name, t in zip(g.output_names, g.outputs)}, {t: env[t] for t in taps}
 
 

@@ -57,9 +57,9 @@ class SearchConfig:
             raise SearchError(f"--strategy must be fast or naive, got {self.strategy!r}")
         if self.method_batch not in ("loop", "concat"):
             raise SearchError(f"method batch must be loop or concat, got {self.method_batch!r}")
-        from ..quant.chip import get_chip
+        from ..quant.chip import as_chip
 
-        get_chip(self.chip)  # one-line QsensError for an unsupported chip
+        as_chip(self.chip)  # one-line QsensError for an unsupported chip (a name, or a ChipSpec with its --fp_type)
 
 
 @dataclasses.dataclass
@@ -327,8 +327,9 @@ def _finish(problem: Problem, io: JobIO, cfg, done: list[OpResult], selector: To
     ncal = os.path.join(out_dir, "new_cali_table.txt")
     dump_cali_table(ncal, new_table)  # the table first, the qtable last: a qtable never lacks its table
     os.makedirs(os.path.dirname(os.path.abspath(qpath)), exist_ok=True)
-    write_qtable(qpath, [(name, "F32") for name in float_layers], sample_number=n,
-                 chip=problem.plan.chip.name.lower(), mix_mode="F32")
+    ft = problem.plan.float_type  # the float layers' type (--fp_type; TPU-MLIR writes it as the mix mode)
+    write_qtable(qpath, [(name, ft) for name in float_layers], sample_number=n,
+                 chip=problem.plan.chip.name.lower(), mix_mode=ft)
     log.info(f"Output mix quantization table to {qpath}")
     files.update({"qtable": qpath, "new_cali_table": ncal, "log": os.path.join(out_dir, LOG_NAME)})
     timings.update({"summary_s": time.perf_counter() - t_done, "total_s": time.perf_counter() - io.t_start,
@@ -568,7 +569,8 @@ def _write_qtable_outputs(problem: Problem, state: dict, float_layers: list[str]
     rows = sorted(state["layer_cos"], key=lambda r: r[1])
     lpath = loss_table if os.path.isabs(loss_table) else os.path.join(out_dir, loss_table)
     chip = problem.plan.chip.name.lower()
-    head = [h for h in qtable_header_lines(sample_number=n, chip=chip, mix_mode="F32", count=0)
+    ft = problem.plan.float_type
+    head = [h for h in qtable_header_lines(sample_number=n, chip=chip, mix_mode=ft, count=0)
             if not h.startswith(("# number of", "# op_name"))]
     lines = []
     for k, (name, cos) in enumerate(rows):
@@ -579,7 +581,7 @@ def _write_qtable_outputs(problem: Problem, state: dict, float_layers: list[str]
     atomic_write(lpath, "\n".join(head + lines) + "\n")
     qpath = qtable_path if os.path.isabs(qtable_path) else os.path.join(out_dir, qtable_path)
     os.makedirs(os.path.dirname(os.path.abspath(qpath)), exist_ok=True)
-    write_qtable(qpath, [(name, "F32") for name in float_layers], sample_number=n, chip=chip, mix_mode="F32")
+    write_qtable(qpath, [(name, ft) for name in float_layers], sample_number=n, chip=chip, mix_mode=ft)
     log.info(f"int8 outputs_cos:{state['all_int8_cos']:.6f} old")
     log.info(f"mix model outputs_cos:{state['outputs_cos']:.6f}")
     log.info(f"Output mix quantization table to {qtable_path}")

@@ -78,7 +78,8 @@ class Problem:
         self.placement = placement if placement is not None else devices.default()
         self.chunk = max(1, min(chunk, self.n)) * self.placement.n
         self.stats = stats or CompileStats()
-        self.engine = Engine(model, self.chunk, stats=self.stats, cache=cache, placement=self.placement)
+        self.engine = Engine(model, self.chunk, stats=self.stats, cache=cache, placement=self.placement,
+                             float_type=plan.float_type)
         self.cache = self.engine.cache
         self.graph = self.engine.graph
         chunks, counts = [], []
@@ -124,7 +125,7 @@ class Problem:
         e = self._engines.get(batch)
         if e is None:
             e = self._engines[batch] = Engine(self.model, batch, stats=self.stats, cache=self.cache,
-                                              placement=self.placement)
+                                              placement=self.placement, float_type=self.plan.float_type)
         return e
 
     def outputs(self, engine: Engine, env) -> dict[str, np.ndarray]:

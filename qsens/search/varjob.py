@@ -133,9 +133,9 @@ def variant_search(model, base_table, inputs: Mapping[str, np.ndarray], variant:
         ncal = os.path.join(out_dir, "new_cali_table.txt")
         dump_cali_table(ncal, new_table)  # the table first, the qtable last
         os.makedirs(os.path.dirname(os.path.abspath(qpath)), exist_ok=True)
-        write_qtable(qpath, [(n, "F32") for n in float_layers], sample_number=problem.n,
-                     chip=problem.plan.chip.name.lower(),
-                     mix_mode="F32")
+        ft = problem.plan.float_type
+        write_qtable(qpath, [(n, ft) for n in float_layers], sample_number=problem.n,
+                     chip=problem.plan.chip.name.lower(), mix_mode=ft)
         log.info(f"Output mix quantization table to {qpath}")
         files.update({"qtable": qpath, "new_cali_table": ncal, "log": os.path.join(out_dir, LOG_NAME)})
         timings = {"int8_model_s": t_int8 - t_start, "search_s": t_done - t_search,

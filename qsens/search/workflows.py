@@ -255,12 +255,14 @@ def run_sensitive_search(o: SearchOptions, *, echo: Callable[[str], None] = prin
     ensure_out_dir(os.path.dirname(os.path.abspath(qpath)))
     post = load_post_process(o.post_process)
     compare, cweights = parse_compare_layers(o.global_compare_layers)
+    from ..calib.flags import DEFAULT_TUNE_STEPS, calibration_flags, resolve_fp_type
+    from ..quant.chip import with_fp_type
+
+    resolve_fp_type(o.chip, o.fp_type)  # one-line errors for a bad --fp_type / chip
+    chip = with_fp_type(o.chip, o.fp_type)  # the chip, its float layers in --fp_type (auto: TPU-MLIR's FLOAT_MAP)
     cfg = SearchConfig(methods=tuple(o.methods.split(",")), max_float_layers=o.max_float_layers,
                        expected_cos=o.expected_cos, strategy=o.strategy, method_batch=o.method_batch,
-                       compare_layers=compare, compare_weights=cweights, chip=o.chip)
-    from ..calib.flags import DEFAULT_TUNE_STEPS, calibration_flags, resolve_fp_type
-
-    resolve_fp_type(o.chip, o.fp_type)
+                       compare_layers=compare, compare_weights=cweights, chip=chip)
     _, flag_kw = calibration_flags(o, "kl", tool="search")  # --histogram_bin_num, --tune_list, --debug_cmd
     fn, params = load_model(o)
     g = fn.graph
@@ -364,6 +366,7 @@ def run_sensitive_search(o: SearchOptions, *, echo: Callable[[str], None] = prin
 def _run_variant(o, fn, base, cal, grid_lo, inputs, labels, post, post_id, compare, cweights, stats, extra_files,
                  phase, echo, t0, t_cal):
     """``qsens search --variant NAME``: a :mod:`qsens.search.variants` strategy on the base table."""
+    from ..quant.chip import with_fp_type
     from .variants import make_variant
     from .varjob import variant_search
 
@@ -375,7 +378,7 @@ def _run_variant(o, fn, base, cal, grid_lo, inputs, labels, post, post_id, compa
     res = variant_search(fn.model, base, inputs, v, out_dir=o.out_dir, qtable_path=o.quantize_table,
                          resume=o.resume, post_process=post, post_process_id=post_id, compare_layers=compare,
                          compare_weights=cweights, progress=not o.quiet, echo=echo, stats=stats, chunk=o.batch,
-                         labels=labels, extra_files=extra_files, chip=o.chip)
+                         labels=labels, extra_files=extra_files, chip=with_fp_type(o.chip, o.fp_type))
     phase.remove()
     if res["early_exit"]:
         return res
@@ -435,10 +438,10 @@ def run_qtable(o: QtableOptions, *, echo: Callable[[str], None] = print):
     if not o.calibration_table:
         raise SearchError("qsens qtable needs --calibration_table (the table run_qtable.py searches with; make one "
                           "with `qsens calibrate`)")
-    from ..quant.chip import get_chip, resolve_fp_type
+    from ..quant.chip import get_chip, with_fp_type
 
     get_chip(o.chip)  # one-line error for an unsupported chip
-    resolve_fp_type(o.chip, o.fp_type)  # auto -> F32; F16/BF16: one-line error (not simulated)
+    chip = with_fp_type(o.chip, o.fp_type)  # auto: TPU-MLIR's FLOAT_MAP (BM1684 F32, BM1684X F16); bad: one-line error
     from ..calib.flags import parse_debug_cmd
 
     parse_debug_cmd(o.debug_cmd, "qtable")  # logging keys only; the rest: one-line errors
@@ -468,7 +471,7 @@ def run_qtable(o: QtableOptions, *, echo: Callable[[str], None] = print):
                         compare_weights=cweights, post_process=post,
                         post_process_id=file_sha(o.post_process) if o.post_process else None,
                         progress=not o.quiet, echo=echo, stats=stats, chunk=o.batch,
-                        checkpoint_every_s=o.checkpoint_every_s, chip=o.chip)
+                        checkpoint_every_s=o.checkpoint_every_s, chip=chip)
     if res.early_exit:
         return res
     s = res.summary
@@ -479,7 +482,7 @@ def run_qtable(o: QtableOptions, *, echo: Callable[[str], None] = print):
          f"{s['n_steps']} float steps, {s['n_reverted']} reverted, end: {s['end']}"
          + (f" '{s['exception']}'" if s["exception"] else "") + ")")
     if labels is not None:  # the job's problem again (same executables cache): FP32, INT8 and the qtable's model
-        problem = job_problem(fn.model, table, inputs, compare, cweights, post, stats, None, o.batch, o.chip)
+        problem = job_problem(fn.model, table, inputs, compare, cweights, post, stats, None, o.batch, chip)
         lab = labelled_accuracy(problem, res.float_layers, labels)
         if lab is not None:
             s["labelled"] = lab

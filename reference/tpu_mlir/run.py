@@ -492,8 +492,11 @@ def search_step(a, r: Runner, name: str, kind: str, work: Path, mlir: Path) -> N
     (sd / "summary.json").write_text(json.dumps(summ, indent=1))
 
 
-def int8_dir(chip: str) -> str:
-    """The dump step's folder: ``int8`` for BM1684 (the fixtures' original layout), ``int8_<chip>`` otherwise."""
+def int8_dir(chip: str, mode: str = "INT8") -> str:
+    """The dump step's folder: ``int8`` for BM1684 (the fixtures' original layout), ``int8_<chip>`` otherwise;
+    ``<mode>_<chip>`` (e.g. ``f16_bm1684x``) for a float ``--dump_mode``."""
+    if mode.upper() != "INT8":
+        return f"{mode.lower()}_{chip}"
     return "int8" if chip == "bm1684" else f"int8_{chip}"
 
 
@@ -506,14 +509,25 @@ def dump(a, r: Runner, name: str) -> None:
     from utils.preprocess import preprocess
 
     work = a.out / "work"
-    d = a.out / int8_dir(a.chip)
+    mode = a.dump_mode.upper()
+    d = a.out / (a.dump_dir or int8_dir(a.chip, "INT8" if a.dump_qtable else mode))
     d.mkdir(exist_ok=True)
     table = a.out / "cali_table"
-    lowered = work / f"{name}_{a.chip}_int8.mlir"
+    lowered = work / f"{name}_{a.chip}_{d.name}.mlir"
     t0 = time.time()
     os.chdir(work)  # the lowered MLIR names its weight file relative to the working directory
-    mlir_lowering(f"{name}.mlir", lowered.name, "INT8", a.chip, cali_table=str(table))
-    r.meta["commands"].append({"cmd": f"mlir_lowering {name}.mlir INT8 {a.chip} cali_table", "wall_s": round(time.time() - t0, 2)})
+    if a.dump_qtable:  # a mixed model: INT8 with the qtable's layers in their float type (MixQuantModel's lowering)
+        qt = os.path.abspath(a.dump_qtable)
+        shutil.copy(qt, d / "qtable")
+        mlir_lowering(f"{name}.mlir", lowered.name, "INT8", a.chip, cali_table=str(table), quantize_table=qt)
+        cmd = f"mlir_lowering {name}.mlir INT8 {a.chip} cali_table quantize_table={Path(qt).name}"
+    elif mode == "INT8":
+        mlir_lowering(f"{name}.mlir", lowered.name, "INT8", a.chip, cali_table=str(table))
+        cmd = f"mlir_lowering {name}.mlir INT8 {a.chip} cali_table"
+    else:  # the float model of a mixed model's float layers (FLOAT_MAP: F16 on BM1684X)
+        mlir_lowering(f"{name}.mlir", lowered.name, mode, a.chip)
+        cmd = f"mlir_lowering {name}.mlir {mode} {a.chip}"
+    r.meta["commands"].append({"cmd": cmd, "wall_s": round(time.time() - t0, 2)})
     parser = MlirParser(str(work / f"{name}.mlir"))
     ds = DataSelector(a.dataset, a.input_num, a.data_list)
     files = ds.data_list[: a.dump_num]
@@ -551,12 +565,13 @@ def dump(a, r: Runner, name: str) -> None:
         else:
             codes[k] = stack.astype(np.float32)
     (d / "qinfo.json").write_text(json.dumps(qinfo, indent=1))
-    np.savez_compressed(d / "int8.npz", **codes)
+    tensors = "int8.npz" if mode == "INT8" or a.dump_qtable else ("tpu_f32.npz" if mode == "F32" else f"{mode.lower()}.npz")
+    np.savez_compressed(d / tensors, **codes)  # (f32.npz below: the Top model's outputs)
     mf, resf = run_model(work / f"{name}.mlir", False)
     outs = {k: np.stack([x[k] for x in resf]).astype(np.float32) for k in mf.output_names}
     np.savez_compressed(d / "f32.npz", **outs)
     r.meta["dump_files"] = [os.path.relpath(f, a.dataset) if a.dataset else f for f in files]
-    shutil.copy(lowered, d / "int8_tpu.mlir.txt") if a.keep_mlir else None
+    shutil.copy(lowered, d / (d.name.split('_')[0] + '_tpu.mlir.txt')) if a.keep_mlir else None
 
 
 def main(argv=None) -> None:
@@ -577,6 +592,10 @@ def main(argv=None) -> None:
     ap.add_argument("--qtable_setting", default="", help="why this expected/min_layer_cos, kept in run_qtable/summary.json")
     ap.add_argument("--chip", default="bm1684")
     ap.add_argument("--dump_num", type=int, default=2)
+    ap.add_argument("--dump_mode", default="INT8", help="the dump step's model: INT8 (with cali_table) or a float "
+                    "mode (F16, BF16, F32) as TPU-MLIR lowers it for --chip -> OUT/<mode>_<chip>/<mode>.npz")
+    ap.add_argument("--dump_qtable", default="", help="dump the mixed model: INT8 with this qtable's float layers")
+    ap.add_argument("--dump_dir", default="", help="the dump step's folder in OUT (default from --chip/--dump_mode)")
     ap.add_argument("--steps", default=",".join(STEPS))
     ap.add_argument("--keep_mlir", action="store_true")
     ap.add_argument("--quantize_method_list", default="MSE", help="search_qtable's methods (TPU-MLIR default MSE)")

@@ -356,9 +356,14 @@ def test_chip_lookup_and_fp_type_errors():
     assert get_chip("bm1684x") is BM1684X and get_chip("BM1684X") is BM1684X
     with pytest.raises(QsensError, match="bm1684, bm1684x"):
         get_chip("bm1688")
-    assert resolve_fp_type("bm1684x", "auto") == "F32" and resolve_fp_type("bm1684x", "F32") == "F32"
-    with pytest.raises(QsensError, match="F16 is not simulated"):
-        resolve_fp_type("bm1684x", "F16")
+    # TPU-MLIR's FLOAT_MAP: auto is F16 on BM1684X, F32 on BM1684 (tests/test_f16_oracle.py checks the F16 layers)
+    assert resolve_fp_type("bm1684x", "auto") == "F16" and resolve_fp_type("bm1684x", "F32") == "F32"
+    assert resolve_fp_type("bm1684x", "f16") == "F16" and resolve_fp_type("bm1684", "auto") == "F32"
+    from qsens.quant import with_fp_type
+
+    assert with_fp_type("bm1684x") is BM1684X and BM1684X.mix_float_type == "F16"
+    f32 = with_fp_type("bm1684x", "F32")
+    assert f32.name == "BM1684X" and f32.mix_float_type == "F32" and f32.per_channel_conv
     with pytest.raises(QsensError, match="F16 or F32 only"):
         resolve_fp_type("bm1684x", "BF16")
     with pytest.raises(QsensError, match="F32 only"):
