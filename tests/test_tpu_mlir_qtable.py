@@ -41,9 +41,12 @@ def run(name, sub, tmp_path):
     fx = O.load(name)
     s = json.loads((fx.path / sub / "summary.json").read_text())
     out = tmp_path / "out"
+    chip = next((c["cmd"].split("--chip ")[1].split()[0] for c in s.get("commands", [])
+                 if c["cmd"].startswith("run_qtable.py") and "--chip " in c["cmd"]), "bm1684")
     argv = ["qtable", str(O.model_path(fx)), "--dataset", _dataset(fx), "--input_num", str(s["input_num"]),
             *_flag_args(fx), "--calibration_table", str(fx.file("cali_table")), "--expected_cos",
-            str(s["expected_cos"]), "--min_layer_cos", str(s["min_layer_cos"]), "--out_dir", str(out), "-q"]
+            str(s["expected_cos"]), "--min_layer_cos", str(s["min_layer_cos"]), "--chip", chip, "--out_dir", str(out),
+            "-q"]
     rc = main(argv)
     return rc, s, out
 
@@ -62,7 +65,9 @@ def qtable_ops(path: Path):
 
 
 def test_cases_present():
-    assert len(CASES) >= 12 and ("efficientnet_lite0_op13", "run_qtable") in CASES
+    assert len(CASES) >= 13 and ("efficientnet_lite0_op13", "run_qtable") in CASES
+    # BM1684X (fp_type auto: the float model and the float layers F16, tests/test_f16_oracle.py)
+    assert ("mtcnn_pnet", "run_qtable_bm1684x") in CASES
 
 
 @pytest.mark.zoo
