@@ -245,10 +245,6 @@ def cmd_calibrate(args) -> int:
     if args.search and args.search.lower() != "false":
         from .search.workflows import CalibrationSearchOptions, run_calibration_search
 
-        if args.debug_cmd:
-            raise QsensError(f"--debug_cmd with --search {args.search} is not implemented yet; drop it or calibrate "
-                             "without --search")
-
         run_calibration_search(CalibrationSearchOptions.from_namespace(args), echo=_echo)
         return 0
     from .calibrate import calibrate, parse_method, write_tables

@@ -132,7 +132,11 @@ def test_calibrate_flags_change_numbers(tmp_path, capsys, zoo, monkeypatch):
     (["--debug_cmd", "nope"], ["--debug_cmd key 'nope' is unknown"]),
     (["--tune_list", "/no/such/list.txt"], ["--tune_list", "/no/such/list.txt", "does not exist"]),
     (["--debug_cmd", "use_max", "--search", "search_threshold", "--quantize_table", "q"],
-     ["--debug_cmd with --search search_threshold is not implemented"]),
+     ["--debug_cmd use_max with calibrate --search", "--quantize_method_list"]),
+    (["--debug_cmd", "tune_steps=0", "--search", "search_threshold", "--quantize_table", "q"],
+     ["--debug_cmd tune_steps needs a whole number >= 1"]),
+    (["--debug_cmd", "max_sampling=3", "--search", "search_qtable", "--quantize_table", "q"],
+     ["--debug_cmd key 'max_sampling' is unknown", "tune_steps"]),
 ])
 def test_calibrate_flag_errors(argv, needles, tmp_path, capsys, zoo):
     rc, _, err = run_cli(["calibrate", _pnet(), *PNET_FLAGS, "--dataset", _images(), "--input_num", "2", "-q",

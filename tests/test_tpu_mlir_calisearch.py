@@ -5,7 +5,8 @@ algorithm in ``docs/search_qtable.md``).
 search_qtable: the per-method tables, the searched types and layers, every layer's best method and loss, the
 top-K list and its similarity, auto-N's probes, the written qtable and the all-INT8 similarity.
 search_threshold: the per-method tables, every method's score and the chosen table.  ``--histogram_bin_num``
-(``search_threshold_bins1024``) and ``--tune_list`` (``search_qtable_tune_list``) reach every calibrator of a search.  ``fast_search`` and
+(``search_threshold_bins1024``), ``--tune_list`` (``search_qtable_tune_list``) and ``--debug_cmd tune_steps=5``
+(``search_threshold_tune_steps5``) reach every calibrator of a search.  ``fast_search`` and
 ``--cluster`` are not implemented in qsens (skipped here, with the reason).
 """
 
@@ -69,6 +70,8 @@ def run(name, sub, tmp_path):
         argv.append("--cluster")
     if "--histogram_bin_num" in f:
         argv += ["--histogram_bin_num", str(f["--histogram_bin_num"])]
+    if "--debug_cmd" in f:  # tune_steps=N: every calibrator of the search (search_threshold_tune_steps5)
+        argv += ["--debug_cmd", str(f["--debug_cmd"])]
     if "--tune_list" in f:  # the fixture's list of base names -> their paths in this machine's zoo folder
         lst = tmp_path / "tune_list.txt"
         lst.write_text("".join(f"{_dataset(fx)}/{n}\n" for n in (fx.path / sub / "tune_list.txt").read_text().split()))

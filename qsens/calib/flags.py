@@ -28,8 +28,13 @@
 * ``--debug_cmd`` on ``qsens qtable`` (``run_qtable.py``): only ``MixPrecSearcher``'s keys above (no effect), and
   ``run_bias_correction`` (a different search mode of run_qtable, not modelled: refused).  Calibration keys have no
   effect in a tool that calibrates nothing and are refused with a pointer to ``qsens calibrate``.
-* ``--fp_type auto|F16|BF16|F32``: the float type of float layers; ``auto`` is the chip's (``FLOAT_MAP``: BM1684 F32),
-  and a type outside ``chip_support_mix_fp_type`` (BM1684: F32 only) is an error.
+* ``--debug_cmd`` on ``qsens calibrate --search`` (1.30.2 ``run_calibration.py --search``: ``args.debug_cmd`` reaches
+  every ``ActivationCalibrator`` the searches build, ``calibration/search_qtable.py`` / ``search_threshold.py``):
+  ``tune_steps=N`` sets every tuner's grid (checked: ``search_threshold_tune_steps5`` / ``search_qtable_tune_steps5``
+  fixtures); ``debug_log``, ``print_debug_info``, ``dump_list`` change no number; ``use_*`` are refused (each search
+  sets the calibrator's methods itself, so they pick nothing).
+* ``--fp_type auto|F16|BF16|F32``: the float type of float layers; ``auto`` is the chip's (``FLOAT_MAP``: BM1684 F32,
+  BM1684X F16), and a type outside ``chip_support_mix_fp_type`` (BM1684: F32 only; BM1684X: F16, F32) is an error.
 """
 
 from __future__ import annotations
@@ -103,6 +108,15 @@ def parse_debug_cmd(text: str | None, tool: str = "calibrate") -> DebugCmd:
         keys.append((k.lower(), v if sep else None))
     if tool == "calibrate":
         return _check_keys(keys, KEYS, {}, tool)
+    if tool == "calisearch":
+        # run_calibration.py --search (TPU-MLIR 1.30.2): args.debug_cmd reaches every ActivationCalibrator the search
+        # builds (tune_steps: each SimpleTuner's grid), but each search sets the calibrator's methods itself
+        # (search_qtable: --quantize_method_list; search_threshold: all four), so use_* picks nothing there
+        for k, _ in keys:
+            if k in _KL_OVERRIDES:
+                raise QsensError(f"--debug_cmd {k} with calibrate --search: the search sets its calibration methods "
+                                 "itself (TPU-MLIR 1.30.2); choose them with --quantize_method_list")
+        return _check_keys(keys, ("tune_steps", "print_debug_info", "debug_log", "dump_list"), {}, "calibrate --search")
     if tool not in ("search", "qtable"):
         raise ValueError(f"parse_debug_cmd: unknown tool {tool!r}")
     for k, _ in keys:

@@ -511,6 +511,7 @@ class CalibrationSearchOptions(DataOptions):
     benchmark_method: str = "cos"
     histogram_bin_num: Any = 2048  # --histogram_bin_num (qsens.calib.flags)
     tune_list: str | None = None  # --tune_list: the SimpleTuner's samples
+    debug_cmd: str = ""  # --debug_cmd: tune_steps=N (every calibrator of the search) and logging keys
     cluster: bool = False
     post_process: str | None = None
     chip: str = "bm1684"
@@ -578,9 +579,14 @@ def run_calibration_search(o: CalibrationSearchOptions, *, echo: Callable[[str],
     ensure_out_dir(os.path.dirname(os.path.abspath(o.quantize_table)))
     from ..calib.flags import calibration_flags
 
-    # --histogram_bin_num / --tune_list reach every calibrator of the search (1.30.2 builds them from args/tune_ds)
-    _, flag_kw = calibration_flags(o, "kl")
+    # --histogram_bin_num / --tune_list / --debug_cmd tune_steps=N reach every calibrator of the search (1.30.2 builds
+    # them from args / tune_ds / args.debug_cmd)
+    _, flag_kw = calibration_flags(o, "kl", tool="calisearch")
     ckw = {"n_bins": flag_kw["n_bins"], "tune_files": flag_kw["tune_files"]}
+    from ..calib.flags import DEFAULT_TUNE_STEPS
+
+    if flag_kw["tune_steps"] != DEFAULT_TUNE_STEPS:
+        ckw["tune_steps"] = flag_kw["tune_steps"]
     tune_num = flag_kw["tune_num"]
     enable_compilation_cache()
     fn, _ = load_model(o)
@@ -641,7 +647,7 @@ def run_calibration_search(o: CalibrationSearchOptions, *, echo: Callable[[str],
             "model": file_sha(o.model), "ops": g.op_names, "files": cal_files, "pp": repr(pp), "methods": methods,
             "tune_num": o.tune_num, "batch": o.batch,
             **({"bins": ckw["n_bins"], "tune_files": ckw["tune_files"]} if ckw["n_bins"] != 2048 or ckw["tune_files"]
-               else {})})
+               else {}), **({"tune_steps": ckw["tune_steps"]} if "tune_steps" in ckw else {})})
         saved = phase.load() if o.resume else None
         if saved is not None:
             cal = Calibration.from_json(saved["cal"])
