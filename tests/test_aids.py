@@ -188,6 +188,44 @@ def test_smoothquant_scales_by_hand():
     assert info["chosen"][0] == "alpha" and info["chosen"][1] == pytest.approx(1.0) and info["loss"] < 1e-20
 
 
+def test_smoothquant_matches_tpu_mlir_on_gen_sq(tmp_path):
+    """``--sq`` on a LayerNorm -> 2 MatMuls and a Mul -> MatMul net (``fixtures/tpu_mlir/gen_sq``): the same smoothed
+    ops as TPU-MLIR 1.23's log, and every rewritten weight (the LayerNorm's gain and bias and the Mul's weight divided
+    by s, the MatMuls' rows multiplied) equal to the Top weights its run_calibration --sq wrote, within float32
+    rounding of the activation maxima; the float model's outputs unchanged."""
+    from qsens.data.dataset import select_files
+    from qsens.pipeline import load_inputs, make_preprocess
+    from qsens.search.aidjob import AidSettings, apply_aids
+    from qsens.zoo import zoo_path
+
+    ds = zoo_path("images100")
+    if not ds.exists():
+        pytest.skip("zoo not built (qsens zoo)")
+    fx = Path(__file__).parent / "fixtures" / "tpu_mlir" / "gen_sq"
+    meta = json.loads((fx / "meta.json").read_text())
+    model = str(fx / "gen_sq.onnx")
+    fn, params = qsens.to_jax(model)
+    logged = [ln.split(" ", 3)[3] for ln in meta["runs"]["sq_log"]]
+    assert smooth_ops(fn.graph, params) == logged == ["layernormalization9_LayerNormalization", "mul16_Mul"]
+    files = select_files(str(ds), input_num=20)
+    res = apply_aids(model, None, AidSettings(sq=True), str(tmp_path / "sq.onnx"), cal_files=files, bc_files=[],
+                     make_pp=lambda g: make_preprocess(g, **PP), echo=lambda _: None)
+    ref = np.load(fx / "sq_weights_after.npz")
+    changed = 0
+    for k in ref.files:
+        ours = np.asarray(res.params[k]).reshape(ref[k].shape)
+        np.testing.assert_allclose(ours, ref[k], rtol=2e-6, atol=0, err_msg=k)
+        changed += not np.array_equal(np.asarray(params[k]).reshape(ref[k].shape), ref[k])
+    assert changed == 6  # LayerNorm gain + bias, Mul weight, the three MatMul weights
+    assert {r["chosen"][0] for r in res.record["sq"]["ops"].values()} == {"alpha"}
+    # the float model is preserved: x/s @ (s W) = x @ W
+    fn2, params2 = qsens.to_jax(str(tmp_path / "sq.onnx"))
+    x = load_inputs(files[:4], fn.graph, make_preprocess(fn.graph, **PP))
+    a, b = fn(params, x), fn2(params2, x)
+    for k in a:
+        np.testing.assert_allclose(np.asarray(b[k]), np.asarray(a[k]), rtol=1e-4, atol=1e-5 * float(np.abs(a[k]).max()))
+
+
 # ----------------------------------------------------------------------------------------------------- CLI
 @pytest.mark.parametrize("flags, needles", [
     (["--we", "--bc_inference_num", "0"], ["--bc_inference_num", ">= 1"]),

@@ -182,7 +182,7 @@ def smooth_ops(graph: Graph, params: Mapping[str, Any]) -> list[str]:
         users = _succ(graph, op.outputs[0])
         if not users or any(u.type != "MatMul" for u in users):
             continue
-        if op.type == "LayerNorm":
+        if op.type in ("LayerNorm", "LayerNormalization"):  # TPU-MLIR's top.LayerNorm (qsens keeps the ONNX name)
             out.append(op.name)
         elif op.type == "Mul":
             ws = [k for _, k in op.weights]
@@ -248,3 +248,28 @@ def smoothquant_scale(acts: list[np.ndarray], weights: list[np.ndarray]) -> tupl
             if v < best:
                 best, best_s, best_from = v, s, ("os+", step)
     return best_s, {"loss": float(best), "chosen": best_from}
+
+
+def smoothquant(graph: Graph, params: Mapping[str, Any], acts: Mapping[str, list[np.ndarray]]) -> tuple[dict, dict]:
+    """TPU-MLIR 1.23 ``SmoothQuant.smoothquant`` on the canonical params: for each op of :func:`smooth_ops` (in graph
+    order), ``s`` from :func:`smoothquant_scale` on ``acts[op]`` (its float outputs on the calibration samples, all
+    taken from the *original* model as TPU-MLIR collects them before any rewrite) and its MatMul users' weights; the
+    op's weight (a LayerNorm's gain, a Mul's per-channel weight) and bias are divided by ``s``, each MatMul user's
+    weight rows multiplied by ``s`` -- the float model is unchanged up to float rounding (``x/s @ (s W) = x @ W``).
+    Returns ``(new params, {op: {"scale", "users", "loss", "chosen"}})``."""
+    new = {k: np.array(v, np.float32, copy=True) for k, v in params.items()}
+    rec: dict = {}
+    for name in smooth_ops(graph, params):
+        op = graph.op(name)
+        users = _succ(graph, op.outputs[0])
+        keys = [u.weight("filter") for u in users]
+        s, info = smoothquant_scale(acts[name], [new[k] for k in keys])
+        s = np.asarray(s, np.float32)
+        roles = ("in1", "in2") if op.type != "Mul" else tuple(r for r, _ in op.weights[:1])
+        for r, k in op.weights:
+            if r in roles:
+                new[k] = (new[k].reshape(-1) / s).reshape(new[k].shape).astype(np.float32)
+        for k in keys:
+            new[k] = (new[k] * s.reshape(-1, 1)).astype(np.float32)
+        rec[name] = {"scale": s, "users": [u.name for u in users], **info}
+    return new, rec

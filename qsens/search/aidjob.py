@@ -66,7 +66,7 @@ def apply_aids(model_path: str, input_shapes, settings: AidSettings, out_model: 
     ``cal_files``: the calibration samples (``--input_num``; SmoothQuant's statistics and the calibration that
     bias correction starts from, KL tuned on ``tune_num`` like run_calibration); ``bc_files``: the
     ``--bc_inference_num`` samples bias correction scores; ``make_pp(graph)``: the preprocessing."""
-    from ..calib.aids import shift_bias, smooth_ops, weight_equalization
+    from ..calib.aids import shift_bias, smooth_ops, smoothquant, weight_equalization
     from ..calibrate import calibrate
     from ..onnx import to_jax
     from ..onnx.rewrite import write_edited_onnx
@@ -87,12 +87,22 @@ def apply_aids(model_path: str, input_shapes, settings: AidSettings, out_model: 
     if settings.sq:
         ops = smooth_ops(g, params)
         rec["sq"] = {"smooth_ops": ops}
-        if ops:
-            raise QsensError(f"{model_path}: --sq found LayerNorm/Mul -> MatMul ops {ops[:3]}; qsens computes "
-                             f"SmoothQuant's scales (qsens.calib.aids.smoothquant_scale) but does not rewrite "
-                             f"transformer weights yet; drop --sq")
-        echo("SmoothQuant: no LayerNorm or Mul whose users are all MatMul (TPU-MLIR smooths only those): "
-             "the model is unchanged")
+        if ops:  # the smoothed ops' float outputs on the calibration samples (the original model), then the rewrite
+            pp = make_pp(g)
+            x = load_inputs(cal_files, g, pp)
+            outs = [op.outputs[0] for op in g.ops if op.name in ops]
+            acts: dict[str, list] = {n: [] for n in ops}
+            for j in range(len(cal_files)):
+                _, tapped = fn(params0, {k: v[j : j + 1] for k, v in x.items()}, taps=tuple(outs))
+                for n, t in zip(ops, outs):
+                    acts[n].append(np.asarray(tapped[t], np.float32))
+            params, sq_rec = smoothquant(g, params, acts)
+            rec["sq"]["ops"] = sq_rec
+            echo(f"SmoothQuant: {len(ops)} ops smoothed ({', '.join(ops[:4])}{', ...' if len(ops) > 4 else ''}) on "
+                 f"{len(cal_files)} samples")
+        else:
+            echo("SmoothQuant: no LayerNorm or Mul whose users are all MatMul (TPU-MLIR smooths only those): "
+                 "the model is unchanged")
     if settings.we:
         params, we_rec = weight_equalization(g, params, relu6=settings.we_relu6)
         edits += we_rec.pop("edits")

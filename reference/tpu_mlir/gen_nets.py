@@ -49,6 +49,13 @@ class B:
             ins.append(self.w((cout,), 0.2))
         return self.node("Conv", ins, kernel_shape=[k, k], strides=[stride, stride], pads=[pad] * 4, group=group)
 
+    def i64(self, value):
+        """An int64 constant initializer (shapes)."""
+        self.n += 1
+        nm = f"i{self.n}"
+        self.inits.append(numpy_helper.from_array(np.asarray(value, np.int64), nm))
+        return nm
+
     def c(self, value):
         """A float32 constant initializer (exact value, given shape)."""
         self.n += 1
@@ -56,12 +63,12 @@ class B:
         self.inits.append(numpy_helper.from_array(np.asarray(value, np.float32), nm))
         return nm
 
-    def save(self, out: Path, y, yshape, more=()):
+    def save(self, out: Path, y, yshape, more=(), opset: int = 13):
         outs = [helper.make_tensor_value_info(y, TensorProto.FLOAT, yshape)]
         outs += [helper.make_tensor_value_info(t, TensorProto.FLOAT, s) for t, s in more]
         g = helper.make_graph(self.nodes, self.name, [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 16, 16])],
                               outs, self.inits)
-        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], producer_name="qsens-gen")
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], producer_name="qsens-gen")
         m.ir_version = 8
         onnx.checker.check_model(m)
         onnx.save(m, out / f"{self.name}.onnx")
@@ -187,6 +194,24 @@ def gen_we(out: Path):
     b.save(out, y, [1, 4, 16, 16])
 
 
+def gen_sq(out: Path):
+    """SmoothQuant's patterns (``--sq``): a LayerNorm whose users are two MatMuls, and a Mul by a per-channel weight
+    whose user is a MatMul, on a token sequence (Conv patches -> Reshape -> Transpose, opset 17 LayerNormalization);
+    the LayerNorm gain and the Mul weight spread over two decades so the activation ranges differ per channel."""
+    b = B("gen_sq", 1690)
+    x = b.conv("input", 3, 8, k=4, stride=4, pad=0)
+    r = b.node("Reshape", [x, b.i64([1, 8, 16])])
+    t = b.node("Transpose", [r], perm=[0, 2, 1])
+    gain = b.c((10.0 ** b.rng.uniform(-1, 1, 8)).astype(np.float32))
+    ln = b.node("LayerNormalization", [t, gain, b.w((8,), 0.3)], axis=-1, epsilon=1e-5)
+    m1 = b.node("MatMul", [ln, b.w((8, 12))])
+    m2 = b.node("MatMul", [ln, b.w((8, 6))])
+    g = b.node("Relu", [m1])
+    mu = b.node("Mul", [g, b.c((10.0 ** b.rng.uniform(-1, 1, 12)).astype(np.float32))])
+    m3 = b.node("MatMul", [mu, b.w((12, 8))])
+    b.save(out, m3, [1, 16, 8], more=[(m2, [1, 16, 6])], opset=17)
+
+
 def main(argv=None):
     out = Path((argv or sys.argv[1:])[0])
     out.mkdir(parents=True, exist_ok=True)
@@ -195,6 +220,7 @@ def main(argv=None):
     gen_const(out)
     gen_wconst(out)
     gen_we(out)
+    gen_sq(out)
 
 
 if __name__ == "__main__":
