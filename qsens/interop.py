@@ -386,16 +386,18 @@ def run_dump(args) -> dict[str, np.ndarray]:
     if args.int8:
         if not args.calibration_table:
             raise QsensError("qsens run --int8 needs --calibration_table (run_calibration.py's or qsens calibrate's)")
-        from .quant.chip import get_chip
+        from .quant.chip import with_fp_type
         from .quant.kernels import quantize
         from .quant.mixed import MixedModel, plan_from_table, thresholds_from_table
         from .tables import read_cali_table
 
         table = read_cali_table(args.calibration_table)
-        plan = plan_from_table(g, table)
+        # the chip's lowering (F32 ops of the INT8 model, kernels) and its float layers' type (--fp_type: auto = F16 on
+        # BM1684X, TPU-MLIR's FLOAT_MAP)
+        plan = plan_from_table(g, table, with_fp_type(args.chip, getattr(args, "fp_type", "auto")))
         th = thresholds_from_table(g, table)
         mask = float_mask(g, args.quantize_table) & np.array([op.name not in plan.f32_reason for op in g.ops])
-        mm = MixedModel(model, plan, get_chip(args.chip))
+        mm = MixedModel(model, plan)
         # one jit-compiled program (eager op-by-op dispatch is ~6x slower on PNet); the same integer results
         int8_fn = jax.jit(lambda p, x, th_, m: mm.apply(p, x, th_, m, taps=taps)[1])
 
@@ -476,8 +478,10 @@ def register(sub) -> None:
                    help="preprocessed inputs (TPU-MLIR's <model>_in_f32.npz), instead of --dataset")
     s.add_argument("--int8", action="store_true", help="the BM1684 INT8 simulation (needs --calibration_table)")
     s.add_argument("--calibration_table", default=None, help="run_calibration.py's or qsens's table (with --int8)")
-    s.add_argument("--quantize_table", default=None, help="qtable: its float ops run in F32 (with --int8)")
+    s.add_argument("--quantize_table", default=None, help="qtable: its ops run float (with --int8; --fp_type)")
     s.add_argument("--chip", "--processor", dest="chip", default="bm1684")
+    s.add_argument("--fp_type", default="auto", help="with --int8: the float type of the qtable's ops and the ops without "
+                   "INT8 form: auto = TPU-MLIR's FLOAT_MAP (F32 on BM1684, F16 on BM1684X), F16 or F32")
     s.add_argument("--codes", action="store_true",
                    help="with --int8: also the integer codes of every INT8 tensor (int8/uint8) as '<tensor>_code'")
     s.add_argument("--dump", required=True, metavar="NPZ", help="the npz to write: one array per tensor, NCHW")

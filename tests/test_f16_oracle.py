@@ -177,3 +177,30 @@ def test_sensitive_search_bm1684x_f16(tmp_path, zoo):
     from tests.test_tpu_mlir_oracle import assert_tables_close
 
     assert_tables_close(tmp_path / "new_cali_table.txt", fx.file("sensitive_bm1684x", "new_cali_table.txt"), 2e-6)
+
+
+def test_run_dump_of_a_mixed_bm1684x_model(tmp_path, capsys, zoo):
+    """``qsens run --int8 --chip bm1684x --quantize_table`` (F16 float layers, ``--fp_type auto``) on TPU-MLIR's inputs
+    dumps what TPU-MLIR's interpreter computed for the same mixed model (``mtcnn_pnet/mix_bm1684x``): the INT8 op's
+    codes and the F16 op behind it equal, the rest within a few F16 ulps; with ``--fp_type F32`` they are not."""
+    from tests.cli_util import run_cli
+
+    fx = O.load("mtcnn_pnet")
+    sub = fx.file("mix_bm1684x")
+    ref = fx.npz("mix_bm1684x", "int8.npz")
+    dumps = {}
+    for ft in ("auto", "F32"):
+        out = tmp_path / f"{ft}.npz"
+        rc, _, _ = run_cli(["run", str(O.model_path(fx)), "--input_shapes", "[[1,3,48,48]]", "--input",
+                            str(sub / "inputs.npz"), "--int8", "--codes", "--chip", "bm1684x", "--fp_type", ft,
+                            "--calibration_table", str(fx.file("cali_table")), "--quantize_table", str(sub / "qtable"),
+                            "--dump", str(out)], capsys)
+        assert rc == 0
+        with np.load(out) as z:
+            dumps[ft] = {k: z[k] for k in z.files}
+    ref = {k: v.reshape((v.shape[0],) + v.shape[2:]) for k, v in ref.items()}  # (samples, 1, ...) -> (samples, ...)
+    d = dumps["auto"]
+    np.testing.assert_array_equal(d["conv2d_1_Conv_code"].astype(int), ref["conv2d_1_Conv"].astype(int))
+    np.testing.assert_array_equal(d["prelu_1_PRelu"], ref["prelu_1_PRelu"])
+    assert np.mean(d["conv2d_2_Conv"] != ref["conv2d_2_Conv"]) < 0.01
+    assert np.mean(dumps["F32"]["prelu_1_PRelu"] != ref["prelu_1_PRelu"]) > 0.5

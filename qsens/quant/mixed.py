@@ -391,6 +391,6 @@ class MixedModel:
             return int8_path(self.plan, op, w, acts, th, self.chip), mask[index[op.name]]
 
         taps = tuple(taps)
-        env = run_graph(g, params, env, mix_fn=mix_fn, keep=taps, float_type=self.chip.mix_float_type)
+        env = run_graph(g, params, env, mix_fn=mix_fn, keep=taps, float_type=self.plan.float_type)
         outs = {name: env[t] for name, t in zip(g.output_names, g.outputs)}
         return (outs, {t: env[t] for t in taps}) if taps else outs

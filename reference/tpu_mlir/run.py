@@ -522,8 +522,8 @@ def dump(a, r: Runner, name: str) -> None:
         mlir_lowering(f"{name}.mlir", lowered.name, "INT8", a.chip, cali_table=str(table), quantize_table=qt)
         cmd = f"mlir_lowering {name}.mlir INT8 {a.chip} cali_table quantize_table={Path(qt).name}"
     elif mode == "INT8":
-        mlir_lowering(f"{name}.mlir", lowered.name, "INT8", a.chip, cali_table=str(table))
-        cmd = f"mlir_lowering {name}.mlir INT8 {a.chip} cali_table"
+        mlir_lowering(f"{name}.mlir", lowered.name, "INT8", a.chip, cali_table=str(table), asymmetric=a.asymmetric)
+        cmd = f"mlir_lowering {name}.mlir INT8 {a.chip} cali_table" + (" asymmetric" if a.asymmetric else "")
     else:  # the float model of a mixed model's float layers (FLOAT_MAP: F16 on BM1684X)
         mlir_lowering(f"{name}.mlir", lowered.name, mode, a.chip)
         cmd = f"mlir_lowering {name}.mlir {mode} {a.chip}"
@@ -595,6 +595,7 @@ def main(argv=None) -> None:
     ap.add_argument("--dump_mode", default="INT8", help="the dump step's model: INT8 (with cali_table) or a float "
                     "mode (F16, BF16, F32) as TPU-MLIR lowers it for --chip -> OUT/<mode>_<chip>/<mode>.npz")
     ap.add_argument("--dump_qtable", default="", help="dump the mixed model: INT8 with this qtable's float layers")
+    ap.add_argument("--asymmetric", action="store_true", help="the dump step's INT8 model asymmetric (zero points)")
     ap.add_argument("--dump_dir", default="", help="the dump step's folder in OUT (default from --chip/--dump_mode)")
     ap.add_argument("--steps", default=",".join(STEPS))
     ap.add_argument("--keep_mlir", action="store_true")
