@@ -26,7 +26,7 @@ from tests import tpu_mlir_oracle as O  # noqa: N812
 SUB = "int8_bm1684x"
 NETS = [n for n in O.available() if (O.FIXTURES / n / SUB / "int8.npz").exists()]
 #: tensors TPU-MLIR's BM1684X model keeps INT8 and qsens F32, with the reason
-NOT_MODELLED = {("mtcnn_pnet", "softmax_Softmax"): "BM1684X INT8 Softmax (lookup tables) is not modelled by qsens"}
+NOT_MODELLED: dict = {}  # (PNet's Softmax, INT8 by table on BM1684X, is modelled since qsens's _softmax_table)
 
 
 @pytest.fixture(scope="module")

@@ -58,7 +58,7 @@ BM1684X = ChipSpec(
     add_requant="positive",
     avgpool_requant="scale_and_shift",
     int8_kinds=frozenset({"Conv", "MatMul", "Add", "MaxPool", "AvgPool", "GlobalAvgPool", "Concat", "LeakyRelu",
-                          "PRelu", "Sigmoid"}),
+                          "PRelu", "Sigmoid", "Softmax"}),
     mix_float_type="F16",  # TPU-MLIR's FLOAT_MAP: a BM1684X mixed model's float layers are F16 (--fp_type auto)
     mix_float_types=("F16", "F32"),
     weight_operand_int8=False,

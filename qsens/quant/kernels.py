@@ -266,7 +266,24 @@ def int8_op(op, weights, q_inputs: Sequence, qp: dict, chip: ChipSpec = BM1684):
         return _avgpool(op, xs[0], qp)
     if kind in LUT_OPS:
         return _finish(jnp.take(qp["lut"], xs[0] - qp["lut_lo"], mode="clip"), op, qp)
+    if kind == "Softmax":
+        return _finish(_softmax_table(op, xs[0], qp), op, qp, relu=False)
     raise ValueError(f"op {op.name!r}: type {op.type!r} has no BM1684 INT8 kernel")
+
+
+def _softmax_table(op, x, qp):
+    """BM1684X INT8 Softmax (TPU-MLIR 1.23, Tpu/Interfaces/Common/Softmax.cpp ``inference``; PNet's
+    ``softmax_Softmax`` bit-exact, tests/test_bm1684x_oracle.py): per row along ``axis``, ``t = table[to_uint8(max - q)]``,
+    ``sum`` accumulated in float32 in channel order, ``p = float(t / (sum * s_out))``, the uint8 code
+    ``(int)(p + 0.5)``.  The interpreter divides in double (``s_out`` is a double there); float32 here, equal on the
+    fixture (1,444 of 1,444 codes)."""
+    ax = int(op.attr("axis", -1)) % x.ndim
+    mx = jnp.max(x, axis=ax, keepdims=True)
+    t = jnp.take(qp["table"], jnp.clip(mx - x, 0, 255))
+    tt = jnp.moveaxis(t, ax, 0)
+    total = jax.lax.scan(lambda c, v: (c + v, None), jnp.zeros_like(tt[0]), tt)[0]  # sequential, channel order
+    p = t / (jnp.expand_dims(total, ax) * qp["s_out"])
+    return jnp.floor(p + jnp.float32(0.5)).astype(I32)
 
 
 def _avgpool(op, x, qp):

@@ -77,6 +77,9 @@ SUPPORTED = (
     "Deconv",
 ) + LUT_OPS
 
+#: INT8 kernels only some chips have (``ChipSpec.int8_kinds`` lists them): BM1684X's table Softmax (docs/bm1684x.md)
+CHIP_ONLY = ("Softmax",)
+
 #: Top ops BM1684 lowers to F32 in an INT8 model, with the reason (the TPU-MLIR source of the rule is in
 #: docs/bm1684.md, "Ops that stay F32").
 F32_ON_BM1684 = {
@@ -169,7 +172,7 @@ def static_fallback(op, in_shapes: Sequence[tuple[int, ...]] | None = None, chip
         return f"{op.type}: qsens does not model TPU-MLIR's {chip.name} INT8 lowering of it (kept F32)"
     if kind in F32_ON_BM1684:
         return F32_ON_BM1684[kind]
-    if kind not in SUPPORTED:
+    if kind not in SUPPORTED and not (kind in CHIP_ONLY and chip.int8_kinds is not None and kind in chip.int8_kinds):
         return f"{op.type} has no BM1684 INT8 kernel here"
     if kind in ("Conv", "Deconv"):
         if any(s > chip.max_conv_stride for s in op.attr("strides", (1, 1))):
@@ -206,7 +209,7 @@ def qparams_for(
     """
     xp = backend()
     kind = op_kind(op)
-    if kind not in SUPPORTED:
+    if kind not in SUPPORTED and kind not in CHIP_ONLY:
         raise ValueError(f"op {op.name!r}: type {op.type!r} has no BM1684 INT8 kernel")
     th_in = tuple(th_in) if isinstance(th_in, list | tuple) else (th_in,)
     sig_in = _tuple(signed_in, len(th_in))
@@ -341,6 +344,11 @@ def qparams_for(
     elif kind in ("MaxPool", "AvgPool", "GlobalAvgPool"):
         # BM1684 forces output qtype = input qtype (T2T §3.2); th_out / signed_out only set the saturation range.
         pass
+    elif kind == "Softmax":  # BM1684X (TPU-MLIR 1.23): exp table of the code distance to the row's max
+        # table[i] = float(exp(-s_in * beta * i)), i = 0..255 (double maths, stored float32)
+        beta = float(op.attr("beta", 1.0))
+        qp["table"] = xp.exp(-(s_in[0] * beta) * xp.arange(256, dtype=F64)).astype(F32)
+        qp["s_out"] = xp.asarray(s_out).astype(F32)
     elif kind in LUT_OPS:
         lo_in, hi_in = qrange(sig_in[0])
         codes = xp.arange(lo_in, hi_in + 1, dtype=F64)
