@@ -183,20 +183,13 @@ def tune_files(tune_list: str | None, tune_num: int) -> list[str] | None:
 
 
 def resolve_fp_type(chip: str, fp_type: str) -> str:
-    """``--fp_type`` on ``chip``: the float type of the float layers (F32), or a one-line error."""
-    try:  # the chip layer's rule when it has one (BM1684X etc.)
-        from ..quant.chip import resolve_fp_type as chip_rule
-    except ImportError:
-        chip_rule = None
-    want = str(fp_type).upper()
-    if want not in ("AUTO", "F16", "BF16", "F32"):
+    """``--fp_type`` on ``chip``: the float type of the float layers, or a one-line error (a misspelt type named
+    here, a type the chip does not mix by :func:`qsens.quant.chip.resolve_fp_type`)."""
+    from ..quant.chip import resolve_fp_type as chip_rule
+
+    if str(fp_type).upper() not in ("AUTO", "F16", "BF16", "F32"):
         raise QsensError(f"--fp_type must be auto, F16, BF16 or F32, got {fp_type!r}")
-    if chip_rule is not None:
-        return chip_rule(chip, fp_type)
-    if want in ("AUTO", "F32"):
-        return "F32"
-    raise QsensError(f"--fp_type {fp_type}: {chip} mixes INT8 with F32 only (TPU-MLIR's chip_support_mix_fp_type); "
-                     "use auto or F32")
+    return chip_rule(chip, fp_type)
 
 
 def calibration_flags(o, cali_method: str, files=None, tool: str = "calibrate") -> tuple[str, dict]:
