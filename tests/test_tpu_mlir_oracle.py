@@ -7,9 +7,10 @@ post-processing; see tests/fixtures/tpu_mlir/*/meta.json for the exact commands)
 * every calibration table ``run_calibration`` writes (KL tuned, MAX, Percentile9999, MSE) and every per-method
   table ``run_sensitive_layer`` generates (``_<M>.1`` and ``_<M>_tune``): same tensors in the same order, values
   equal to TPU-MLIR's printed digits within 2e-6 relative (both tools run the float model in float32 with
-  different convolution code: activations differ in the last bits);
+  different convolution code: activations differ in the last bits; ``REL_BY`` names the fixtures allowed more);
 * every tensor of the BM1684 INT8 model of TPU-MLIR's table: same storage type and scale, and integer codes
-  equal bit for bit to TPU-MLIR's interpreter on TPU-MLIR's own preprocessed inputs;
+  equal bit for bit to TPU-MLIR's interpreter on TPU-MLIR's own preprocessed inputs (``TIE_DEPENDENT``: where
+  a code at an exact rounding tie is the recording CPU's);
 * run_sensitive_layer: every (op, method) loss within 1e-6, the same best method per op, the same float layers,
   the same all-INT8 and mix similarity (to its 6 printed digits) and the same new_cali_table.
 
@@ -36,12 +37,22 @@ REL = 2e-6
 #: per fixture: the relative tolerance of calibration-table values where the two float models differ by design.
 #: yolo5n: TPU-MLIR's float model runs its 28 fused SiLUs as one op (x / (1 + e^-x)), qsens the ONNX nodes they came
 #: from (x * sigmoid(x)); activations deep in the net drift apart by up to 3.1e-6 relative
-REL_BY = {"yolo5n": 1e-5}
+#: efficientnet_lite0_op13: qsens's float32 forward moves by CPU too (XLA's convolution kernels): the min of
+#: /_blocks.7/_project_conv over 100 images is 2.85e-6 from TPU-MLIR's on an AMD EPYC (AVX-512), under 2e-6 on the
+#: machine the fixture was recorded on; TPU-MLIR 1.23 itself, rerun on that EPYC, moved 54 of the KL table's values
+#: by up to 7.5e-7
+REL_BY = {"yolo5n": 1e-5, "efficientnet_lite0_op13": 4e-6}
 #: TPU-MLIR 1.23 interpreter defects that change its run_sensitive_layer results (qsens computes what the chip does):
 #: gen_const's INT8 Pad with a non-zero fill value: pymlir multiplies the stored border by the scale again on every
 #: invocation (0.503 -> 0.0020 -> 0.000125; docs/bm1684.md, reference/tpu_mlir/pad_leak.py), so its all-INT8 similarity and the loss of
 #: pad30_Pad (ranked first) are wrong from the second image on; qsens's ranking equals TPU-MLIR's without that op
 INTERPRETER_DEFECT = {"gen_const": "pad30_Pad"}
+#: tensors whose recorded codes at an *exact* rounding tie of the integer accumulator depend on the CPU the fixture was
+#: recorded on (TPU-MLIR's and, CI runs show, qsens's too; not located): Lite0's 1152-deep merged head conv, image 1,
+#: channel 1226, (3, 6): accumulator 3408 = 106.5 * 2^5. The fixture (and its bmodel run) say 106; TPU-MLIR 1.23 rerun
+#: on an AMD EPYC (AVX-512) with the same model bytes, table and inputs says 107, as qsens. There, and only at
+#: exact ties (tpu_mlir_oracle.conv_tie_mask, computed in int64 outside qsens), a code may be one above the record
+TIE_DEPENDENT = {"efficientnet_lite0_op13": ("/_swish_1/Clip_output_0_Clip",)}
 
 
 def _fx(name):
@@ -154,8 +165,14 @@ def test_int8_model_bit_exact(name, models, zoo):
         assert signed == (q["dtype"] == "I8"), t
         assert scale == pytest.approx(q["scale"], rel=1e-6), t
         ours, theirs = codes[t].reshape(ref[t].shape), ref[t].astype(np.int32)
-        # every tensor bit for bit, Lite0's merged head conv included (its float32 merge, canonical._merge_conv1x1)
-        np.testing.assert_array_equal(ours, theirs, err_msg=t)
+        # every tensor bit for bit, Lite0's merged head conv included (its float32 merge, canonical._merge_conv1x1),
+        # but for a code at an exact rounding tie, which the recording CPU decides (TIE_DEPENDENT)
+        if t in TIE_DEPENDENT.get(name, ()):
+            x = ref[plan.graph.producer(t).inputs[0]].astype(np.int64)
+            ties = O.conv_tie_mask(fx, plan, fn.model, params, t, x.reshape((-1,) + x.shape[-3:]))
+            O.assert_codes_equal_but_ties(ours, theirs, ties, t)
+        else:
+            np.testing.assert_array_equal(ours, theirs, err_msg=t)
         checked += 1
     assert checked == sum(qinfo[t]["dtype"] in ("I8", "U8") for t in plan.graph.tensors) >= len(plan.graph.tensors) - 3
 
@@ -195,10 +212,19 @@ def test_lite0_head_on_the_bm1684_simulator(models, zoo):
         pytest.skip("Lite0 fixture absent")
     fn, params = models[name]
     fx = _fx(name)
-    _, codes, _ = O.int8_codes(fx, fn.model, params)
+    plan, codes, _ = O.int8_codes(fx, fn.model, params)
     chip = fx.npz("bmodel_head", "codes.npz")
-    for t in ("/_swish_1/Clip_output_0_Clip", "/_avg_pooling/GlobalAveragePool_output_0_GlobalAveragePool"):
-        np.testing.assert_array_equal(chip[t].astype(np.int32), codes[t].reshape(chip[t].shape), err_msg=t)
+    head, pool = "/_swish_1/Clip_output_0_Clip", "/_avg_pooling/GlobalAveragePool_output_0_GlobalAveragePool"
+    x = fx.npz("int8", "int8.npz")[fn.model.graph.producer(head).inputs[0]].astype(np.int64)
+    ties = O.conv_tie_mask(fx, plan, fn.model, params, head, x.reshape((-1,) + x.shape[-3:]))
+    assert int(ties.sum()) > 0  # the head conv does have exact ties on these two images
+    flips = O.assert_codes_equal_but_ties(codes[head].reshape(chip[head].shape), chip[head].astype(np.int32), ties, head)
+    assert flips <= 1  # recorded: 0 on the recording machine, 1 ([1, 1226, 3, 6]) on an AMD EPYC
+    if flips == 0:  # the pool sums the head's codes: bit-exact wherever the head is
+        np.testing.assert_array_equal(chip[pool].astype(np.int32), codes[pool].reshape(chip[pool].shape), err_msg=pool)
+    else:  # one head code one up moves the 7x7 pool sum by one: at most one pool code, by at most one
+        d = np.abs(chip[pool].astype(np.int32) - codes[pool].reshape(chip[pool].shape))
+        assert int((d != 0).sum()) <= flips and int(d.max()) <= 1
     got, ours = chip["logits_Gemm"].astype(np.int32), codes["logits_Gemm"].reshape(2, 1000)
     assert [tuple(map(int, ij)) for ij in np.argwhere(got != ours)] == [(0, 191), (1, 568)]
     assert [int(ours[0, 191]), int(ours[1, 568])] == [-17, 0] and [int(got[0, 191]), int(got[1, 568])] == [-16, 1]
@@ -276,8 +302,13 @@ TOL = {"default": (1e-6, 1.5e-6, 1.5e-6),
        # Lite0 (17 blocks, 30 images): the all-INT8 model is bit-exact (similarity 1.1e-8 apart since the merged
        # convs' float32 arithmetic, canonical._merge_conv1x1); float32 differences between XLA's and oneDNN's
        # convolutions grow to 2e-5 relative after three F32 layers of the mix model and move a few codes of the next
-       # INT8 layer across a rounding boundary; the decisions (methods, float layers, table) are the same
-       "efficientnet_lite0_op13": (2e-6, 1e-7, 3e-4),
+       # INT8 layer across a rounding boundary; the decisions (methods, float layers, table) are the same.
+       # The all-INT8 similarity: 0.857026 recorded, qsens 0.857057 with the recorded table on an AMD EPYC; the
+       # recording CPU decides codes at exact rounding ties (TIE_DEPENDENT) and moves float statistics, so this
+       # fixture's record is only good to ~3e-5 elsewhere. On one CPU the two tools agree: TPU-MLIR 1.23 rerun on
+       # that EPYC (its own table there) gave 0.85703416, qsens with that table 0.85703416, and the best-method
+       # losses of all ops within 7.4e-7
+       "efficientnet_lite0_op13": (2e-6, 5e-5, 3e-4),
        # mbv3s / yolo5n: TPU-MLIR's float model runs fused ops (HardSwish as AddConst/Max/Min/Mul, merged Scales,
        # SiLU as one op) where qsens runs the ONNX nodes: one mbv3s loss (the last Conv before the head's HardSwish,
        # 7.3e-5) is 1.1e-6 apart with equal thresholds (its mixed outputs equal TPU-MLIR's interpreter on the dumped

@@ -107,3 +107,44 @@ def int8_codes(fx: Fixture, model=None, params=None, table_path: Path | None = N
         codes[t] = np.asarray(quantize(jnp.asarray(vals[t]), float(eff[i]), s))
         scales[t] = (float(np.float32(eff[i]) / np.float32(127.0 if s else 255.0)), s)
     return plan, codes, scales
+
+
+def conv_tie_mask(fx: Fixture, plan, model, params, t: str, x_codes: np.ndarray, table_path: Path | None = None):
+    """Where the BM1684 INT8 1x1 Conv producing ``t`` sits *exactly* on a rounding tie, computed independently of
+    qsens's kernels: the int64 accumulator ``sum_c x*w8 + b16`` (``x_codes``: the conv's input codes, NCHW) has
+    remainder ``2^(r-1)`` modulo ``2^r``, so ``RightShiftRound(acc, r, HALF_UP)`` rounds an exact .5 up.
+
+    At such a tie the code is decided by nothing but the rounding of an exact half; qsens rounds it up, as the
+    interpreter's HALF_UP does.  TPU-MLIR's recorded codes there depend on the CPU the fixture was recorded on
+    (Lite0's head conv, image 1, channel 1226: 3408 = 106.5 * 2^5; the fixture says 106, TPU-MLIR 1.23 rerun on an
+    AMD EPYC with the same model, table and inputs says 107, as qsens) -- see :func:`assert_codes_equal_but_ties`.
+    Returns a bool array shaped like the conv's output (N, O, H, W)."""
+    from qsens.quant.mixed import host_qparams, thresholds_from_table
+    from qsens.tables import read_cali_table
+
+    g = model.graph
+    op = g.producer(t)
+    assert op.type == "Conv" and tuple(op.attr("kernel_shape")) == (1, 1) and int(op.attr("group", 1)) == 1, t
+    assert tuple(op.attr("strides", (1, 1))) == (1, 1) and not any(op.attr("pads", (0, 0, 0, 0))), t
+    th = thresholds_from_table(g, read_cali_table(table_path or fx.file("cali_table")))
+    eff = np.asarray(plan.effective(th))
+    idx = {name: i for i, name in enumerate(g.tensors)}
+    weights = {r: params[k] for r, k in op.weights}
+    qp = host_qparams(plan, op, weights, [float(eff[idx[op.inputs[0]]])], float(eff[idx[t]]))
+    w8 = np.asarray(qp["w8"]).astype(np.int64)[:, :, 0, 0]
+    acc = np.einsum("nchw,oc->nohw", x_codes.astype(np.int64), w8) + np.asarray(qp["b16"]).astype(np.int64)[None, :, None, None]
+    r = int(np.asarray(qp["r"]))
+    if r <= 0:
+        return np.zeros(acc.shape, bool)
+    return (acc & ((1 << r) - 1)) == (1 << (r - 1))
+
+
+def assert_codes_equal_but_ties(ours: np.ndarray, theirs: np.ndarray, ties: np.ndarray, err_msg: str = "") -> int:
+    """``ours == theirs`` bit for bit except, at most, one code apart exactly where ``ties`` holds (see
+    :func:`conv_tie_mask`) with qsens's code the half-up one.  Returns the number of such tie flips."""
+    ours, theirs = np.asarray(ours), np.asarray(theirs)
+    ties = np.asarray(ties).reshape(ours.shape)
+    off = ours != theirs
+    np.testing.assert_array_equal(np.where(ties, 0, ours), np.where(ties, 0, theirs), err_msg=err_msg)
+    assert (np.abs(ours - theirs)[off] == 1).all() and (ours[off] == theirs[off] + 1).all(), err_msg
+    return int(off.sum())

@@ -644,6 +644,17 @@ def main(argv=None) -> None:
         r.meta.update({k: v for k, v in old.items() if k != "commands"})
         r.meta["commands"] = [c for c in old.get("commands", [])]
     r.meta.update({"model": model.name, "flags": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}})
+    # the model bytes this record was made from, and the CPU: zoo models are exported on each machine, and a few-ulp
+    # difference in their weights moves codes at exact rounding ties (README, "Checked against TPU-MLIR", (4))
+    import hashlib
+    import platform
+
+    steps_run = r.meta.setdefault("model_sha256_by_step", {})
+    sha = hashlib.sha256(model.read_bytes()).hexdigest()
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    for st in steps:
+        steps_run[st] = {"sha256": sha, "cpu": cpu}
     mlir = work / f"{name}.mlir"
     if "transform" in steps:
         r.run(["model_transform.py", "--model_name", name, "--model_def", str(model), *preprocess_flags(a),
