@@ -383,6 +383,8 @@ def run_dump(args) -> dict[str, np.ndarray]:
         raise QsensError(f"{n} samples do not fill whole batches of {b} (the model's deployment batch); pass a "
                          f"multiple of {b} (--input_num)")
     taps = g.tensors
+    if getattr(args, "asymmetric", False):
+        return _run_dump_asymmetric(args, fn, params, inputs, b)
     if args.int8:
         if not args.calibration_table:
             raise QsensError("qsens run --int8 needs --calibration_table (run_calibration.py's or qsens calibrate's)")
@@ -429,6 +431,33 @@ def run_dump(args) -> dict[str, np.ndarray]:
     return dump
 
 
+def _run_dump_asymmetric(args, fn, params, inputs, batch: int) -> dict[str, np.ndarray]:
+    """``qsens run --int8 --asymmetric``: TPU-MLIR's asymmetric BM1684X INT8 model (``qsens.quant.asym``), batch by
+    batch; INT8 tensors dequantized, ``(q - zp) * scale``, F16 ones as computed; ``--codes`` adds the codes."""
+    if not args.int8:
+        raise QsensError("--asymmetric is a kind of INT8 model: add --int8 (and --chip bm1684x)")
+    if not args.calibration_table:
+        raise QsensError("qsens run --int8 --asymmetric needs --calibration_table (its min / max columns set the zero points)")
+    if args.quantize_table:
+        raise QsensError("--asymmetric with --quantize_table is not modelled (TPU-MLIR's mixed asymmetric lowering was not "
+                         "checked); drop one of them")
+    from .quant.asym import AsymModel
+    from .tables import read_cali_table
+
+    am = AsymModel(fn.model, params, read_cali_table(args.calibration_table), args.chip, getattr(args, "fp_type", "auto"))
+    n = len(next(iter(inputs.values())))
+    vals, codes = [], []
+    for i in range(0, n, batch):
+        v, c = am.apply(params, {k: x[i : i + batch] for k, x in inputs.items()})
+        vals.append(v)
+        codes.append(c)
+    dump = {t: np.concatenate([v[t] for v in vals]).astype(np.float32, copy=False) for t in vals[0]}
+    if args.codes:
+        for t, q in am.qinfo.items():
+            dump[f"{t}{args.codes_suffix}"] = np.concatenate([c[t] for c in codes]).astype(np.int8 if q.signed else np.uint8)
+    return dump
+
+
 def cmd_run(args) -> int:
     dump = run_dump(args)
     try:
@@ -437,7 +466,7 @@ def cmd_run(args) -> int:
         np.savez(args.dump, **dump)
     except OSError as e:
         raise QsensError(f"cannot write --dump '{args.dump}' ({e.strerror}); choose a writable path") from None
-    kind = "INT8 (dequantized)" if args.int8 else "float"
+    kind = ("asymmetric " if getattr(args, "asymmetric", False) else "") + "INT8 (dequantized)" if args.int8 else "float"
     first = next(iter(dump.values()))
     print(f"wrote {args.dump}: {len(dump)} tensors, {kind}, {first.shape[0]} sample(s)")
     return 0
@@ -484,5 +513,8 @@ def register(sub) -> None:
                    "INT8 form: auto = TPU-MLIR's FLOAT_MAP (F32 on BM1684, F16 on BM1684X), F16 or F32")
     s.add_argument("--codes", action="store_true",
                    help="with --int8: also the integer codes of every INT8 tensor (int8/uint8) as '<tensor>_code'")
+    s.add_argument("--asymmetric", action="store_true",
+                   help="with --int8 --chip bm1684x: TPU-MLIR's asymmetric INT8 (model_deploy.py --asymmetric): zero "
+                        "points from the table's min/max; modelled op kinds: Conv, MaxPool, Softmax, PRelu (F16)")
     s.add_argument("--dump", required=True, metavar="NPZ", help="the npz to write: one array per tensor, NCHW")
     s.set_defaults(fn=cmd_run, codes_suffix="_code")
