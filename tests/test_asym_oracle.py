@@ -1,7 +1,7 @@
 """BM1684X *asymmetric* INT8 (``qsens.quant.asym``) against TPU-MLIR 1.23's own asymmetric lowering + interpreter.
 
-Fixture ``tests/fixtures/tpu_mlir/mtcnn_pnet/asym_bm1684x/`` (command in its ``meta.json``): PNet's asymmetric INT8
-model of the fixture's ``cali_table`` (``mlir_lowering ... asymmetric=True``, what ``model_deploy.py --asymmetric``
+Fixtures ``tests/fixtures/tpu_mlir/{mtcnn_pnet,mtcnn_rnet,mtcnn_onet,gen_act,gen_pool}/asym_bm1684x/`` (command in each
+``meta.json``): each net's asymmetric INT8 model of the fixture's ``cali_table`` (``mlir_lowering ... asymmetric=True``, what ``model_deploy.py --asymmetric``
 deploys), every tensor as ``pymlir`` computes it on two preprocessed samples.  Checked: every tensor's storage type,
 scale and zero point, every integer code, the F16 PRelus' values and the float outputs, bit for bit; the
 ``qsens run --asymmetric`` dump; the scale / zero-point rule on hand-computed vectors; the one-line errors.
@@ -16,8 +16,11 @@ from tests import tpu_mlir_oracle as O  # noqa: N812
 
 SUB = "asym_bm1684x"
 NAME = "mtcnn_pnet"
-HAVE = (O.FIXTURES / NAME / SUB / "int8.npz").exists()
-pytestmark = pytest.mark.skipif(not HAVE, reason="asymmetric PNet fixture absent")
+NETS = [n for n in O.available() if (O.FIXTURES / n / SUB / "int8.npz").exists()]
+
+
+def test_asym_fixtures_present():
+    assert set(NETS) == {"mtcnn_pnet", "mtcnn_rnet", "mtcnn_onet", "gen_act", "gen_pool"}
 
 
 def _pnet():
@@ -45,50 +48,74 @@ def test_scale_zero_point_rule():
         scale_zp(2.0, 2.0)
 
 
+#: per net: F16 values one F16 ulp off TPU-MLIR's (qsens's F16 PRelu rounds a float32 product; the F16 -> INT8 casts
+#: after it give equal codes): ONet's prelu_2_PRelu, 23 of 8,192
+F16_ULP_OFF = {"mtcnn_onet": {"prelu_2_PRelu": 23}}
+#: per net: (INT8 tensors, F16 tensors) checked
+COUNTS = {"mtcnn_pnet": (7, 3), "mtcnn_rnet": (11, 4), "mtcnn_onet": (14, 5), "gen_act": (10, 2), "gen_pool": (13, 1)}
+
+
+def _tpu_name(t: str, names) -> str | None:
+    """TPU-MLIR's name of qsens's tensor ``t``: the same, or (a Softmax it reshaped to 4-D) ``t__<op>_reshape``."""
+    if t in names:
+        return t
+    alias = [k for k in names if k.startswith(t + "__") and k.endswith("_reshape")]
+    return alias[0] if len(alias) == 1 else None
+
+
 @pytest.mark.zoo
-def test_pnet_asymmetric_bit_exact(zoo):
-    """Every tensor of TPU-MLIR's asymmetric PNet: storage type, scale, zero point and codes; the F16 PRelus and the
-    float outputs value for value."""
+@pytest.mark.parametrize("name", NETS)
+def test_asymmetric_bit_exact(name, zoo):
+    """Every tensor of TPU-MLIR's asymmetric INT8 model: storage type, scale, zero point and codes; the F16 ops'
+    values; the INT8 -> F32 outputs value for value."""
+    import qsens.onnx
     from qsens.quant.asym import AsymModel
     from qsens.tables import read_cali_table
 
-    fx, (fn, params) = _pnet()
+    fx = O.load(name)
+    fn, params = qsens.onnx.to_jax(str(O.model_path(fx)), O.input_shapes(fx))
     am = AsymModel(fn.model, params, read_cali_table(fx.file("cali_table")))
-    qinfo, ref, f32 = fx.json(SUB, "qinfo.json"), fx.npz(SUB, "int8.npz"), fx.npz(SUB, "f32.npz")
-    x = fx.npz(SUB, "inputs.npz")["input"]
-    per = [am.apply(params, {"input": x[i : i + 1]}) for i in range(len(x))]
+    qinfo, ref = fx.json(SUB, "qinfo.json"), fx.npz(SUB, "int8.npz")
+    x = fx.npz(SUB, "inputs.npz")
+    x = x[next(iter(x))]
     g = fn.model.graph
+    per = [am.apply(params, {g.inputs[0]: x[i : i + 1]}) for i in range(len(x))]
     n_int8 = n_f16 = 0
     for t in g.tensors:
         op = g.producer(t)
-        if op.type == "Input":  # F32 in TPU-MLIR's model; its INT8 cast is the conv's input tensor
+        if op.type == "Input":  # F32 in TPU-MLIR's model; its INT8 cast is named after the first consumer
             key = f"{t}{g.consumers(t)[0].name}_si8"
-            q = qinfo[key]
-            assert (am.qinfo[t].scale, am.qinfo[t].zp) == (pytest.approx(q["scale"], rel=1e-7), q["zp"])
+            assert (am.qinfo[t].scale, am.qinfo[t].zp) == (pytest.approx(qinfo[key]["scale"], rel=1e-7), qinfo[key]["zp"])
             got = np.stack([c[t] for _, c in per])
             np.testing.assert_array_equal(got.reshape(ref[key].shape), ref[key].astype(np.int32), err_msg=t)
             continue
-        q = qinfo[t]
+        k = _tpu_name(t, qinfo)
+        assert k is not None, t
+        q = qinfo[k]
         if q["dtype"] == "F16":
-            assert op.type == "PRelu" and t not in am.qinfo
-            got = np.stack([v[t] for v, _ in per])
-            np.testing.assert_array_equal(got.reshape(ref[t].shape), ref[t], err_msg=t)
+            assert op.type in ("PRelu", "LeakyRelu") and t not in am.qinfo, t
+            got = np.stack([v[t] for v, _ in per]).reshape(ref[k].shape)
+            off = got != ref[k]
+            assert int(off.sum()) == F16_ULP_OFF.get(name, {}).get(t, 0), t
+            if off.any():
+                assert np.all(np.abs(got - ref[k])[off] <= np.spacing(np.abs(ref[k][off]).astype(np.float16)).astype(np.float32))
             n_f16 += 1
             continue
         tq = am.qinfo[t]
-        assert tq.dtype == q["dtype"] and tq.zp == q["zp"], t
+        assert (tq.dtype, tq.zp) == (q["dtype"], q["zp"]), t
         assert tq.scale == pytest.approx(q["scale"], rel=1e-7), t  # TPU-MLIR's qinfo holds the scale as float32
         got = np.stack([c[t] for _, c in per])
-        np.testing.assert_array_equal(got.reshape(ref[t].shape), ref[t].astype(np.int32), err_msg=t)
+        np.testing.assert_array_equal(got.reshape(ref[k].shape), ref[k].astype(np.int32), err_msg=t)
         n_int8 += 1
-    assert (n_int8, n_f16) == (7, 3)
-    assert set(f32) == set(g.outputs)  # f32.npz: the float model's outputs; the INT8 model's are <t>_f32 in int8.npz
+    assert (n_int8, n_f16) == COUNTS[name]
     for t in g.outputs:  # the outputs cast back to F32: (q - zp) * float32(scale)
+        k = _tpu_name(t, qinfo) + "_f32"
         got = np.stack([v[t] for v, _ in per])
-        np.testing.assert_array_equal(got.reshape(ref[t + "_f32"].shape), ref[t + "_f32"], err_msg=t)
-    # the F16 -> INT8 casts in front of the consumers of the PRelus (TPU-MLIR's <prelu><consumer>_si8 tensors)
-    casts = [k for k in ref if k.endswith("_si8") and not k.startswith("input")]
-    assert len(casts) == 3 and all(qinfo[k]["zp"] == am.cast_q[k.split("PRelu")[0] + "PRelu"].zp for k in casts)
+        np.testing.assert_array_equal(got.reshape(ref[k].shape), ref[k], err_msg=t)
+    # the F16 -> INT8 casts in front of the F16 ops' INT8 consumers carry the tensor's own zero point
+    for t, cq in am.cast_q.items():
+        casts = [k for k in ref if k.startswith(t) and k.endswith("_si8")]
+        assert casts and all(qinfo[c]["zp"] == cq.zp for c in casts), t
 
 
 @pytest.mark.zoo
@@ -136,15 +163,14 @@ def test_run_asymmetric_errors(extra, msg, tmp_path, zoo, capsys):
 
 @pytest.mark.zoo
 def test_unmodelled_op_is_refused(zoo):
-    """gen_act holds ops whose asymmetric lowering was not checked (LeakyRelu, Add, Concat, AvgPool, MatMul):
-    refused with the op's name, not simulated."""
+    """gen_const holds ops whose asymmetric lowering no fixture checks (SubConst first): refused with the op's name,
+    not simulated."""
     import qsens.onnx
     from qsens.errors import QsensError
     from qsens.quant.asym import AsymModel
     from qsens.tables import read_cali_table
 
-    fx = O.load("gen_act")
+    fx = O.load("gen_const")
     fn, params = qsens.onnx.to_jax(str(O.model_path(fx)), O.input_shapes(fx))
-    with pytest.raises(QsensError, match=r"op '\S+' \((LeakyRelu|Add|Concat|AvgPool|MatMul)\): its asymmetric BM1684X "
-                                         r"INT8 form is not modelled"):
+    with pytest.raises(QsensError, match=r"op 'sub5_Sub' \(SubConst\): its asymmetric BM1684X INT8 form is not modelled"):
         AsymModel(fn.model, params, read_cali_table(fx.file("cali_table")))

@@ -2,26 +2,16 @@
 asymmetric=True``).  TPU-MLIR's searches never lower asymmetrically (``MixQuantModel`` passes ``asymmetric=False``), so
 this is a deployment simulation: ``qsens run --int8 --chip bm1684x --asymmetric``.
 
-Rules (read from TPU-MLIR 1.23's lowered PNet and its interpreter, ``tests/fixtures/tpu_mlir/mtcnn_pnet/asym_bm1684x``;
-every code of every tensor checked, ``tests/test_asym_oracle.py``):
-
-* every tensor's range is the calibration table's ``(min, max)`` after TPU-MLIR's import copies (the same copy map as
-  the symmetric plan, :func:`qsens.quant.mixed.make_plan`, applied to the ``min`` and ``max`` columns: PNet's PRelu and
-  MaxPool outputs carry the conv's range); ``scale = (max - min) / (qmax - qmin)`` in double and
-  ``zp = RHAZ(qmin - min / scale)`` (round half away from zero; PNet's input: -128 + 127.5 -> -1), int8
-  ``[-128, 127]``; the Softmax output is uint8 ``[0, 255]`` with its fixed range [0, 1] (scale 1/255, zp 0);
-* F32 -> INT8 (the input): ``saturate(RHAZ(x / scale) + zp)``, the quotient in double;
-* Conv: the symmetric BM1684X weights, multiplier and shift of :func:`qsens.quant.qparams._multiplier_requant` on the
-  asymmetric scales; the input zero point folded into the int32 bias, ``b32 - zp_in * sum(W8_c)``; padding with the
-  input zero point; ``saturate(RightShiftRound((acc + b32') * m, r, HALF_UP) + zp_out)``;
-* MaxPool: on the codes (input and output share scale and zero point);
-* PRelu: not INT8 in asymmetric mode: an F16 op; INT8 -> F16 is ``(q - zp) * float32(scale)`` (not rounded), F16 ->
-  INT8 ``saturate(RHAZ(f16(x * f16(float32(1 / scale)))) + zp)``;
-* Softmax: the symmetric exp table of the code distance to the row max (the zero point cancels), uint8 out;
-* INT8 -> F32 (an output): ``(q - zp) * float32(scale)``.
+Rules: docs/bm1684x.md ("Asymmetric INT8"), read from TPU-MLIR 1.23's lowered models and sources and checked code
+for code on its interpreter (``tests/fixtures/tpu_mlir/*/asym_bm1684x``, ``tests/test_asym_oracle.py``: PNet, RNet,
+ONet, gen_act, gen_pool).  In short: ranges are the table's ``(min, max)`` after the import copies; ``scale = (max -
+min) / 255``, ``zp = RHAZ(qmin - min / scale)``; Conv / MatMul fold ``-zp_in * sum(W8)`` into the int32 bias and
+requantize with BM1684X's multiplier + shift (HALF_UP) then add ``zp_out``; Add / Concat / AvgPool subtract and add
+zero points around their symmetric multipliers; MaxPool / Reshape / Permute move codes; PRelu and LeakyRelu run F16.
+Rounding: RHAZ = round half away from zero (casts, tables, AvgPool), HALF_UP = round half toward +inf (shifts).
 
 Op kinds outside these raise a one-line error naming the op: their asymmetric lowering was not checked against
-TPU-MLIR (a fused ReLU included).
+TPU-MLIR.
 """
 
 from __future__ import annotations
@@ -35,28 +25,36 @@ import numpy as np
 
 from ..errors import QsensError
 from .chip import BM1684X, ChipSpec, with_fp_type
-from .numerics import Round, host_numpy, round_to_int
+from .numerics import Round, host_numpy, round_to_int, rshift_round
 
 I32, F32 = jnp.int32, jnp.float32
-#: op kinds modelled in asymmetric INT8 (the rest of ASYM_F16 run as F16 ops)
-ASYM_INT8 = ("Conv", "MaxPool", "Softmax")
-#: ops TPU-MLIR 1.23 lowers to the float type in asymmetric mode on BM1684X (seen: PNet's PRelus)
-ASYM_F16 = ("PRelu",)
-#: ops that change no value (their output tensor keeps the input's codes)
+#: op kinds modelled in asymmetric INT8 (each checked against TPU-MLIR 1.23's interpreter, tests/test_asym_oracle.py)
+ASYM_INT8 = ("Conv", "MaxPool", "Softmax", "Add", "Concat", "AvgPool", "MatMul", "Reshape", "Permute", "Sigmoid")
+#: table activations modelled (unsigned outputs only: see AsymModel)
+LUT_KINDS = ("Sigmoid",)
+#: ops TPU-MLIR 1.23 lowers to F16 in asymmetric mode on BM1684X (``if (asymmetric) LoweringF16``; seen: PNet's and
+#: gen_act's PRelus, gen_act's LeakyRelu)
+ASYM_F16 = ("PRelu", "LeakyRelu")
 _INPUT = "Input"
 
 
 def scale_zp(mn: float, mx: float, signed: bool = True) -> tuple[float, int]:
-    """TPU-MLIR's asymmetric ``(scale, zero point)`` of a range: ``scale = (max - min) / 255`` (double),
-    ``zp = RHAZ(qmin - min / scale)`` with ``qmin = -128`` (int8) or ``0`` (uint8), clamped to the storage range."""
+    """TPU-MLIR's asymmetric ``(scale, zero point)`` of a range (``Module.cpp:getScaleAndZeroPoint``, double):
+    ``qmin, qmax = -128, 127`` (int8) or ``0, 255`` (uint8), ``scale = (max - min) / (qmax - qmin)``, ``zpf = qmin -
+    min / scale``, ``zp = RHAZ(zpf)`` (C ``round``: half away from zero); ``zpf < qmin``: ``zp = qmin``, ``scale = max /
+    (qmax - qmin)``... precisely ``max / (qmax - zp)``; ``zpf > qmax``: ``zp = qmax``, ``scale = min / (qmin - zp)``.
+    An unsigned tensor therefore always has ``zp = 0`` and ``scale = max / 255``."""
     qmin, qmax = (-128, 127) if signed else (0, 255)
     mn, mx = float(mn), float(mx)
     s = (mx - mn) / float(qmax - qmin)
-    if s <= 0:
+    if not s > 0:
         raise QsensError(f"asymmetric INT8: an empty range [{mn}, {mx}] has no scale; check the calibration table")
     z = qmin - mn / s
-    zp = int(np.sign(z) * np.floor(abs(z) + 0.5))  # round half away from zero
-    return s, int(min(max(zp, qmin), qmax))
+    if z < qmin:
+        return mx / float(qmax - qmin), qmin
+    if z > qmax:
+        return mn / float(qmin - qmax), qmax
+    return s, int(np.sign(z) * np.floor(abs(z) + 0.5))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,11 +67,20 @@ class TensorQ:
     def dtype(self) -> str:
         return "I8" if self.signed else "U8"
 
+    @property
+    def lo(self) -> int:
+        return -128 if self.signed else 0
+
+    @property
+    def hi(self) -> int:
+        return 127 if self.signed else 255
+
 
 class AsymModel:
     """The asymmetric BM1684X INT8 model of ``model`` (a converted ONNX model, ``fn.model``) for a calibration
     ``table`` (:class:`qsens.tables.CaliTable`).  Parameters are computed once on the host; :meth:`apply` is one jitted
-    program.  ``qinfo[t]``: the :class:`TensorQ` of every INT8 tensor (as TPU-MLIR's ``qinfo``)."""
+    program.  ``qinfo[t]``: the :class:`TensorQ` of every INT8 tensor (TPU-MLIR's ``qinfo``); ``cast_q[t]``: that of
+    an F16 tensor where an INT8 consumer casts it."""
 
     def __init__(self, model, params: Mapping, table, chip: ChipSpec | str = BM1684X, fp_type: str = "auto"):
         from .mixed import plan_from_table
@@ -91,9 +98,12 @@ class AsymModel:
             if kind not in ASYM_INT8:
                 raise QsensError(f"op '{op.name}' ({kind}): its asymmetric BM1684X INT8 form is not modelled (checked: "
                                  f"{', '.join(ASYM_INT8 + ASYM_F16)}); drop --asymmetric")
-            if op.attr("do_relu", False):
-                raise QsensError(f"op '{op.name}' ({kind}) has a fused ReLU: its asymmetric BM1684X form is not modelled; "
+            if kind == "MatMul" and op.weight("filter") is None:
+                raise QsensError(f"op '{op.name}' (MatMul of two activations): its asymmetric form is not modelled; "
                                  "drop --asymmetric")
+            if kind in LUT_KINDS and not self._lut_unsigned(op, table):
+                raise QsensError(f"op '{op.name}' ({kind}) with a signed output: TPU-MLIR 1.23 builds its asymmetric "
+                                 "table with a symmetric output side (not modelled); drop --asymmetric")
         plan = plan_from_table(g, table, chip)
         self.plan = plan
         tmin = np.array([table[t].min for t in g.tensors], np.float64)
@@ -105,41 +115,76 @@ class AsymModel:
             i = plan.tensor_index[t]
             mins[i], maxs[i] = 0.0, v
         self.qinfo: dict[str, TensorQ] = {}
+        self.cast_q: dict[str, TensorQ] = {}
         for i, t in enumerate(g.tensors):
-            op = g.producer(t)
-            if op.type in ASYM_F16:
-                continue  # an F16 tensor; its INT8 consumers cast it with the tensor's own range (below)
-            signed = op.type != "Softmax"
-            s, z = scale_zp(mins[i], maxs[i], signed)
-            self.qinfo[t] = TensorQ(s, z, signed)
-        # an F16 op's output as an INT8 consumer reads it: the range of the tensor (PNet: the conv's, via the copies)
-        self.cast_q = {t: TensorQ(*scale_zp(mins[i], maxs[i], True), True)
-                       for i, t in enumerate(g.tensors) if g.producer(t).type in ASYM_F16}
-        self.qp = {op.name: self._conv_params(op, params) for op in g.ops if op.type == "Conv"}
-        for op in g.ops:
-            if op.type == "Softmax":
-                qi = self._in_q(op.inputs[0])
-                beta = float(op.attr("beta", 1.0))
-                self.qp[op.name] = {"table": np.exp(-(qi.scale * beta) * np.arange(256, dtype=np.float64)).astype(np.float32),
-                                    "s_out": np.float32(self.qinfo[op.outputs[0]].scale)}
+            sg = bool(plan.signed[t])
+            q = TensorQ(*scale_zp(mins[i] if sg else 0.0, maxs[i], sg), sg)
+            (self.cast_q if g.producer(t).type in ASYM_F16 else self.qinfo)[t] = q
+        self.qp = {op.name: self._params(op, params) for op in g.ops if op.type != _INPUT and op.type not in ASYM_F16}
         self._fn = jax.jit(self._forward)
 
     def _in_q(self, t: str) -> TensorQ:
         return self.qinfo.get(t) or self.cast_q[t]
 
-    def _conv_params(self, op, params) -> dict:
-        from .qparams import _multiplier_requant
+    def _params(self, op, params) -> dict:
+        """Host (NumPy) parameters of one INT8 op: the symmetric BM1684X rules on the asymmetric scales, plus the
+        zero-point corrections."""
+        from .qparams import qparams_for
 
-        qi, qo = self._in_q(op.inputs[0]), self.qinfo[op.outputs[0]]
+        g = self.graph
+        ins = [self._in_q(t) for t in op.inputs]
+        qo = self.qinfo[op.outputs[0]]
         w = {r: np.asarray(params[k]) for r, k in op.weights}
+        kind = op.type
+        if kind in ("MaxPool", "Reshape", "Permute"):
+            return {}
+        if kind == "Softmax":
+            beta = float(op.attr("beta", 1.0))
+            return {"table": np.exp(-(ins[0].scale * beta) * np.arange(256, dtype=np.float64)).astype(np.float32),
+                    "s_out": np.float32(qo.scale)}
+        if kind in LUT_KINDS:  # create_lookup_table: f((q - zp_in) * s_in) / s_out, RHAZ, + zp_out, saturated (double)
+            from .qparams import _lut_fn
+
+            codes = np.arange(ins[0].lo, ins[0].hi + 1, dtype=np.float64)
+            with host_numpy():
+                y = np.asarray(_lut_fn(op, kind)((codes - ins[0].zp) * ins[0].scale), np.float64) / qo.scale
+            y = np.sign(y) * np.floor(np.abs(y) + 0.5) + qo.zp
+            return {"lut": np.clip(y, qo.lo, qo.hi).astype(np.int32), "lut_lo": np.int32(ins[0].lo)}
+        if kind == "AvgPool":  # Pool2D's scale = s_in / (k * s_out), offset = zp_out - (s_in / s_out) * zp_in
+            kh, kw = self._pool_kernel(op)
+            k = kh * kw
+            return {"scale": ins[0].scale / (k * qo.scale), "offset": qo.zp - (ins[0].scale / qo.scale) * ins[0].zp}
         with host_numpy():
-            qp = _multiplier_requant(op, "Conv", w, np.float64(qi.scale), np.float64(qo.scale))
-        w8 = np.asarray(qp["w8"]).astype(np.int64)
-        b32 = np.asarray(qp["b32"]).astype(np.int64) - qi.zp * w8.reshape(w8.shape[0], -1).sum(1)
-        if np.any(np.abs(b32) >= 2**31):
-            raise QsensError(f"op '{op.name}': the zero-point-folded int32 bias overflows; drop --asymmetric")
-        return {"w8": w8.astype(np.int32), "b32": b32.astype(np.int32), "m": np.asarray(qp["m"]).astype(np.int32),
-                "r": np.asarray(qp["r"]).astype(np.int32)}
+            qp = qparams_for(op, w, [1.0] * len(ins), 1.0, tuple(q.signed for q in ins), qo.signed, self.chip,
+                             in_shapes=[g.tensor_shape(t) for t in op.inputs],
+                             scales=([q.scale for q in ins], qo.scale))
+        qp = {k: np.asarray(v) for k, v in qp.items()}
+        if kind in ("Conv", "MatMul"):
+            w8 = qp["w8"].astype(np.int64)
+            fsign = bool(w8.min() < 0) or op.weight("bias") is not None or op.weight("q_bias") is not None
+            if kind == "Conv":
+                wsum = w8.reshape(w8.shape[0], -1).sum(1)
+            else:
+                wsum = w8.sum(0)
+            # the input zero point folded into the int32 bias (an unsigned filter's correction is 0 in TPU-MLIR 1.23:
+            # summed from its empty int8 buffer)
+            b32 = qp["b32"].astype(np.int64) - (ins[0].zp * wsum if fsign else 0)
+            if np.any(np.abs(b32) >= 2**31):
+                raise QsensError(f"op '{op.name}': the zero-point-folded int32 bias overflows; drop --asymmetric")
+            qp["b32"] = b32.astype(np.int32)
+        return qp
+
+    def _lut_unsigned(self, op, table) -> bool:
+        from .mixed import plan_from_table
+
+        return not plan_from_table(self.graph, table, self.chip).signed[op.outputs[0]]
+
+    def _pool_kernel(self, op) -> tuple[int, int]:
+        if op.attr("kernel_shape") is not None and not op.attr("global", False) and op.onnx_type != "GlobalAveragePool":
+            kh, kw = tuple(op.attr("kernel_shape"))
+        else:
+            kh, kw = self.graph.tensor_shape(op.inputs[0])[-2:]
+        return int(kh), int(kw)
 
     # ------------------------------------------------------------------------------------------------ forward
     def quantize_input(self, x, t: str):
@@ -147,12 +192,87 @@ class AsymModel:
         q = self.qinfo[t]
         v = np.asarray(x, np.float64) / q.scale
         v = np.sign(v) * np.floor(np.abs(v) + 0.5) + q.zp
-        lo, hi = (-128, 127) if q.signed else (0, 255)
-        return np.clip(v, lo, hi).astype(np.int32)
+        return np.clip(v, q.lo, q.hi).astype(np.int32)
+
+    def _cast_in(self, x: str, codes: dict, floats: dict):
+        """An INT8 op's input ``x`` as codes: its own, or an F16 tensor cast ``RHAZ(f16(v * f16(float32(1 / scale))))
+        + zp``, saturated."""
+        from ..onnx.convert import round_to_float_type
+
+        if x in codes:
+            return codes[x]
+        cq, ft = self.cast_q[x], self.chip.mix_float_type
+        inv = round_to_float_type(F32(1.0 / cq.scale), ft)
+        v = round_to_float_type(floats[x] * inv, ft)
+        return jnp.clip(round_to_int(v, Round.HALF_AWAY_FROM_ZERO) + cq.zp, cq.lo, cq.hi).astype(I32)
+
+    def int8_op(self, op, xs):
+        """One INT8 op on its input codes (int32 arrays, NCHW); int32 output codes."""
+        from .kernels import _conv_fn, _dot_fn, _exact, _pool_pads, _softmax_table, requant_multiplier
+
+        qp = {k: jnp.asarray(v) for k, v in self.qp[op.name].items()}
+        ins = [self._in_q(t) for t in op.inputs]
+        qo = self.qinfo[op.outputs[0]]
+        relu = bool(op.attr("do_relu", False))
+        kind = op.type
+        if kind == "Conv":
+            pads = tuple(op.attr("pads", (0, 0, 0, 0)))
+            x = xs[0]
+            if any(pads):  # padding holds the input zero point
+                x = jnp.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])), constant_values=ins[0].zp)
+                op = dataclasses.replace(op, attrs=tuple((k, (0, 0, 0, 0) if k == "pads" else v) for k, v in op.attrs))
+            w8 = qp["w8"]
+            acc = _exact(_conv_fn(op), x, w8, int(np.prod(w8.shape[1:])), op.name)
+            shp = (1, -1, 1, 1)
+            y = requant_multiplier(acc, qp["b32"].reshape(shp), qp["m"].reshape(shp), qp["r"].reshape(shp)) + qo.zp
+        elif kind == "MatMul":
+            acc = _exact(_dot_fn, xs[0], qp["w8"], int(qp["w8"].shape[0]), op.name)
+            y = requant_multiplier(acc, qp["b32"], qp["m"], qp["r"]) + qo.zp
+        elif kind == "Add":  # sum_k RSR((q_k - zp_k) * m_k, r_k, HALF_UP) + zp_out
+            y = sum(rshift_round((x - q.zp) * qp["m"][k], qp["r"][k], Round.HALF_UP)
+                    for k, (x, q) in enumerate(zip(xs, ins))) + qo.zp
+        elif kind == "Concat":  # RequantInt of each input whose qparams differ: RSR((q - zp) * m, r, HALF_AWAY) + zp
+            parts = []
+            for k, (x, q) in enumerate(zip(xs, ins)):
+                if (q.scale, q.zp, q.signed) == (qo.scale, qo.zp, qo.signed):
+                    parts.append(x)
+                else:
+                    v = rshift_round((x - q.zp) * qp["m"][k], qp["r"][k], Round.HALF_AWAY_FROM_ZERO) + qo.zp
+                    parts.append(jnp.clip(v, qo.lo, qo.hi))
+            y = jnp.concatenate(parts, axis=int(op.attr("axis", 1)))
+        elif kind == "AvgPool":
+            # saturate(RHAZ(sum * scale + offset)); the interpreter pads with the input zero point and divides by the
+            # whole kernel, count_include_pad=0 or not (gen_pool's 3x3, pads 1: every border code)
+            kh, kw = self._pool_kernel(op)
+            st = tuple(op.attr("strides", (kh, kw))) if op.attr("kernel_shape") is not None else (kh, kw)
+            x = xs[0]
+            pads = tuple(op.attr("pads", (0, 0, 0, 0))) if op.attr("kernel_shape") is not None else (0, 0, 0, 0)
+            if any(pads):
+                x = jnp.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])), constant_values=ins[0].zp)
+            ssum = jax.lax.reduce_window(x, jnp.int32(0), jax.lax.add, (1, 1, kh, kw), (1, 1) + tuple(st), "VALID")
+            v = ssum.astype(jnp.float64 if jax.config.jax_enable_x64 else F32) * qp["scale"] + qp["offset"]
+            y = round_to_int(v, Round.HALF_AWAY_FROM_ZERO).astype(I32)
+        elif kind == "MaxPool":
+            kh, kw = tuple(op.attr("kernel_shape"))
+            sh, sw = tuple(op.attr("strides", (1, 1)))
+            y = jax.lax.reduce_window(xs[0], jnp.int32(-(2**31)), jax.lax.max, (1, 1, kh, kw), (1, 1, sh, sw),
+                                      _pool_pads(op))
+        elif kind == "Softmax":
+            y = _softmax_table(op, xs[0], qp)
+        elif kind in LUT_KINDS:
+            y = jnp.take(qp["lut"], xs[0] - qp["lut_lo"], mode="clip")
+        elif kind in ("Reshape", "Permute"):  # data movement on the codes (same scale and zero point)
+            from ..onnx.convert import run_op_roles
+
+            return run_op_roles(op, {}, [xs[0]])[0].astype(I32)
+        else:  # refused in __init__
+            raise AssertionError(kind)
+        if relu and kind in ("Conv", "MatMul", "Add"):
+            y = jnp.maximum(y, qo.zp)  # a fused ReLU: nothing below the zero point
+        return jnp.clip(y, qo.lo, qo.hi).astype(I32)
 
     def _forward(self, params, codes_in: dict):
-        from ..onnx.convert import round_to_float_type, run_op_planned
-        from .kernels import _conv_fn, _exact, _softmax_table, requant_multiplier
+        from ..onnx.convert import run_op_planned
 
         g = self.graph
         codes: dict = dict(codes_in)  # INT8 tensors: int32 codes
@@ -162,50 +282,18 @@ class AsymModel:
             if op.type == _INPUT:
                 continue
             t = op.outputs[0]
-            if op.type in ASYM_F16:
-                x = op.inputs[0]
-                q = self.qinfo[x]
-                v = (codes[x] - q.zp).astype(F32) * F32(q.scale)  # INT8 -> F16: float32, not rounded
+            if op.type in ASYM_F16:  # INT8 -> F16: (q - zp) * float32(scale), not rounded; the op in F16
+                vs = []
+                for x in op.inputs:
+                    if x in codes:
+                        q = self.qinfo[x]
+                        vs.append((codes[x] - q.zp).astype(F32) * F32(q.scale))
+                    else:
+                        vs.append(floats[x])
                 weights = {r: params[k] for r, k in op.weights}
-                floats[t] = run_op_planned(op, weights, [v], [False], False, ft, round_in=[False])[0]
+                floats[t] = run_op_planned(op, weights, vs, [False] * len(vs), False, ft, round_in=[False] * len(vs))[0]
                 continue
-            xs = []
-            for x in op.inputs:
-                if x in codes:
-                    xs.append(codes[x])
-                else:  # F16 -> INT8 in F16 arithmetic, then the zero point
-                    cq = self.cast_q[x]
-                    inv = round_to_float_type(F32(1.0 / cq.scale), ft)
-                    v = round_to_float_type(floats[x] * inv, ft)
-                    xs.append(jnp.clip(round_to_int(v, Round.HALF_AWAY_FROM_ZERO) + cq.zp, -128, 127).astype(I32))
-            qo = self.qinfo[t]
-            lo, hi = (-128, 127) if qo.signed else (0, 255)
-            if op.type == "Conv":
-                qp = self.qp[op.name]
-                zp_in = self._in_q(op.inputs[0]).zp
-                pads = tuple(op.attr("pads", (0, 0, 0, 0)))
-                x = xs[0]
-                if any(pads):  # padding holds the input zero point
-                    x = jnp.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])), constant_values=zp_in)
-                    op_np = dataclasses.replace(op, attrs=tuple((k, (0, 0, 0, 0) if k == "pads" else v) for k, v in op.attrs))
-                else:
-                    op_np = op
-                w8 = jnp.asarray(qp["w8"])
-                acc = _exact(_conv_fn(op_np), x, w8, int(np.prod(qp["w8"].shape[1:])), op.name)
-                shp = (1, -1, 1, 1)
-                y = requant_multiplier(acc, jnp.asarray(qp["b32"]).reshape(shp), jnp.asarray(qp["m"]).reshape(shp),
-                                       jnp.asarray(qp["r"]).reshape(shp))
-                codes[t] = jnp.clip(y + qo.zp, lo, hi).astype(I32)
-            elif op.type == "MaxPool":
-                from .kernels import _pool_pads
-
-                kh, kw = tuple(op.attr("kernel_shape"))
-                sh, sw = tuple(op.attr("strides", (1, 1)))
-                codes[t] = jax.lax.reduce_window(xs[0], jnp.int32(-(2**31)), jax.lax.max, (1, 1, kh, kw), (1, 1, sh, sw),
-                                                 _pool_pads(op))
-            elif op.type == "Softmax":
-                qp = {k: jnp.asarray(v) for k, v in self.qp[op.name].items()}
-                codes[t] = jnp.clip(_softmax_table(op, xs[0], qp), lo, hi).astype(I32)
+            codes[t] = self.int8_op(op, [self._cast_in(x, codes, floats) for x in op.inputs])
         return codes, floats
 
     def apply(self, params, inputs: Mapping[str, np.ndarray]):

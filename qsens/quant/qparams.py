@@ -200,8 +200,11 @@ def qparams_for(
     signed_out: bool,
     chip: ChipSpec = BM1684,
     in_shapes: Sequence[tuple[int, ...]] | None = None,
+    scales: tuple[Sequence[float], float] | None = None,
 ) -> dict:
     """INT8 parameters of ``op`` for input thresholds ``th_in`` (one per activation input) and ``th_out``.
+    ``scales=(s_in, s_out)`` gives the scales themselves instead (asymmetric INT8: ``(max - min) / 255``,
+    :mod:`qsens.quant.asym`); the thresholds then only count the inputs.
 
     ``weights``: role -> float32 array (Conv/MatMul ``filter``/``bias``, Scale ``scale``/``bias``, PRelu ``slope``).
     ``signed_in``: a bool or one bool per input; ``signed_out``: bool.  ``in_shapes`` (optional, static) lets
@@ -213,8 +216,12 @@ def qparams_for(
         raise ValueError(f"op {op.name!r}: type {op.type!r} has no BM1684 INT8 kernel")
     th_in = tuple(th_in) if isinstance(th_in, list | tuple) else (th_in,)
     sig_in = _tuple(signed_in, len(th_in))
-    s_in = [scale_of(t, s) for t, s in zip(th_in, sig_in)]
-    s_out = scale_of(th_out, signed_out)
+    if scales is None:
+        s_in = [scale_of(t, s) for t, s in zip(th_in, sig_in)]
+        s_out = scale_of(th_out, signed_out)
+    else:
+        s_in = [xp.asarray(float(v), F64) for v in scales[0]]
+        s_out = xp.asarray(float(scales[1]), F64)
     qp = _out_range(signed_out)
     static_fb = static_fallback(op, in_shapes, chip) is not None
     fb = xp.asarray(static_fb)
