@@ -188,11 +188,19 @@ def test_smoothquant_scales_by_hand():
     assert info["chosen"][0] == "alpha" and info["chosen"][1] == pytest.approx(1.0) and info["loss"] < 1e-20
 
 
-def test_smoothquant_matches_tpu_mlir_on_gen_sq(tmp_path):
-    """``--sq`` on a LayerNorm -> 2 MatMuls and a Mul -> MatMul net (``fixtures/tpu_mlir/gen_sq``): the same smoothed
-    ops as TPU-MLIR 1.23's log, and every rewritten weight (the LayerNorm's gain and bias and the Mul's weight divided
-    by s, the MatMuls' rows multiplied) equal to the Top weights its run_calibration --sq wrote, within float32
-    rounding of the activation maxima; the float model's outputs unchanged."""
+@pytest.mark.parametrize("net, smoothed, chosen", [
+    ("gen_sq", ["layernormalization9_LayerNormalization", "mul16_Mul"], {"alpha"}),
+    # the LayerNorm's users: a Reshape [1,16,8] -> [16,8] then a MatMul, and a MatMul; the Mul's: a Reshape back,
+    # then a MatMul (TPU-MLIR's skip_reshape_like_users looks through them)
+    # then a MatMul; both scales here come from the OS+ candidates (max(1, amax / (max(amax) * (k+1)/20)))
+    ("gen_sq_reshape", ["layernormalization9_LayerNormalization", "mul18_Mul"], {"os+"}),
+])
+def test_smoothquant_matches_tpu_mlir_on_gen_sq(net, smoothed, chosen, tmp_path):
+    """``--sq`` on a LayerNorm -> 2 MatMuls and a Mul -> MatMul net (``fixtures/tpu_mlir/gen_sq``; the same through
+    Reshapes, ``gen_sq_reshape``): the same smoothed ops as TPU-MLIR 1.23's log, and every rewritten weight (the
+    LayerNorm's gain and bias and the Mul's weight divided by s, the MatMuls' rows multiplied) equal to the Top
+    weights its run_calibration --sq wrote, within float32 rounding of the activation maxima; the float model's
+    outputs unchanged."""
     from qsens.data.dataset import select_files
     from qsens.pipeline import load_inputs, make_preprocess
     from qsens.search.aidjob import AidSettings, apply_aids
@@ -201,12 +209,12 @@ def test_smoothquant_matches_tpu_mlir_on_gen_sq(tmp_path):
     ds = zoo_path("images100")
     if not ds.exists():
         pytest.skip("zoo not built (qsens zoo)")
-    fx = Path(__file__).parent / "fixtures" / "tpu_mlir" / "gen_sq"
+    fx = Path(__file__).parent / "fixtures" / "tpu_mlir" / net
     meta = json.loads((fx / "meta.json").read_text())
-    model = str(fx / "gen_sq.onnx")
+    model = str(fx / f"{net}.onnx")
     fn, params = qsens.to_jax(model)
     logged = [ln.split(" ", 3)[3] for ln in meta["runs"]["sq_log"]]
-    assert smooth_ops(fn.graph, params) == logged == ["layernormalization9_LayerNormalization", "mul16_Mul"]
+    assert smooth_ops(fn.graph, params) == logged == smoothed
     files = select_files(str(ds), input_num=20)
     res = apply_aids(model, None, AidSettings(sq=True), str(tmp_path / "sq.onnx"), cal_files=files, bc_files=[],
                      make_pp=lambda g: make_preprocess(g, **PP), echo=lambda _: None)
@@ -217,7 +225,7 @@ def test_smoothquant_matches_tpu_mlir_on_gen_sq(tmp_path):
         np.testing.assert_allclose(ours, ref[k], rtol=2e-6, atol=0, err_msg=k)
         changed += not np.array_equal(np.asarray(params[k]).reshape(ref[k].shape), ref[k])
     assert changed == 6  # LayerNorm gain + bias, Mul weight, the three MatMul weights
-    assert {r["chosen"][0] for r in res.record["sq"]["ops"].values()} == {"alpha"}
+    assert {r["chosen"][0] for r in res.record["sq"]["ops"].values()} == chosen
     # the float model is preserved: x/s @ (s W) = x @ W
     fn2, params2 = qsens.to_jax(str(tmp_path / "sq.onnx"))
     x = load_inputs(files[:4], fn.graph, make_preprocess(fn.graph, **PP))

@@ -173,13 +173,61 @@ def shift_bias(params: Mapping[str, Any], op: Op, delta: np.ndarray) -> dict[str
 
 
 # ------------------------------------------------------------------------------------------------ SmoothQuant
+#: ops SmoothQuant looks through when they keep the last axis (TPU-MLIR 1.23 ``skip_reshape_like_users``:
+#: top.Slice / Squeeze / Reshape / Reduce; qsens's Reshape also holds ONNX Flatten / Unsqueeze, which TPU-MLIR
+#: imports as top.Reshape / top.Unsqueeze: Unsqueeze is not looked through there)
+SQ_RESHAPE_LIKE = ("Slice", "Reduce")
+SQ_RESHAPE_ONNX = ("Reshape", "Squeeze", "Flatten")
+
+
+def sq_users(graph: Graph, op: Op) -> list[Op]:
+    """TPU-MLIR 1.23 ``SmoothQuant.skip_reshape_like_users``: the consumers of ``op``'s output, looking through
+    Reshape / Squeeze / Slice / Reduce ops whose output keeps the input's last dim, Permutes that keep the last axis
+    last, and Concats all of whose inputs were reached and that keep the last dim; the users reached, each once, in
+    graph order (TPU-MLIR returns a set)."""
+    def last(t):
+        return graph.tensor_shape(t)[-1]
+
+    cands = list(_succ(graph, op.outputs[0]))
+    cands.sort(key=lambda u: u.type != "Concat")
+    seen: set[str] = set()
+    users: dict[str, Op] = {}
+
+    def add(more):
+        for u in more:
+            if any(c.name == u.name for c in cands):
+                continue
+            if u.type == "Concat":
+                cands.insert(0, u)
+            else:
+                cands.append(u)
+
+    while cands:
+        u = cands.pop()
+        through = False
+        if (u.type in SQ_RESHAPE_LIKE or (u.type == "Reshape" and u.onnx_type in SQ_RESHAPE_ONNX)) and u.inputs:
+            through = last(u.inputs[0]) == last(u.outputs[0])
+        elif u.type == "Permute":
+            order = [int(v) for v in (u.attr("perm") or u.attr("order") or ())]
+            through = bool(order) and len(order) == order[-1] + 1
+        elif u.type == "Concat":
+            through = all(t in seen for t in u.inputs) and last(u.inputs[0]) == last(u.outputs[0])
+        if through:
+            add(_succ(graph, u.outputs[0]))
+        else:
+            users[u.name] = u
+        seen.add(u.outputs[0])
+    order = {o.name: i for i, o in enumerate(graph.ops)}
+    return sorted(users.values(), key=lambda u: order[u.name])
+
+
 def smooth_ops(graph: Graph, params: Mapping[str, Any]) -> list[str]:
-    """TPU-MLIR ``SmoothQuant.get_smooth_op_names`` (without its Reshape-like look-through and the BERT v-proj
-    case): a LayerNorm whose users are all MatMul, or a Mul by a weight as wide as its last axis whose users
-    are all MatMul."""
+    """TPU-MLIR ``SmoothQuant.get_smooth_op_names`` (without the BERT v-proj case and ``insert_mul_after_ln``): a
+    LayerNorm whose users (:func:`sq_users`, through reshape-like ops) are all MatMul, or a Mul by a weight as wide
+    as its last axis whose users are all MatMul."""
     out = []
     for op in graph.ops:
-        users = _succ(graph, op.outputs[0])
+        users = sq_users(graph, op)
         if not users or any(u.type != "MatMul" for u in users):
             continue
         if op.type in ("LayerNorm", "LayerNormalization"):  # TPU-MLIR's top.LayerNorm (qsens keeps the ONNX name)
@@ -261,7 +309,7 @@ def smoothquant(graph: Graph, params: Mapping[str, Any], acts: Mapping[str, list
     rec: dict = {}
     for name in smooth_ops(graph, params):
         op = graph.op(name)
-        users = _succ(graph, op.outputs[0])
+        users = sq_users(graph, op)
         keys = [u.weight("filter") for u in users]
         s, info = smoothquant_scale(acts[name], [new[k] for k in keys])
         s = np.asarray(s, np.float32)

@@ -212,6 +212,26 @@ def gen_sq(out: Path):
     b.save(out, m3, [1, 16, 8], more=[(m2, [1, 16, 6])], opset=17)
 
 
+def gen_sq_reshape(out: Path):
+    """SmoothQuant through reshape-like users (TPU-MLIR ``skip_reshape_like_users``): a LayerNorm whose users are a
+    Reshape [1,16,8] -> [16,8] (last dim kept) in front of a MatMul and a MatMul directly, and a Mul whose user is a
+    Reshape back to [1,16,12] in front of a MatMul."""
+    b = B("gen_sq_reshape", 1691)
+    x = b.conv("input", 3, 8, k=4, stride=4, pad=0)
+    r = b.node("Reshape", [x, b.i64([1, 8, 16])])
+    t = b.node("Transpose", [r], perm=[0, 2, 1])
+    gain = b.c((10.0 ** b.rng.uniform(-1, 1, 8)).astype(np.float32))
+    ln = b.node("LayerNormalization", [t, gain, b.w((8,), 0.3)], axis=-1, epsilon=1e-5)
+    flat = b.node("Reshape", [ln, b.i64([16, 8])])
+    m1 = b.node("MatMul", [flat, b.w((8, 12))])
+    m2 = b.node("MatMul", [ln, b.w((8, 6))])
+    g = b.node("Relu", [m1])
+    mu = b.node("Mul", [g, b.c((10.0 ** b.rng.uniform(-1, 1, 12)).astype(np.float32))])
+    back = b.node("Reshape", [mu, b.i64([1, 16, 12])])
+    m3 = b.node("MatMul", [back, b.w((12, 8))])
+    b.save(out, m3, [1, 16, 8], more=[(m2, [1, 16, 6])], opset=17)
+
+
 def main(argv=None):
     out = Path((argv or sys.argv[1:])[0])
     out.mkdir(parents=True, exist_ok=True)
@@ -221,6 +241,7 @@ def main(argv=None):
     gen_wconst(out)
     gen_we(out)
     gen_sq(out)
+    gen_sq_reshape(out)
 
 
 if __name__ == "__main__":
