@@ -221,21 +221,67 @@ def sq_users(graph: Graph, op: Op) -> list[Op]:
     return sorted(users.values(), key=lambda u: order[u.name])
 
 
+def _chain_to_matmul(graph: Graph, op: Op) -> tuple[list[Op], Op] | None:
+    """From ``op``, single users up to the next MatMul: ``(ops between, that MatMul)``, or None when a tensor on the
+    way has several users (or none) or an op between is not a Reshape / Permute (TPU-MLIR's walk counts op users
+    only: a graph output on the way is not a user)."""
+    between: list[Op] = []
+    users = _succ(graph, op.outputs[0])
+    while True:
+        if len(users) != 1:
+            return None
+        if users[0].type == "MatMul":
+            break
+        between.append(users[0])
+        users = _succ(graph, users[0].outputs[0])
+    if any(u.type not in ("Reshape", "Permute") for u in between):
+        return None
+    return between, users[0]
+
+
+def vproj_oproj(graph: Graph, op: Op) -> Op | None:
+    """TPU-MLIR 1.23 ``SmoothQuant.is_vproj_matmul`` (BERT attention): ``op`` is a MatMul by a weight whose output
+    reaches ``attn @ v`` through Reshape / Permute ops only, and that MatMul's output reaches the next MatMul (the
+    output projection, returned) through the mirror image of those ops (same types in reverse order, each second op's
+    input shaped as its first op's output, the last one's output shaped as ``op``'s).  Both chains must be
+    non-empty (TPU-MLIR indexes the second one's last op)."""
+    if op.type != "MatMul" or op.weight("filter") is None:
+        return None
+    first = _chain_to_matmul(graph, op)
+    if first is None or not first[0]:
+        return None
+    second = _chain_to_matmul(graph, first[1])
+    if second is None or not second[0]:
+        return None
+    a, b = first[0], list(second[0])
+    if graph.tensor_shape(op.outputs[0]) != graph.tensor_shape(b[-1].outputs[0]) or len(a) != len(b):
+        return None
+    for f in a:
+        sec = b.pop()
+        if f.type != sec.type or graph.tensor_shape(sec.inputs[0]) != graph.tensor_shape(f.outputs[0]):
+            return None
+    o = second[1]
+    return o if o.weight("filter") is not None else None
+
+
 def smooth_ops(graph: Graph, params: Mapping[str, Any]) -> list[str]:
-    """TPU-MLIR ``SmoothQuant.get_smooth_op_names`` (without the BERT v-proj case and ``insert_mul_after_ln``): a
-    LayerNorm whose users (:func:`sq_users`, through reshape-like ops) are all MatMul, or a Mul by a weight as wide
-    as its last axis whose users are all MatMul."""
+    """TPU-MLIR ``SmoothQuant.get_smooth_op_names`` (without ``insert_mul_after_ln``): a LayerNorm whose users
+    (:func:`sq_users`, through reshape-like ops) are all MatMul, a Mul by a weight as wide as its last axis whose
+    users are all MatMul, or a BERT value projection (:func:`vproj_oproj`)."""
     out = []
     for op in graph.ops:
-        users = sq_users(graph, op)
-        if not users or any(u.type != "MatMul" for u in users):
-            continue
-        if op.type in ("LayerNorm", "LayerNormalization"):  # TPU-MLIR's top.LayerNorm (qsens keeps the ONNX name)
-            out.append(op.name)
-        elif op.type == "Mul":
-            ws = [k for _, k in op.weights]
-            if ws and np.shape(params[ws[0]])[-1:] == tuple(op.out_shapes[0][-1:]):
+        if op.type in ("LayerNorm", "LayerNormalization", "Mul"):
+            users = sq_users(graph, op)
+            if not users or any(u.type != "MatMul" for u in users):
+                continue
+            if op.type != "Mul":  # TPU-MLIR's top.LayerNorm (qsens keeps the ONNX name)
                 out.append(op.name)
+            else:
+                ws = [k for _, k in op.weights]
+                if ws and np.shape(params[ws[0]])[-1:] == tuple(op.out_shapes[0][-1:]):
+                    out.append(op.name)
+        elif vproj_oproj(graph, op) is not None:
+            out.append(op.name)
     return out
 
 
@@ -309,14 +355,18 @@ def smoothquant(graph: Graph, params: Mapping[str, Any], acts: Mapping[str, list
     rec: dict = {}
     for name in smooth_ops(graph, params):
         op = graph.op(name)
-        users = sq_users(graph, op)
+        if op.type == "MatMul":  # a value projection: its columns (and bias) / s, the output projection's rows * s
+            users = [vproj_oproj(graph, op)]
+            roles: tuple = ("filter", "bias")
+        else:
+            users = sq_users(graph, op)
+            roles = ("in1", "in2") if op.type != "Mul" else tuple(r for r, _ in op.weights[:1])
         keys = [u.weight("filter") for u in users]
         s, info = smoothquant_scale(acts[name], [new[k] for k in keys])
         s = np.asarray(s, np.float32)
-        roles = ("in1", "in2") if op.type != "Mul" else tuple(r for r, _ in op.weights[:1])
         for r, k in op.weights:
-            if r in roles:
-                new[k] = (new[k].reshape(-1) / s).reshape(new[k].shape).astype(np.float32)
+            if r in roles:  # the last axis is the smoothed channel axis (a filter's columns)
+                new[k] = (new[k].reshape(-1, s.size) / s).reshape(new[k].shape).astype(np.float32)
         for k in keys:
             new[k] = (new[k] * s.reshape(-1, 1)).astype(np.float32)
         rec[name] = {"scale": s, "users": [u.name for u in users], **info}

@@ -415,20 +415,28 @@ class Canonicalizer:
             return tensor not in graph_out_set and len(users.get(tensor, [])) == 1 and users[tensor][0] is r
 
         # 1b. onnxsim's fuse_add_bias_into_conv / fuse_matmul_add_bias_into_gemm (model_transform simplifies the
-        #     ONNX model first): the fused op takes the Add's output, named <Add output>_Conv / _Gemm
+        #     ONNX model first): the fused op takes the Add's output, named <Add output>_Conv / _Gemm; and TPU-MLIR's
+        #     MatMulWithBias for a rank > 2 activation, named after the Add (<Add output>_Add)
         for r in kept:
-            if r.op_type != "Add" or len(r.slots) != 2 or r.slots[0][0] != "act" or r.slots[1][0] not in ("weight", "const"):
+            if r.op_type != "Add" or len(r.slots) != 2:
                 continue
-            p = producer.get(r.slots[0][1])
-            if p is None or id(p) in dead or not sole_user(r.slots[0][1], r):
+            kinds = (r.slots[0][0], r.slots[1][0])
+            if kinds[0] == "act" and kinds[1] in ("weight", "const"):
+                a, wslot, rev = r.slots[0][1], r.slots[1], False
+            elif kinds[1] == "act" and kinds[0] in ("weight", "const"):  # Add(bias, x): onnxsim leaves it
+                a, wslot, rev = r.slots[1][1], r.slots[0], True
+            else:
                 continue
-            bias = np.asarray(params[r.slots[1][1]] if r.slots[1][0] == "weight" else r.slots[1][1])
+            p = producer.get(a)
+            if p is None or id(p) in dead or not sole_user(a, r):
+                continue
+            bias = np.asarray(params[wslot[1]] if wslot[0] == "weight" else wslot[1])
             if not _is_float(bias):
                 continue
-            fused = _add_bias_fusion(p, bias, params, avals)
+            fused = _add_bias_fusion(p, bias, params, avals, top_only=rev)
             if fused is None:
                 continue
-            op_type, b = fused
+            op_type, b, name_type = fused if len(fused) == 3 else (*fused, fused[0])
             bk = f"{r.outputs[0]}@fused_bias"
             params[bk] = b.astype(np.float32)
             if op_type == "Gemm":
@@ -436,7 +444,7 @@ class Canonicalizer:
                 p.attrs = {**{k: v for k, v in p.attrs.items() if k.startswith("_")},
                            "alpha": 1.0, "beta": 1.0, "transA": 0, "transB": 0}
             p.slots = p.slots[:2] + [("weight", bk)]
-            p.extra["name_type"] = op_type
+            p.extra["name_type"] = name_type
             old_out = p.outputs[0]
             p.outputs = [r.outputs[0]]
             p.nodes.append(r.nodes[0])
@@ -818,7 +826,7 @@ def _merge_conv1x1(p: _Raw, r: _Raw, params, avals):
     return w, b
 
 
-def _add_bias_fusion(p: _Raw, bias: np.ndarray, params, avals):
+def _add_bias_fusion(p: _Raw, bias: np.ndarray, params, avals, top_only: bool = False):
     """onnxsim's ``fuse_add_bias_into_conv`` / ``fuse_matmul_add_bias_into_gemm`` (onnxoptimizer) on ``p`` (the
     producer of the Add's first input) and the Add's constant second input: ``(op type, bias [N])`` or None.
 
@@ -829,6 +837,13 @@ def _add_bias_fusion(p: _Raw, bias: np.ndarray, params, avals):
     if p.slots[0][0] != "act" or p.slots[1][0] != "weight" or p.extra.get("relu"):
         return None
     w = params[p.slots[1][1]]
+    if top_only:  # only TPU-MLIR's own MatMulWithBias (any operand order, any activation rank), named after the Add
+        if p.op_type != "MatMul" or len(p.slots) != 2 or np.ndim(w) != 2:
+            return None
+        n = int(np.shape(w)[1])
+        if bias.size != n or bias.shape[-1:] != (n,):
+            return None
+        return "Gemm", bias.reshape(n).astype(np.float64), "Add"
     if p.op_type == "Conv" and len(p.slots) == 2:
         m, rank = int(w.shape[0]), w.ndim
         if bias.ndim > rank:
@@ -840,12 +855,17 @@ def _add_bias_fusion(p: _Raw, bias: np.ndarray, params, avals):
         return "Conv", bias.reshape(m).astype(np.float64)
     if p.op_type == "MatMul" and len(p.slots) == 2:
         x_shape = avals[p.slots[0][1]].shape
-        if len(x_shape) != 2 or w.ndim != 2:
+        if w.ndim != 2:
             return None
         n = int(w.shape[1])
-        if bias.shape not in ((n,), (1, n)):
-            return None
-        return "Gemm", bias.reshape(n).astype(np.float64)
+        if len(x_shape) == 2:
+            if bias.shape not in ((n,), (1, n)):
+                return None
+            return "Gemm", bias.reshape(n).astype(np.float64)
+        # a rank > 2 activation: onnxsim leaves it, TPU-MLIR's Top canonicalizer MatMulWithBias (Canonicalize/
+        # MatMul.cpp: weight right operand, no batch, the Add's weight has N elements) merges it under the Add's name
+        if len(x_shape) > 2 and bias.size == n and all(d == 1 for d in bias.shape[:-1]) and bias.shape[-1:] == (n,):
+            return "Gemm", bias.reshape(n).astype(np.float64), "Add"
     return None
 
 

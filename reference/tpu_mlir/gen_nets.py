@@ -232,6 +232,36 @@ def gen_sq_reshape(out: Path):
     b.save(out, m3, [1, 16, 8], more=[(m2, [1, 16, 6])], opset=17)
 
 
+def gen_attn(out: Path):
+    """A BERT-style self-attention block for SmoothQuant's v-projection case (``is_vproj_matmul``): LayerNorm -> q, k,
+    v MatMuls with biases; v -> Reshape -> Transpose -> MatMul(probs, v) -> Transpose -> Reshape -> o MatMul, the
+    shapes mirrored as TPU-MLIR's test requires; the v weights' columns and the LayerNorm gain spread over two
+    decades."""
+    b = B("gen_attn", 1692)
+    x = b.conv("input", 3, 8, k=4, stride=4, pad=0)
+    r = b.node("Reshape", [x, b.i64([1, 8, 16])])
+    t = b.node("Transpose", [r], perm=[0, 2, 1])
+    gain = b.c((10.0 ** b.rng.uniform(-1, 1, 8)).astype(np.float32))
+    ln = b.node("LayerNormalization", [t, gain, b.w((8,), 0.3)], axis=-1, epsilon=1e-5)
+
+    def proj(col_spread=False):
+        w = b.w((8, 8))
+        if col_spread:
+            w = b.c((np.asarray(b.rng.normal(0, 0.3, (8, 8))) * 10.0 ** b.rng.uniform(-1, 1, 8)).astype(np.float32))
+        return b.node("Add", [b.node("MatMul", [ln, w]), b.w((8,), 0.1)])
+
+    q, k, v = proj(), proj(), proj(col_spread=True)
+    qh = b.node("Transpose", [b.node("Reshape", [q, b.i64([1, 16, 2, 4])])], perm=[0, 2, 1, 3])
+    kh = b.node("Transpose", [b.node("Reshape", [k, b.i64([1, 16, 2, 4])])], perm=[0, 2, 3, 1])
+    vh = b.node("Transpose", [b.node("Reshape", [v, b.i64([1, 16, 2, 4])])], perm=[0, 2, 1, 3])
+    sc = b.node("Mul", [b.node("MatMul", [qh, kh]), b.c(np.array(0.5, np.float32))])
+    pr = b.node("Softmax", [sc], axis=-1)
+    ctx = b.node("MatMul", [pr, vh])
+    cm = b.node("Reshape", [b.node("Transpose", [ctx], perm=[0, 2, 1, 3]), b.i64([1, 16, 8])])
+    o = b.node("Add", [b.node("MatMul", [cm, b.w((8, 8))]), b.w((8,), 0.1)])
+    b.save(out, o, [1, 16, 8], opset=17)
+
+
 def main(argv=None):
     out = Path((argv or sys.argv[1:])[0])
     out.mkdir(parents=True, exist_ok=True)
@@ -242,6 +272,7 @@ def main(argv=None):
     gen_we(out)
     gen_sq(out)
     gen_sq_reshape(out)
+    gen_attn(out)
 
 
 if __name__ == "__main__":
