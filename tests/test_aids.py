@@ -18,6 +18,7 @@ import qsens
 from qsens.calib.aids import (
     equalization_pairs,
     equalize_pair,
+    lns_needing_mul,
     smooth_ops,
     smoothquant_scale,
     weight_equalization,
@@ -197,6 +198,10 @@ def test_smoothquant_scales_by_hand():
     # a BERT-style attention block: the LayerNorm, and the value projection (add22_Add: TPU-MLIR's MatMul + bias
     # merged under the Add's name) whose columns and bias are divided and the output projection's rows multiplied
     ("gen_attn", ["layernormalization9_LayerNormalization", "add22_Add"], None),
+    # a post-LN LayerNorm feeding a MatMul and the residual Add: TPU-MLIR inserts Mul_after_<ln> (by ones) in front of
+    # the MatMul and smooths it; qsens writes the same Mul into the aided ONNX (output Mul_after_<ln output>), its
+    # weight <ln>_scaled_weight = 1 / s in both
+    ("gen_sq_ln", ["Mul_after_layernormalization9_LayerNormalization"], None),
 ])
 def test_smoothquant_matches_tpu_mlir_on_gen_sq(net, smoothed, chosen, tmp_path):
     """``--sq`` on a LayerNorm -> 2 MatMuls and a Mul -> MatMul net (``fixtures/tpu_mlir/gen_sq``; the same through
@@ -217,10 +222,16 @@ def test_smoothquant_matches_tpu_mlir_on_gen_sq(net, smoothed, chosen, tmp_path)
     model = str(fx / f"{net}.onnx")
     fn, params = qsens.to_jax(model)
     logged = [ln.split(" ", 3)[3] for ln in meta["runs"]["sq_log"]]
-    assert smooth_ops(fn.graph, params) == logged == smoothed
+    assert logged == smoothed
+    if net != "gen_sq_ln":
+        assert smooth_ops(fn.graph, params) == smoothed
+    else:  # nothing to smooth before the Mul is inserted: the LayerNorm feeds an Add too
+        assert smooth_ops(fn.graph, params) == [] and lns_needing_mul(fn.graph) == {
+            "layernormalization9_LayerNormalization": ["relu12_Relu"]}  # the MatMul, its ReLU fused
     files = select_files(str(ds), input_num=20)
     res = apply_aids(model, None, AidSettings(sq=True), str(tmp_path / "sq.onnx"), cal_files=files, bc_files=[],
                      make_pp=lambda g: make_preprocess(g, **PP), echo=lambda _: None)
+    assert res.record["sq"]["smooth_ops"] == smoothed  # TPU-MLIR's names, the inserted Mul's included
     ref = np.load(fx / "sq_weights_after.npz")
     # a bias TPU-MLIR merged into its MatMul keeps the ONNX Add's weight name there; qsens's key names the Add
     alias = {k.split("@")[0]: k for k in res.params if k.endswith("@fused_bias")}
@@ -231,10 +242,11 @@ def test_smoothquant_matches_tpu_mlir_on_gen_sq(net, smoothed, chosen, tmp_path)
     for k in ref.files:
         ours = np.asarray(res.params[alias.get(k, k)]).reshape(ref[k].shape)
         np.testing.assert_allclose(ours, ref[k], rtol=2e-6, atol=0, err_msg=k)
-        changed += not np.array_equal(np.asarray(params[alias.get(k, k)]).reshape(ref[k].shape), ref[k])
+        before = params.get(alias.get(k, k))  # None: a weight TPU-MLIR created (the inserted Mul's)
+        changed += before is None or not np.array_equal(np.asarray(before).reshape(ref[k].shape), ref[k])
     # LayerNorm gain + bias, Mul weight, the three MatMul weights; gen_attn: LayerNorm gain + bias, q / k / v / o
-    # weights, v bias
-    assert changed == (7 if net == "gen_attn" else 6)
+    # weights, v bias; gen_sq_ln: the inserted Mul's weight and the MatMul's
+    assert changed == {"gen_attn": 7, "gen_sq_ln": 2}.get(net, 6)
     if chosen is not None:
         assert {r["chosen"][0] for r in res.record["sq"]["ops"].values()} == chosen
     # the float model is preserved: x/s @ (s W) = x @ W

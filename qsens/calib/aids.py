@@ -264,6 +264,66 @@ def vproj_oproj(graph: Graph, op: Op) -> Op | None:
     return o if o.weight("filter") is not None else None
 
 
+def lns_needing_mul(graph: Graph) -> dict[str, list[str]]:
+    """TPU-MLIR 1.23 ``SmoothQuant.insert_mul_after_ln``'s candidates: a LayerNorm whose users (:func:`sq_users`) are
+    of exactly the types {Add, MatMul} (a post-LN block: the residual Add and the next projections).  TPU-MLIR inserts
+    ``Mul_after_<ln>`` (by ones) between the LayerNorm and those MatMuls and smooths that Mul.  Returns ``{LayerNorm:
+    [its MatMul users]}``; qsens inserts the Mul only where every such MatMul reads the LayerNorm directly (TPU-MLIR
+    swaps the first operand of a MatMul reached through a Reshape too, a shape error there)."""
+    out = {}
+    for op in graph.ops:
+        if op.type not in ("LayerNorm", "LayerNormalization"):
+            continue
+        users = sq_users(graph, op)
+        if {u.type for u in users} != {"Add", "MatMul"}:
+            continue
+        mms = [u for u in users if u.type == "MatMul"]
+        if all(op.outputs[0] in u.inputs for u in mms):
+            out[op.name] = [u.name for u in mms]
+    return out
+
+
+def insert_mul_after_ln(graph: Graph, model_path: str, out_path: str,
+                        weights: Mapping[str, Any] | None = None) -> dict[str, str] | None:
+    """Write ``model_path`` with TPU-MLIR's ``insert_mul_after_ln`` done in ONNX to ``out_path``: for each LayerNorm of
+    :func:`lns_needing_mul`, a ``Mul`` by the initializer ``<ln>_scaled_weight`` (``weights[that name]``, the
+    smoothed ``1 / s`` of :func:`smoothquant`; ones, TPU-MLIR's value before smoothing, when absent; the LayerNorm
+    gain's shape) whose output ``Mul_after_<LayerNorm output>`` feeds the LayerNorm's MatMul users instead.  Returns
+    ``{LayerNorm: inserted Mul's ONNX output}``, or None when there is nothing to insert (nothing written)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    need = lns_needing_mul(graph)
+    if not need:
+        return None
+    model = onnx.load(model_path)
+    inits = {i.name: i for i in model.graph.initializer}
+    done: dict[str, str] = {}
+    new_nodes = []
+    for n in model.graph.node:
+        new_nodes.append(n)
+        op = next((graph.op(k) for k in need if n.name and n.name in graph.op(k).onnx_nodes), None)
+        if op is None or n.op_type != "LayerNormalization" or op.name in done:
+            continue
+        gain = inits.get(n.input[1]) if len(n.input) > 1 else None
+        shape = list(numpy_helper.to_array(gain).shape) if gain is not None else [graph.tensor_shape(op.outputs[0])[-1]]
+        wname = f"{op.name}_scaled_weight"
+        w = np.asarray((weights or {}).get(wname, np.ones(shape, np.float32)), np.float32).reshape(shape)
+        model.graph.initializer.append(numpy_helper.from_array(w, wname))
+        out = f"Mul_after_{n.output[0]}"
+        new_nodes.append(helper.make_node("Mul", [n.output[0], wname], [out], name=f"Mul_after_{n.name}"))
+        done[op.name] = out
+        for mm in need[op.name]:
+            for x in model.graph.node:
+                if x.name in graph.op(mm).onnx_nodes and x.op_type == "MatMul" and x.input[0] == n.output[0]:
+                    x.input[0] = out
+    del model.graph.node[:]
+    model.graph.node.extend(new_nodes)
+    onnx.checker.check_model(model)
+    onnx.save(model, out_path)
+    return done
+
+
 def smooth_ops(graph: Graph, params: Mapping[str, Any]) -> list[str]:
     """TPU-MLIR ``SmoothQuant.get_smooth_op_names`` (without ``insert_mul_after_ln``): a LayerNorm whose users
     (:func:`sq_users`, through reshape-like ops) are all MatMul, a Mul by a weight as wide as its last axis whose
@@ -345,19 +405,29 @@ def smoothquant_scale(acts: list[np.ndarray], weights: list[np.ndarray]) -> tupl
 
 
 def smoothquant(graph: Graph, params: Mapping[str, Any], acts: Mapping[str, list[np.ndarray]]) -> tuple[dict, dict]:
-    """TPU-MLIR 1.23 ``SmoothQuant.smoothquant`` on the canonical params: for each op of :func:`smooth_ops` (in graph
-    order), ``s`` from :func:`smoothquant_scale` on ``acts[op]`` (its float outputs on the calibration samples, all
-    taken from the *original* model as TPU-MLIR collects them before any rewrite) and its MatMul users' weights; the
-    op's weight (a LayerNorm's gain, a Mul's per-channel weight) and bias are divided by ``s``, each MatMul user's
-    weight rows multiplied by ``s`` -- the float model is unchanged up to float rounding (``x/s @ (s W) = x @ W``).
-    Returns ``(new params, {op: {"scale", "users", "loss", "chosen"}})``."""
+    """TPU-MLIR 1.23 ``SmoothQuant.smoothquant`` on the canonical params: for each op of :func:`smooth_ops` and each
+    LayerNorm of :func:`lns_needing_mul` (in graph order), ``s`` from :func:`smoothquant_scale` on ``acts[op]`` (its
+    float outputs on the calibration samples, all taken from the *original* model as TPU-MLIR collects them before
+    any rewrite) and its MatMul users' weights; the op's weight (a LayerNorm's gain, a Mul's per-channel weight) and
+    bias are divided by ``s``, each MatMul user's weight rows multiplied by ``s`` -- the float model is unchanged up
+    to float rounding (``x/s @ (s W) = x @ W``).  A LayerNorm that also feeds an Add keeps its weights: the Mul
+    TPU-MLIR inserts in front of its MatMuls gets ``1 / s``, returned as the new param ``<ln>_scaled_weight`` (shape
+    of the gain; :func:`insert_mul_after_ln` writes it).  Returns ``(new params, {op: {"scale", "users", "loss",
+    "chosen"}})``, a LayerNorm's record under TPU-MLIR's name ``Mul_after_<ln>``."""
     new = {k: np.array(v, np.float32, copy=True) for k, v in params.items()}
     rec: dict = {}
-    for name in smooth_ops(graph, params):
-        op = graph.op(name)
-        if op.type == "MatMul":  # a value projection: its columns (and bias) / s, the output projection's rows * s
+    plain = set(smooth_ops(graph, params))
+    ln_mul = lns_needing_mul(graph)
+    for op in graph.ops:
+        name = op.name
+        if name not in plain and name not in ln_mul:
+            continue
+        if name in ln_mul:
+            users = [graph.op(u) for u in ln_mul[name]]
+            roles: tuple = ()
+        elif op.type == "MatMul":  # a value projection: its columns (and bias) / s, the output projection's rows * s
             users = [vproj_oproj(graph, op)]
-            roles: tuple = ("filter", "bias")
+            roles = ("filter", "bias")
         else:
             users = sq_users(graph, op)
             roles = ("in1", "in2") if op.type != "Mul" else tuple(r for r, _ in op.weights[:1])
@@ -367,7 +437,11 @@ def smoothquant(graph: Graph, params: Mapping[str, Any], acts: Mapping[str, list
         for r, k in op.weights:
             if r in roles:  # the last axis is the smoothed channel axis (a filter's columns)
                 new[k] = (new[k].reshape(-1, s.size) / s).reshape(new[k].shape).astype(np.float32)
+        if name in ln_mul:
+            gain = next((k for r, k in op.weights if r == "in1"), None)
+            shape = np.shape(params[gain]) if gain is not None else (s.size,)
+            new[f"{name}_scaled_weight"] = (np.ones(shape, np.float32).reshape(-1, s.size) / s).reshape(shape)
         for k in keys:
             new[k] = (new[k] * s.reshape(-1, 1)).astype(np.float32)
-        rec[name] = {"scale": s, "users": [u.name for u in users], **info}
+        rec[f"Mul_after_{name}" if name in ln_mul else name] = {"scale": s, "users": [u.name for u in users], **info}
     return new, rec

@@ -66,7 +66,14 @@ def apply_aids(model_path: str, input_shapes, settings: AidSettings, out_model: 
     ``cal_files``: the calibration samples (``--input_num``; SmoothQuant's statistics and the calibration that
     bias correction starts from, KL tuned on ``tune_num`` like run_calibration); ``bc_files``: the
     ``--bc_inference_num`` samples bias correction scores; ``make_pp(graph)``: the preprocessing."""
-    from ..calib.aids import shift_bias, smooth_ops, smoothquant, weight_equalization
+    from ..calib.aids import (
+        insert_mul_after_ln,
+        lns_needing_mul,
+        shift_bias,
+        smooth_ops,
+        smoothquant,
+        weight_equalization,
+    )
     from ..calibrate import calibrate
     from ..onnx import to_jax
     from ..onnx.rewrite import write_edited_onnx
@@ -85,8 +92,9 @@ def apply_aids(model_path: str, input_shapes, settings: AidSettings, out_model: 
     rec: dict = {"model": os.path.abspath(model_path), "aids": settings.tag(), "settings": dataclasses.asdict(settings),
                  "order": "sq, we, calibration, bc (TPU-MLIR run_calibration.py)"}
     if settings.sq:
-        ops = smooth_ops(g, params)
-        rec["sq"] = {"smooth_ops": ops}
+        ln_mul = lns_needing_mul(g)
+        ops = [n for n in (op.name for op in g.ops) if n in set(smooth_ops(g, params)) or n in ln_mul]
+        rec["sq"] = {"smooth_ops": [f"Mul_after_{n}" if n in ln_mul else n for n in ops]}
         if ops:  # the smoothed ops' float outputs on the calibration samples (the original model), then the rewrite
             pp = make_pp(g)
             x = load_inputs(cal_files, g, pp)
@@ -98,6 +106,21 @@ def apply_aids(model_path: str, input_shapes, settings: AidSettings, out_model: 
                     acts[n].append(np.asarray(tapped[t], np.float32))
             params, sq_rec = smoothquant(g, params, acts)
             rec["sq"]["ops"] = sq_rec
+            if ln_mul:
+                # TPU-MLIR's insert_mul_after_ln, in ONNX: the smoothed weights written, then a Mul by 1/s after each
+                # post-LN LayerNorm (users {Add, MatMul}) in front of its MatMuls; the later aids and the aided file
+                # continue from that model
+                os.makedirs(os.path.dirname(os.path.abspath(out_model)), exist_ok=True)
+                mul_model = os.path.splitext(out_model)[0] + ".mul_after_ln.onnx"
+                write_edited_onnx(model_path, mul_model, g, host0, params)
+                rec["sq"]["mul_after_ln"] = insert_mul_after_ln(g, mul_model, mul_model, params)
+                model_path = mul_model
+                fn, params0 = to_jax(model_path, input_shapes, name_style=name_style)
+                g = fn.graph
+                host0 = {k: np.asarray(v) for k, v in params0.items()}
+                params = dict(host0)
+                echo(f"SmoothQuant: a Mul inserted after {len(ln_mul)} LayerNorm(s) feeding an Add and MatMuls "
+                     f"({', '.join(ln_mul)}), as TPU-MLIR's insert_mul_after_ln")
             echo(f"SmoothQuant: {len(ops)} ops smoothed ({', '.join(ops[:4])}{', ...' if len(ops) > 4 else ''}) on "
                  f"{len(cal_files)} samples")
         else:
@@ -129,6 +152,8 @@ def apply_aids(model_path: str, input_shapes, settings: AidSettings, out_model: 
     d = os.path.dirname(os.path.abspath(out_model))
     os.makedirs(d, exist_ok=True)
     written = write_edited_onnx(model_path, out_model, g, host0, params, edits)
+    if model_path.endswith(".mul_after_ln.onnx") and os.path.abspath(model_path) != os.path.abspath(out_model):
+        os.remove(model_path)  # the intermediate model with the inserted Muls: the aided file holds them
     # the written file, converted again, must give the aided weights (merged convs: up to float rounding)
     _, back = to_jax(out_model, input_shapes, name_style=name_style)
     err = max((float(np.abs(np.asarray(back[k]) - params[k]).max() / (np.abs(params[k]).max() + 1e-30))

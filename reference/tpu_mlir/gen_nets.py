@@ -262,6 +262,22 @@ def gen_attn(out: Path):
     b.save(out, o, [1, 16, 8], opset=17)
 
 
+def gen_sq_ln(out: Path):
+    """SmoothQuant's ``insert_mul_after_ln`` (post-LN, BERT-style): a LayerNorm whose users are exactly a MatMul and
+    the residual Add; TPU-MLIR inserts a Mul by ones between the LayerNorm and the MatMul and smooths that Mul."""
+    b = B("gen_sq_ln", 1693)
+    x = b.conv("input", 3, 8, k=4, stride=4, pad=0)
+    r = b.node("Reshape", [x, b.i64([1, 8, 16])])
+    t = b.node("Transpose", [r], perm=[0, 2, 1])
+    gain = b.c((10.0 ** b.rng.uniform(-1, 1, 8)).astype(np.float32))
+    ln = b.node("LayerNormalization", [t, gain, b.w((8,), 0.3)], axis=-1, epsilon=1e-5)
+    m1 = b.node("MatMul", [ln, b.w((8, 12))])
+    g = b.node("Relu", [m1])
+    m2 = b.node("MatMul", [g, b.w((12, 8))])
+    y = b.node("Add", [ln, m2])
+    b.save(out, y, [1, 16, 8], opset=17)
+
+
 def main(argv=None):
     out = Path((argv or sys.argv[1:])[0])
     out.mkdir(parents=True, exist_ok=True)
@@ -273,6 +289,7 @@ def main(argv=None):
     gen_sq(out)
     gen_sq_reshape(out)
     gen_attn(out)
+    gen_sq_ln(out)
 
 
 if __name__ == "__main__":
