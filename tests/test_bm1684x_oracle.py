@@ -37,7 +37,7 @@ def models():
 
 
 def test_bm1684x_fixtures_present():
-    assert set(NETS) >= {"mtcnn_pnet", "gen_act", "gen_pool"}
+    assert set(NETS) >= {"mtcnn_pnet", "gen_act", "gen_pool", "gen_wconst"}
 
 
 @pytest.mark.parametrize("name", NETS)
@@ -57,8 +57,8 @@ def test_bm1684x_int8_model_bit_exact(name, models, zoo):
             assert op.name in plan.f32_reason and q["dtype"] in ("I8", "U8"), t
             skipped.append(t)
             continue
-        if q["dtype"] not in ("I8", "U8"):  # F32 in TPU-MLIR's INT8 model: the Input
-            assert op.type == "Input", t
+        if q["dtype"] not in ("I8", "U8"):  # float in TPU-MLIR's INT8 model: the Input, gen_wconst's F16 Concat
+            assert op.type == "Input" or op.name in plan.f32_reason, t
             continue
         assert op.name not in plan.f32_reason, f"{t}: INT8 in TPU-MLIR, F32 in qsens ({plan.f32_reason.get(op.name)})"
         scale, signed = scales[t]
@@ -89,6 +89,8 @@ def _lowered_params(fx) -> dict[str, dict]:
             out[name] = {"type": typ, "m": _attr_list(line, "multiplier"), "r": _attr_list(line, "rshift")}
         elif typ in ("MatMul", "Add"):
             out[name] = {"type": typ, "m": _attr_list(line, "multipliers"), "r": _attr_list(line, "rshifts")}
+        elif typ in ("Mul", "SubConst"):
+            out[name] = {"type": typ, "m": _attr_list(line, "multiplier"), "r": _attr_list(line, "rshift")}
         elif typ == "Pool2D" and "pool_mode Avg" in line:
             out[name] = {"type": typ, "m": _attr_list(line, "multiplier"), "r": _attr_list(line, "rshift")}
     return out
@@ -127,3 +129,48 @@ def test_bm1684x_lowered_parameters(name, models, zoo):
         assert np.ravel(qp["r"]).tolist() == p["r"], (loc, p["type"])
         seen.add(p["type"])
     assert "Conv2D" in seen
+
+
+#: gen_const's BM1684X ops checked one by one (each on TPU-MLIR's own input codes; ``int8_bm1684x_ops/``): SubConst
+#: (multiplier + shift of s_in / s_out, constant RHAZ(c / s_out) * 2^r), the BatchNormalization Scale as a depthwise
+#: 1x1 Conv2D (per-channel multipliers), the HardSigmoid / Exp / Tanh tables, the convs, the ReduceMean pool and the
+#: Concat (its three inputs requantized, TPU-MLIR's MulShift).  Not end to end: its Deconv (TPU-MLIR: int32 +
+#: RequantIntAxis) stays F32 in qsens and TPU-MLIR merges mul51_Mul's Scale into the conv before it
+OPS_CHECKED = {"gen_const": ["conv3_Conv", "sub5_Sub", "batchnormalization16_BatchNormalization",
+                             "hardsigmoid17_HardSigmoid", "conv20_Conv", "exp21_Exp", "conv28_Conv", "conv33_Conv",
+                             "conv36_Conv", "reducemean37_ReduceMean", "tanh38_Tanh", "concat52_Concat", "conv55_Conv"]}
+
+
+@pytest.mark.parametrize("name", sorted(OPS_CHECKED))
+def test_bm1684x_ops_on_tpu_mlir_inputs(name):
+    """Each BM1684X INT8 op qsens models, run on TPU-MLIR's own input codes, gives TPU-MLIR's output codes."""
+    import qsens.onnx
+    from qsens.quant import BM1684X
+    from qsens.quant.kernels import int8_op
+    from qsens.quant.mixed import host_qparams, plan_from_table, thresholds_from_table
+    from qsens.tables import read_cali_table
+
+    fx = O.load(name)
+    sub = "int8_bm1684x_ops"
+    fn, params = qsens.onnx.to_jax(str(O.model_path(fx)), O.input_shapes(fx))
+    g = fn.model.graph
+    table = read_cali_table(fx.file("cali_table"))
+    plan = plan_from_table(g, table, BM1684X)
+    eff = np.asarray(plan.effective(thresholds_from_table(g, table)))
+    idx = plan.tensor_index
+    ref, qinfo = fx.npz(sub, "int8.npz"), fx.json(sub, "qinfo.json")
+    checked = []
+    for op in g.ops:
+        t = op.outputs[0]
+        if op.type in ("Input", "Pad") or op.name in plan.f32_reason or qinfo.get(t, {}).get("dtype") not in ("I8", "U8"):
+            continue
+        keys = [f"{x}{op.name}_si8" if f"{x}{op.name}_si8" in ref else x for x in op.inputs]  # a cast in front
+        if any(k not in ref or qinfo[k]["dtype"] not in ("I8", "U8") for k in keys):
+            continue
+        xs = [ref[k].astype(np.int32).reshape((-1,) + ref[k].shape[2:]) for k in keys]
+        w = {r: params[k] for r, k in op.weights}
+        qp = host_qparams(plan, op, w, [float(eff[idx[x]]) for x in op.inputs], float(eff[idx[t]]))
+        y = np.asarray(int8_op(op, None, xs, qp, BM1684X))
+        np.testing.assert_array_equal(y, ref[t].astype(np.int32).reshape(y.shape), err_msg=op.name)
+        checked.append(op.name)
+    assert checked == OPS_CHECKED[name]

@@ -223,6 +223,12 @@ def int8_op(op, weights, q_inputs: Sequence, qp: dict, chip: ChipSpec = BM1684):
             w8 = w8.T
         acc = _exact(_dot_fn, x, w8, int(w8.shape[0]), op.name) + qp["b16"]
         return _finish(rshift_round(acc, qp["r"], hu), op, qp)
+    if kind == "Scale" and "b32" in qp:  # BM1684X: a depthwise 1x1 conv, per-channel multiplier + rshift
+        x = xs[0]
+        shp = (1, -1) + (1,) * (x.ndim - 2)
+        acc = x * qp["w8"].reshape(shp)
+        y = requant_multiplier(acc, qp["b32"].reshape(shp), qp["m"].reshape(shp), qp["r"].reshape(shp))
+        return _finish(y, op, qp)
     if kind == "Scale":
         x = xs[0]
         shp = (1, -1) + (1,) * (x.ndim - 2)

@@ -73,12 +73,17 @@ def int8_support(op: Op, graph: Graph, chip: ChipSpec = BM1684) -> str | None:
                                                                    and op.weight("q_filter") is None)):
         return (f"{op.type} with a weight/constant or activation-only operands: qsens does not model TPU-MLIR's "
                 f"{chip.name} INT8 lowering of it (kept F32)")
+    bm1684 = chip.name == "BM1684"
+    why_x = f": qsens does not model TPU-MLIR's {chip.name} INT8 lowering of it (kept F32)"
     if op.type == "MatMul" and op.weight("filter") is None and op.weight("q_filter") is None:
-        return "MatMul with an activation right operand is lowered to F32 on BM1684"
+        return "MatMul with an activation right operand is lowered to F32 on BM1684" if bm1684 else \
+            "MatMul with an activation right operand" + why_x
     if op.type == "MatMul" and len(graph.tensor_shape(op.inputs[0])) != 2:
-        return "batched MatMul is lowered to F32 on BM1684 (only plain FC is INT8)"
+        return "batched MatMul is lowered to F32 on BM1684 (only plain FC is INT8)" if bm1684 else \
+            "batched MatMul" + why_x
     if op.type == "Concat" and (op.weights or op.consts):
-        return "Concat with a constant input is lowered to F32 on BM1684"
+        return "Concat with a constant input is lowered to F32 on BM1684" if bm1684 else \
+            f"Concat with a constant input is lowered to the float type on {chip.name}"
     if op.type in ("Add", "Mul") and (op.consts or (op.weights and op.attr("weight_signed") is None)):
         return f"{op.type} with a constant operand is not lowered to INT8 here"
     if op.type == "Relu" and op.attr("relu_limit", -1.0) >= 0:

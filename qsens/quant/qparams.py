@@ -249,6 +249,24 @@ def qparams_for(
         qp["w8"] = _to_int(_f32(w * scale), -128, 127)
         qp["r"] = r.astype(I32)
         qp["r0"] = r0.astype(I32)  # before the bias back-off (diagnostics)
+    elif kind == "Scale" and chip.per_channel_conv:
+        # BM1684X lowers a Scale as a depthwise 1x1 Conv2D (TPU-MLIR 1.23, gen_const's batchnormalization16: its
+        # per-channel multipliers and every code equal): the Conv rules on filter = a (C,1,1,1), bias = b
+        a = xp.ravel(_f32(weights.get("q_scale", weights.get("scale"))))
+        b = weights.get("q_bias", weights.get("bias"))
+        c = a.shape[0]
+        dw = {"filter": xp.reshape(a, (c, 1, 1, 1))}
+        if b is not None:
+            dw["bias"] = xp.ravel(_f32(b))
+        qp.update(_multiplier_requant(op, "Conv", dw, s_in[0], s_out))
+    elif kind == "SubConst" and chip.per_channel_conv:
+        # BM1684X (TPU-MLIR 1.23, gen_const's sub5_Sub: const_val, multiplier, rshift and every code equal):
+        # (m, r) = get_scale_and_shift(s_in / s_out, 8), the constant RHAZ(c / s_out) * 2^r; the interpreter's
+        # RSR(c' - q*m, r, HALF_UP) (is_reverse) / RSR(q*m - c', r, HALF_UP), as BM1684's kernel
+        m, r = get_scale_and_shift(s_in[0] / s_out, 8)
+        qp["m"], qp["r"] = m.astype(I32), r.astype(I32)
+        c = round_to_int(xp.asarray(float(op.attr("const_val")), F64) / s_out, Round.HALF_AWAY_FROM_ZERO)
+        qp["c"] = (c * _pow2(r)).astype(I32)
     elif kind == "Scale":
         # per-channel (a, b): q_scale / q_bias of an Add/Mul/BatchNormalization the canonicalizer made a Scale
         a = xp.ravel(_f32(weights.get("q_scale", weights.get("scale"))))
