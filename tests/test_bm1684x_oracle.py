@@ -134,11 +134,13 @@ def test_bm1684x_lowered_parameters(name, models, zoo):
 #: gen_const's BM1684X ops checked one by one (each on TPU-MLIR's own input codes; ``int8_bm1684x_ops/``): SubConst
 #: (multiplier + shift of s_in / s_out, constant RHAZ(c / s_out) * 2^r), the BatchNormalization Scale as a depthwise
 #: 1x1 Conv2D (per-channel multipliers), the HardSigmoid / Exp / Tanh tables, the convs, the ReduceMean pool and the
-#: Concat (its three inputs requantized, TPU-MLIR's MulShift).  Not end to end: its Deconv (TPU-MLIR: int32 +
-#: RequantIntAxis) stays F32 in qsens and TPU-MLIR merges mul51_Mul's Scale into the conv before it
+#: Concat (its three inputs requantized, TPU-MLIR's MulShift), the Deconv with its fused ReLU (an int32 tpu.Deconv,
+#: then RequantIntAxis: per-channel multipliers, half away from zero).  Not end to end: TPU-MLIR's BM1684X lowering
+#: merges mul51_Mul's Scale into the conv before it (qsens keeps the two ops)
 OPS_CHECKED = {"gen_const": ["conv3_Conv", "sub5_Sub", "batchnormalization16_BatchNormalization",
                              "hardsigmoid17_HardSigmoid", "conv20_Conv", "exp21_Exp", "conv28_Conv", "conv33_Conv",
-                             "conv36_Conv", "reducemean37_ReduceMean", "tanh38_Tanh", "concat52_Concat", "conv55_Conv"]}
+                             "conv36_Conv", "reducemean37_ReduceMean", "tanh38_Tanh", "relu42_Relu", "concat52_Concat",
+                             "conv55_Conv"]}
 
 
 @pytest.mark.parametrize("name", sorted(OPS_CHECKED))

@@ -196,6 +196,18 @@ def int8_op(op, weights, q_inputs: Sequence, qp: dict, chip: ChipSpec = BM1684):
         K = int(np.prod(w8.shape[1:]))
         acc = _exact(_conv_fn(op), x, w8, K, op.name) + qp["b16"].reshape(1, -1, 1, 1)
         return _finish(rshift_round(acc, qp["r"], hu), op, qp)
+    if kind == "Deconv" and "b32" in qp:
+        # BM1684X (TPU-MLIR 1.23, gen_const's relu42_Relu): an int32 tpu.Deconv (per-output-channel int8 weights, int32
+        # bias, the fused ReLU on the int32 result), then tpu.RequantIntAxis: RSR(acc * m_c, r_c, HALF_AWAY_FROM_ZERO)
+        x = xs[0]
+        w8 = qp["w8"]
+        K = int(w8.shape[0] // int(op.attr("group", 1)) * np.prod(w8.shape[2:]))
+        shp = (1, -1, 1, 1)
+        acc = _exact(_deconv_fn(op, x.shape), x, w8, K, op.name) + qp["b32"].reshape(shp)
+        if op.attr("do_relu", False):
+            acc = jnp.maximum(acc, 0)
+        y = requant_multiplier(acc, 0, qp["m"].reshape(shp), qp["r"].reshape(shp), Round.HALF_AWAY_FROM_ZERO)
+        return _finish(y, op, qp)
     if kind == "Deconv":
         x = xs[0]
         w8 = qp["w8"]
@@ -321,7 +333,7 @@ def _avgpool(op, x, qp):
 
 
 @x64
-def requant_multiplier(acc, b32, m, r):
+def requant_multiplier(acc, b32, m, r, mode: Round = Round.HALF_UP):
     """BM1684X requantization of an int32 accumulator: ``applyMultiplierAndRShift(acc + b32, m, r, MultiplierShift,
     HALF_UP)`` = ``RightShiftRound((acc + b32) * m, r, HALF_UP)`` in int64 (``m`` is an int32 multiplier up to 2^31, the
     product needs 64 bits; int64 is staged into the caller's jaxpr like the float64 parameter maths), saturated to
@@ -329,7 +341,7 @@ def requant_multiplier(acc, b32, m, r):
     result, exact while |acc + b32| < 2^24; qsens adds in integers, as the chip does."""
     i64 = jnp.int64
     v = (jnp.asarray(acc).astype(i64) + jnp.asarray(b32).astype(i64)) * jnp.asarray(m).astype(i64)
-    y = rshift_round(v, jnp.asarray(r).astype(i64), Round.HALF_UP)
+    y = rshift_round(v, jnp.asarray(r).astype(i64), mode)
     return jnp.clip(y, -(2**31), 2**31 - 1).astype(I32)
 
 

@@ -228,6 +228,20 @@ def qparams_for(
 
     if chip.per_channel_conv and kind in ("Conv", "MatMul"):
         qp.update(_multiplier_requant(op, kind, weights, s_in[0], s_out))
+    elif chip.per_channel_conv and kind == "Deconv":
+        # BM1684X: the Conv rules per *output* channel on the filter TPU-MLIR stores as (Cout, Cin/g, kh, kw) (weights,
+        # int32 bias, multipliers and shifts equal to its lowered npz on gen_const's relu42), back in ONNX's layout
+        w = _f32(weights["filter"])
+        g = int(op.attr("group", 1))
+        cin, cog = w.shape[0], w.shape[1]
+        wc = xp.reshape(xp.transpose(xp.reshape(w, (g, cin // g, cog) + tuple(w.shape[2:])), (0, 2, 1, 3, 4)),
+                        (g * cog, cin // g) + tuple(w.shape[2:]))
+        dw = {"filter": wc}
+        if weights.get("bias") is not None:
+            dw["bias"] = weights["bias"]
+        qp.update(_multiplier_requant(op, "Conv", dw, s_in[0], s_out))
+        w8 = xp.reshape(qp["w8"], (g, cog, cin // g) + tuple(w.shape[2:]))
+        qp["w8"] = xp.reshape(xp.transpose(w8, (0, 2, 1, 3, 4)), tuple(w.shape))
     elif kind in ("Conv", "MatMul", "Deconv"):
         # Deconv: TopToTpu/BM1684/Deconv.cpp lowers it as Conv (per-layer shift, int16 bias, multiplier 1)
         # q_filter / q_bias: a Conv/MatMul a MulConst was merged into (its float32 weights times the constant)
