@@ -194,16 +194,22 @@ def gen_we(out: Path):
     b.save(out, y, [1, 4, 16, 16])
 
 
+def _tokens_ln(b: B) -> str:
+    """The transformer nets' prelude: 4x4 Conv patches -> [1, 16, 8] tokens (Reshape, Transpose) -> LayerNormalization
+    (opset 17) whose gain spreads over two decades; returns the LayerNorm's output."""
+    x = b.conv("input", 3, 8, k=4, stride=4, pad=0)
+    r = b.node("Reshape", [x, b.i64([1, 8, 16])])
+    t = b.node("Transpose", [r], perm=[0, 2, 1])
+    gain = b.c((10.0 ** b.rng.uniform(-1, 1, 8)).astype(np.float32))
+    return b.node("LayerNormalization", [t, gain, b.w((8,), 0.3)], axis=-1, epsilon=1e-5)
+
+
 def gen_sq(out: Path):
     """SmoothQuant's patterns (``--sq``): a LayerNorm whose users are two MatMuls, and a Mul by a per-channel weight
     whose user is a MatMul, on a token sequence (Conv patches -> Reshape -> Transpose, opset 17 LayerNormalization);
     the LayerNorm gain and the Mul weight spread over two decades so the activation ranges differ per channel."""
     b = B("gen_sq", 1690)
-    x = b.conv("input", 3, 8, k=4, stride=4, pad=0)
-    r = b.node("Reshape", [x, b.i64([1, 8, 16])])
-    t = b.node("Transpose", [r], perm=[0, 2, 1])
-    gain = b.c((10.0 ** b.rng.uniform(-1, 1, 8)).astype(np.float32))
-    ln = b.node("LayerNormalization", [t, gain, b.w((8,), 0.3)], axis=-1, epsilon=1e-5)
+    ln = _tokens_ln(b)
     m1 = b.node("MatMul", [ln, b.w((8, 12))])
     m2 = b.node("MatMul", [ln, b.w((8, 6))])
     g = b.node("Relu", [m1])
@@ -217,11 +223,7 @@ def gen_sq_reshape(out: Path):
     Reshape [1,16,8] -> [16,8] (last dim kept) in front of a MatMul and a MatMul directly, and a Mul whose user is a
     Reshape back to [1,16,12] in front of a MatMul."""
     b = B("gen_sq_reshape", 1691)
-    x = b.conv("input", 3, 8, k=4, stride=4, pad=0)
-    r = b.node("Reshape", [x, b.i64([1, 8, 16])])
-    t = b.node("Transpose", [r], perm=[0, 2, 1])
-    gain = b.c((10.0 ** b.rng.uniform(-1, 1, 8)).astype(np.float32))
-    ln = b.node("LayerNormalization", [t, gain, b.w((8,), 0.3)], axis=-1, epsilon=1e-5)
+    ln = _tokens_ln(b)
     flat = b.node("Reshape", [ln, b.i64([16, 8])])
     m1 = b.node("MatMul", [flat, b.w((8, 12))])
     m2 = b.node("MatMul", [ln, b.w((8, 6))])
@@ -238,11 +240,7 @@ def gen_attn(out: Path):
     shapes mirrored as TPU-MLIR's test requires; the v weights' columns and the LayerNorm gain spread over two
     decades."""
     b = B("gen_attn", 1692)
-    x = b.conv("input", 3, 8, k=4, stride=4, pad=0)
-    r = b.node("Reshape", [x, b.i64([1, 8, 16])])
-    t = b.node("Transpose", [r], perm=[0, 2, 1])
-    gain = b.c((10.0 ** b.rng.uniform(-1, 1, 8)).astype(np.float32))
-    ln = b.node("LayerNormalization", [t, gain, b.w((8,), 0.3)], axis=-1, epsilon=1e-5)
+    ln = _tokens_ln(b)
 
     def proj(col_spread=False):
         w = b.w((8, 8))
@@ -266,11 +264,7 @@ def gen_sq_ln(out: Path):
     """SmoothQuant's ``insert_mul_after_ln`` (post-LN, BERT-style): a LayerNorm whose users are exactly a MatMul and
     the residual Add; TPU-MLIR inserts a Mul by ones between the LayerNorm and the MatMul and smooths that Mul."""
     b = B("gen_sq_ln", 1693)
-    x = b.conv("input", 3, 8, k=4, stride=4, pad=0)
-    r = b.node("Reshape", [x, b.i64([1, 8, 16])])
-    t = b.node("Transpose", [r], perm=[0, 2, 1])
-    gain = b.c((10.0 ** b.rng.uniform(-1, 1, 8)).astype(np.float32))
-    ln = b.node("LayerNormalization", [t, gain, b.w((8,), 0.3)], axis=-1, epsilon=1e-5)
+    ln = _tokens_ln(b)
     m1 = b.node("MatMul", [ln, b.w((8, 12))])
     g = b.node("Relu", [m1])
     m2 = b.node("MatMul", [g, b.w((12, 8))])
