@@ -273,10 +273,11 @@ def qparams_for(
         if b is not None:
             dw["bias"] = xp.ravel(_f32(b))
         qp.update(_multiplier_requant(op, "Conv", dw, s_in[0], s_out))
-    elif kind == "SubConst" and chip.per_channel_conv:
-        # BM1684X (TPU-MLIR 1.23, gen_const's sub5_Sub: const_val, multiplier, rshift and every code equal):
-        # (m, r) = get_scale_and_shift(s_in / s_out, 8), the constant RHAZ(c / s_out) * 2^r; the interpreter's
-        # RSR(c' - q*m, r, HALF_UP) (is_reverse) / RSR(q*m - c', r, HALF_UP), as BM1684's kernel
+    elif kind in ("AddConst", "SubConst") and chip.per_channel_conv:
+        # BM1684X (TPU-MLIR 1.23, gen_const's sub5_Sub and mbv3s's /Sub_output_0_Sub AddConst: const_val, multiplier,
+        # rshift and every code equal): (m, r) = get_scale_and_shift(s_in / s_out, 8), the constant RHAZ(c / s_out) *
+        # 2^r; the interpreter's RSR(q*m + c', r, HALF_UP) (AddConst), RSR(c' - q*m, r, HALF_UP) (SubConst, is_reverse)
+        # / RSR(q*m - c', r, HALF_UP), as BM1684's kernels
         m, r = get_scale_and_shift(s_in[0] / s_out, 8)
         qp["m"], qp["r"] = m.astype(I32), r.astype(I32)
         c = round_to_int(xp.asarray(float(op.attr("const_val")), F64) / s_out, Round.HALF_AWAY_FROM_ZERO)
