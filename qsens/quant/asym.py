@@ -42,8 +42,8 @@ def scale_zp(mn: float, mx: float, signed: bool = True) -> tuple[float, int]:
     """TPU-MLIR's asymmetric ``(scale, zero point)`` of a range (``Module.cpp:getScaleAndZeroPoint``, double):
     ``qmin, qmax = -128, 127`` (int8) or ``0, 255`` (uint8), ``scale = (max - min) / (qmax - qmin)``, ``zpf = qmin -
     min / scale``, ``zp = RHAZ(zpf)`` (C ``round``: half away from zero); ``zpf < qmin``: ``zp = qmin``, ``scale = max /
-    (qmax - qmin)``... precisely ``max / (qmax - zp)``; ``zpf > qmax``: ``zp = qmax``, ``scale = min / (qmin - zp)``.
-    An unsigned tensor therefore always has ``zp = 0`` and ``scale = max / 255``."""
+    (qmax - qmin)``; ``zpf > qmax``: ``zp = qmax``, ``scale = min / (qmin - qmax)``.  An unsigned tensor therefore
+    always has ``zp = 0`` and ``scale = max / 255``."""
     qmin, qmax = (-128, 127) if signed else (0, 255)
     mn, mx = float(mn), float(mx)
     s = (mx - mn) / float(qmax - qmin)
@@ -101,11 +101,12 @@ class AsymModel:
             if kind == "MatMul" and op.weight("filter") is None:
                 raise QsensError(f"op '{op.name}' (MatMul of two activations): its asymmetric form is not modelled; "
                                  "drop --asymmetric")
-            if kind in LUT_KINDS and not self._lut_unsigned(op, table):
-                raise QsensError(f"op '{op.name}' ({kind}) with a signed output: TPU-MLIR 1.23 builds its asymmetric "
-                                 "table with a symmetric output side (not modelled); drop --asymmetric")
         plan = plan_from_table(g, table, chip)
         self.plan = plan
+        for op in g.ops:
+            if op.type in LUT_KINDS and plan.signed[op.outputs[0]]:
+                raise QsensError(f"op '{op.name}' ({op.type}) with a signed output: TPU-MLIR 1.23 builds its asymmetric "
+                                 "table with a symmetric output side (not modelled); drop --asymmetric")
         tmin = np.array([table[t].min for t in g.tensors], np.float64)
         tmax = np.array([table[t].max for t in g.tensors], np.float64)
         if plan.copy_scale is not None and np.any(plan.copy_scale != 1):
@@ -138,18 +139,13 @@ class AsymModel:
         kind = op.type
         if kind in ("MaxPool", "Reshape", "Permute"):
             return {}
-        if kind == "Softmax":
-            beta = float(op.attr("beta", 1.0))
-            return {"table": np.exp(-(ins[0].scale * beta) * np.arange(256, dtype=np.float64)).astype(np.float32),
-                    "s_out": np.float32(qo.scale)}
-        if kind in LUT_KINDS:  # create_lookup_table: f((q - zp_in) * s_in) / s_out, RHAZ, + zp_out, saturated (double)
-            from .qparams import _lut_fn
+        if kind in LUT_KINDS:  # create_lookup_table with both zero points (double, RHAZ)
+            from .qparams import lut_table
 
-            codes = np.arange(ins[0].lo, ins[0].hi + 1, dtype=np.float64)
             with host_numpy():
-                y = np.asarray(_lut_fn(op, kind)((codes - ins[0].zp) * ins[0].scale), np.float64) / qo.scale
-            y = np.sign(y) * np.floor(np.abs(y) + 0.5) + qo.zp
-            return {"lut": np.clip(y, qo.lo, qo.hi).astype(np.int32), "lut_lo": np.int32(ins[0].lo)}
+                qp = lut_table(op, kind, ins[0].signed, ins[0].scale, qo.signed, qo.scale, Round.HALF_AWAY_FROM_ZERO,
+                               ins[0].zp, qo.zp)
+            return {k: np.asarray(v) for k, v in qp.items()}
         if kind == "AvgPool":  # Pool2D's scale = s_in / (k * s_out), offset = zp_out - (s_in / s_out) * zp_in
             kh, kw = self._pool_kernel(op)
             k = kh * kw
@@ -174,17 +170,10 @@ class AsymModel:
             qp["b32"] = b32.astype(np.int32)
         return qp
 
-    def _lut_unsigned(self, op, table) -> bool:
-        from .mixed import plan_from_table
-
-        return not plan_from_table(self.graph, table, self.chip).signed[op.outputs[0]]
-
     def _pool_kernel(self, op) -> tuple[int, int]:
-        if op.attr("kernel_shape") is not None and not op.attr("global", False) and op.onnx_type != "GlobalAveragePool":
-            kh, kw = tuple(op.attr("kernel_shape"))
-        else:
-            kh, kw = self.graph.tensor_shape(op.inputs[0])[-2:]
-        return int(kh), int(kw)
+        from .qparams import _pool_kernel, op_kind
+
+        return _pool_kernel(op, op_kind(op), [self.graph.tensor_shape(op.inputs[0])])
 
     # ------------------------------------------------------------------------------------------------ forward
     def quantize_input(self, x, t: str):
@@ -244,9 +233,9 @@ class AsymModel:
             # saturate(RHAZ(sum * scale + offset)); the interpreter pads with the input zero point and divides by the
             # whole kernel, count_include_pad=0 or not (gen_pool's 3x3, pads 1: every border code)
             kh, kw = self._pool_kernel(op)
-            st = tuple(op.attr("strides", (kh, kw))) if op.attr("kernel_shape") is not None else (kh, kw)
+            st = tuple(op.attr("strides", (kh, kw)))
             x = xs[0]
-            pads = tuple(op.attr("pads", (0, 0, 0, 0))) if op.attr("kernel_shape") is not None else (0, 0, 0, 0)
+            pads = tuple(op.attr("pads", (0, 0, 0, 0)))
             if any(pads):
                 x = jnp.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])), constant_values=ins[0].zp)
             ssum = jax.lax.reduce_window(x, jnp.int32(0), jax.lax.add, (1, 1, kh, kw), (1, 1) + tuple(st), "VALID")

@@ -390,16 +390,23 @@ def qparams_for(
         qp["table"] = xp.exp(-(s_in[0] * beta) * xp.arange(256, dtype=F64)).astype(F32)
         qp["s_out"] = xp.asarray(s_out).astype(F32)
     elif kind in LUT_OPS:
-        lo_in, hi_in = qrange(sig_in[0])
-        codes = xp.arange(lo_in, hi_in + 1, dtype=F64)
-        x = codes * s_in[0]
-        y = _lut_fn(op, kind)(x) / s_out
-        y = round_to_int(y, chip.lut_round)
-        lo, hi = qrange(signed_out)
-        qp["lut"] = xp.clip(y, lo, hi).astype(I32)
-        qp["lut_lo"] = xp.asarray(lo_in, I32)
+        qp.update(lut_table(op, kind, sig_in[0], s_in[0], signed_out, s_out, chip.lut_round))
     qp["fallback"] = xp.asarray(fb, bool)
     return qp
+
+
+def lut_table(op, kind: str, signed_in: bool, s_in, signed_out: bool, s_out, rnd: Round, zp_in: int = 0,
+              zp_out: int = 0) -> dict:
+    """The 256-entry table of a LUT activation (TPU-MLIR ``create_lookup_table``, double): for every input code ``q``,
+    ``saturate(round(f((q - zp_in) * s_in) / s_out) + zp_out)`` with ``rnd``; zero points 0 for symmetric INT8
+    (:mod:`qsens.quant.asym` passes its own).  ``{"lut": int32 codes, "lut_lo": the first input code}``."""
+    xp = backend()
+    lo_in, hi_in = qrange(signed_in)
+    codes = xp.arange(lo_in, hi_in + 1, dtype=F64)
+    y = _lut_fn(op, kind)((codes - zp_in) * s_in if zp_in else codes * s_in) / s_out
+    y = round_to_int(y, rnd) + zp_out if zp_out else round_to_int(y, rnd)
+    lo, hi = qrange(signed_out)
+    return {"lut": xp.clip(y, lo, hi).astype(I32), "lut_lo": xp.asarray(lo_in, I32)}
 
 
 def _pool_kernel(op, kind, in_shapes) -> tuple[int, int]:
