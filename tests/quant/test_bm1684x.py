@@ -267,7 +267,26 @@ def test_conv_matches_oracle():
         cnt["sat"] += int(np.sum((want == 127) | (want == -128) | (want == 255)))
 
     prop()
-    assert cnt["unsigned w"] > 0 and cnt["sat"] > 0, cnt
+    # unsigned filters come from some draws only (which draws an xdist worker makes varies with what ran before it,
+    # even derandomized: seen with -n 2); test_conv_unsigned_weights_matches_oracle covers them deterministically
+    assert cnt["sat"] > 0, cnt
+
+
+def test_conv_unsigned_weights_matches_oracle():
+    """An all-non-negative filter without a bias is stored as uint8 (``fsign`` false, fqmax 255): qsens's weights,
+    multipliers and codes equal the oracle's, deterministically."""
+    shape, oc, k, pads = CONV_CFG[0]
+    rng = np.random.default_rng(7)
+    W = np.abs(rng.normal(0, 0.5, (oc, shape[1]) + k)).astype(np.float32)
+    q = rng.integers(0, 256, shape).astype(np.int32)
+    op = mkop("Conv", 1, ("filter",), kernel_shape=k, strides=(1, 1), pads=pads, dilations=(1, 1), group=1,
+              do_relu=False)
+    want, low, _ = conv(q, W, None, 3.0, 6.0, False, True, pads, False)
+    qp = _qp(op, {"filter": W}, (np.float32(3.0),), np.float32(6.0), False, True, chip=BM1684X)
+    assert int(np.asarray(qp["w8"]).max()) > 127  # uint8 weights really used
+    assert np.ravel(qp["m"]).tolist() == low["m"] and np.ravel(qp["r"]).tolist() == low["r"]
+    assert np.array_equal(np.asarray(qp["w8"]), low["w8"])
+    np.testing.assert_array_equal(np.asarray(RUN(op, None, [q], qp)), want)
 
 
 def test_matmul_matches_oracle():
