@@ -64,27 +64,21 @@ def write_edited_onnx(src: str, out: str, graph: Graph, old: Mapping[str, Any], 
 
     for name in touched:
         op = graph.op(name)
+        # a Conv / MatMul with the bias of the Add it absorbed (onnxsim's fusions, TPU-MLIR's MatMulWithBias): the
+        # filter is the node's own initializer, the bias the Add's
+        target = {k: k for _, k in op.weights if k in changed and k in inits}
         fused = [k for _, k in op.weights if k in changed and k not in inits and k.endswith("@fused_bias")]
-        if fused and all(k in inits or k in fused for _, k in op.weights if k in changed):
-            # a Conv / MatMul with the bias of the Add it absorbed (onnxsim's fusions, TPU-MLIR's MatMulWithBias):
-            # the filter is the node's own initializer, the bias the Add's
+        if fused:
             adds = [nodes.get(n) for n in op.onnx_nodes]
-            adds = [n for n in adds if n is not None and n.op_type == "Add"]
-            bias_init = [i for n in adds for i in n.input if i in inits]
+            bias_init = [i for n in adds if n is not None and n.op_type == "Add" for i in n.input if i in inits]
             if len(bias_init) != 1:
                 raise ModelError(f"{src}: op '{name}': cannot find the ONNX Add initializer behind its fused bias")
+            target.update({k: bias_init[0] for k in fused})
+        if all(k in target for _, k in op.weights if k in changed):  # every changed weight has an initializer
             for _, k in op.weights:
-                if k in changed:
-                    tgt = bias_init[0] if k in fused else k
-                    cur = take(tgt, name)
-                    values[tgt] = np.asarray(new[k], np.float32).reshape(cur.shape)
-            continue
-        direct = all(k in inits for _, k in op.weights if k in changed)
-        if direct:
-            for _, k in op.weights:
-                if k in changed:
-                    cur = take(k, name)
-                    values[k] = np.asarray(new[k], np.float32).reshape(cur.shape)
+                if k in target:
+                    cur = take(target[k], name)
+                    values[target[k]] = np.asarray(new[k], np.float32).reshape(cur.shape)
             continue
         convs = [nodes.get(n) for n in op.onnx_nodes]
         convs = [n for n in convs if n is not None and n.op_type == "Conv"]

@@ -91,9 +91,11 @@ def apply_aids(model_path: str, input_shapes, settings: AidSettings, out_model: 
     edits: list[dict] = []
     rec: dict = {"model": os.path.abspath(model_path), "aids": settings.tag(), "settings": dataclasses.asdict(settings),
                  "order": "sq, we, calibration, bc (TPU-MLIR run_calibration.py)"}
+    tmp_model = None
     if settings.sq:
         ln_mul = lns_needing_mul(g)
-        ops = [n for n in (op.name for op in g.ops) if n in set(smooth_ops(g, params)) or n in ln_mul]
+        plain = set(smooth_ops(g, params))
+        ops = [op.name for op in g.ops if op.name in plain or op.name in ln_mul]
         rec["sq"] = {"smooth_ops": [f"Mul_after_{n}" if n in ln_mul else n for n in ops]}
         if ops:  # the smoothed ops' float outputs on the calibration samples (the original model), then the rewrite
             pp = make_pp(g)
@@ -111,7 +113,7 @@ def apply_aids(model_path: str, input_shapes, settings: AidSettings, out_model: 
                 # post-LN LayerNorm (users {Add, MatMul}) in front of its MatMuls; the later aids and the aided file
                 # continue from that model
                 os.makedirs(os.path.dirname(os.path.abspath(out_model)), exist_ok=True)
-                mul_model = os.path.splitext(out_model)[0] + ".mul_after_ln.onnx"
+                mul_model = tmp_model = os.path.splitext(out_model)[0] + ".mul_after_ln.onnx"
                 write_edited_onnx(model_path, mul_model, g, host0, params)
                 rec["sq"]["mul_after_ln"] = insert_mul_after_ln(g, mul_model, mul_model, params)
                 model_path = mul_model
@@ -152,8 +154,8 @@ def apply_aids(model_path: str, input_shapes, settings: AidSettings, out_model: 
     d = os.path.dirname(os.path.abspath(out_model))
     os.makedirs(d, exist_ok=True)
     written = write_edited_onnx(model_path, out_model, g, host0, params, edits)
-    if model_path.endswith(".mul_after_ln.onnx") and os.path.abspath(model_path) != os.path.abspath(out_model):
-        os.remove(model_path)  # the intermediate model with the inserted Muls: the aided file holds them
+    if tmp_model:
+        os.remove(tmp_model)  # the intermediate model with the inserted Muls: the aided file holds them
     # the written file, converted again, must give the aided weights (merged convs: up to float rounding)
     _, back = to_jax(out_model, input_shapes, name_style=name_style)
     err = max((float(np.abs(np.asarray(back[k]) - params[k]).max() / (np.abs(params[k]).max() + 1e-30))
