@@ -11,7 +11,12 @@ own arena allocator.  :func:`keep_freed_memory` gives the same effect with three
 * ``M_ARENA_MAX = 1``: XLA's worker threads share the main heap (thread arenas are capped at 64 MB and
   would still ``mmap``).
 
-Peak RSS is unchanged (the process keeps what it once needed, no more).  qsens applies it when imported, on
+Peak RSS is unchanged (the process keeps what it once needed, no more) *when one phase's blocks fit the holes
+another left*.  They often do not: EfficientNet-Lite2's search, whose cached prefix activations (62 MB blocks,
+long-lived) interleave with XLA's temporaries, held a 1.34 GB heap for 0.77 GB of live blocks.  So under a memory
+budget (``--max_memory``, :func:`qsens.search.memory.set_budget`) :func:`bound_freed_memory` switches to the
+opposite trade: blocks of 4 MB and more are ``mmap``-ed and handed back when freed (no fragmentation from them;
+each call faults its large buffers in again, some speed for a bounded peak), and the free heap is trimmed once.  qsens applies it when imported, on
 glibc Linux only; set ``QSENS_MALLOC=system`` to keep the C library's defaults.  Import qsens before JAX runs its
 first computation: XLA's worker threads take their malloc arenas then, and arenas already taken stay (qsens
 warns once when it finds JAX's CPU backend already started).
@@ -56,6 +61,31 @@ def keep_freed_memory() -> bool:
                       "arenas, so CPU forwards may run up to ~30% slower (page faults on every call); import qsens "
                       "before the first JAX computation (see qsens/hostmem.py)", RuntimeWarning, stacklevel=3)
     return _applied
+
+
+M_MMAP_THRESHOLD = -3
+#: blocks from this size on are mmap-ed under a memory budget (Lite2's activations are 16-62 MB per chunk)
+BOUNDED_MMAP_THRESHOLD = 4 << 20
+
+
+def bound_freed_memory() -> bool:
+    """Large blocks back to the kernel when freed (see the module docstring); the free heap trimmed now.
+
+    Returns whether the policy is in effect (False off glibc or with ``QSENS_MALLOC=system``, which keeps the C
+    library's own defaults)."""
+    if os.environ.get("QSENS_MALLOC", "").lower() == "system" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        if not hasattr(libc, "gnu_get_libc_version"):
+            return False
+        ok = libc.mallopt(M_MMAP_THRESHOLD, BOUNDED_MMAP_THRESHOLD) == 1  # also ends the dynamic threshold
+        ok &= libc.mallopt(M_MMAP_MAX, 1 << 20) == 1
+        ok &= libc.mallopt(M_TRIM_THRESHOLD, 128 << 10) == 1  # glibc's default: free heap tops go back
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        return False
+    return bool(ok)
 
 
 def _jax_cpu_started() -> bool:

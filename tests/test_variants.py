@@ -87,6 +87,30 @@ def test_mixed_prefix_falls_back_when_the_prefix_differs(small):
     assert got == pytest.approx(_whole(pb, odd), abs=TOL)
 
 
+def test_advance_hands_back_the_old_chunks_and_the_old_carry_stays_valid(small):
+    """Advancing a carry empties its chunks one by one (the cache never doubles: Lite2 peaked at twice its budget
+    before); a carry whose chunks were taken recomputes them from the inputs, with the same losses."""
+    from qsens.search.evaluators import FloatPrefix, advance_envs
+
+    calls = []
+    old = [{"a": 1}, None, {"a": 2}]
+    assert advance_envs(old, lambda e: calls.append(e) or {"a": e["a"] + 10}) == [{"a": 11}, None, {"a": 12}]
+    assert old == [None, None, None] and calls == [{"a": 1}, {"a": 2}]
+    assert advance_envs(({"a": 1}, None), lambda e: {"a": 0}) == [{"a": 0}, None]  # a tuple is mapped, not taken
+
+    pb = small["pb"]
+    ev = FloatPrefix()
+    carry = ev.init(pb, 3)
+    assert len(carry.envs) == 2 and all(e is not None for e in carry.envs)  # 6 samples, chunks of 4: 2 resident
+    op = pb.ops[3]
+    cfgs = [Config(frozenset({op.name}), pb.th0), Config(frozenset({op.name}), pb.th0 * np.float32(0.7))]
+    before = ev.losses(pb, cfgs, carry)
+    nxt = ev.advance(pb, carry)
+    assert carry.envs == [None, None] and nxt.next == 4 and all(e is not None for e in nxt.envs)
+    assert ev.losses(pb, cfgs, carry) == before  # recomputed from the inputs: the same values
+    assert before == [pytest.approx(_whole(pb, c), abs=TOL) for c in cfgs] and before[0] != before[1]
+
+
 @pytest.mark.parametrize("name", VARIANTS)
 def test_each_variant_evaluations_equal_whole_graph(small, name):
     """Every configuration a variant scored (and the one it chose) has the loss a whole-graph run gives."""

@@ -9,7 +9,10 @@ Chunks that do not fit the budget are *not resident*: their prefix is recomputed
 needs it (the same executables, so the same values; the cost is at most one extra float forward of the prefix
 per op for those chunks, about a third more work than the candidates' suffixes, which dominate).
 
-Budget: ``--max_memory`` (bytes; ``1.5G``, ``800M``), else half of what the devices can hold (accelerators:
+The cache is the part that grows with the images; a carry being advanced hands each chunk's old tensors back as
+its new ones are made (:func:`~qsens.search.evaluators.advance_envs`), so it peaks one chunk above the budget.
+
+Budget: ``--max_memory`` (bytes; ``1.5G``, ``800M``; it also bounds the malloc policy, :func:`set_budget`), else half of what the devices can hold (accelerators:
 ``memory_stats()['bytes_limit']``; CPU: half of the host's ``MemAvailable``).
 """
 
@@ -36,8 +39,15 @@ def parse_bytes(text: str | int | float) -> int:
 
 
 def set_budget(nbytes: int | None) -> None:
-    """The process's cache budget in bytes (None: the default from the devices)."""
+    """The process's cache budget in bytes (None: the default from the devices).
+
+    A budget also switches the host's malloc policy to hand large freed blocks back
+    (:func:`qsens.hostmem.bound_freed_memory`): without it the heap kept ~0.6 GB of holes on Lite2."""
     _budget[0] = None if nbytes is None else int(nbytes)
+    if nbytes is not None:
+        from ..hostmem import bound_freed_memory
+
+        bound_freed_memory()
 
 
 def host_available() -> int:
