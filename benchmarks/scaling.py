@@ -8,7 +8,8 @@
    compute, cores used (user+sys over wall), peak RSS; the float layers must be the same in every run.
 2. **Memory**: EfficientNet-Lite2 (260 px), 300 inference images (the 100 real images of ``images100`` and
    their mirrored and rotated copies: for time and memory only, never for accuracy), ``--max_memory 1G`` and
-   the default budget: peak RSS (the issue's bar: 1.5 GB), search time, resident chunks.
+   the default budget: peak RSS (the issue's bar: 1.5 GB), search time, resident chunks.  ``--nets lite2,bignet``
+   adds the ResNet-50-shaped network of ``benchmarks/bignet.py`` (4.8x Lite2's work per image) to this part.
 Search time against ops and images is ``experiments/speed_scaling.py``'s (README "Speed scaling").
 Writes benchmarks/results/scaling_<device>.json and scaling_<device>.png.
 """
@@ -85,6 +86,8 @@ def main(argv=None):
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--skip-devices", action="store_true", help="only the memory part; merged into the existing JSON")
     ap.add_argument("--budgets", default="1G,default", help="--max_memory values of the memory part ('default': none)")
+    ap.add_argument("--nets", default="lite2", help="networks of the memory part: lite2 and/or bignet (the "
+                    "ResNet-50-shaped export of benchmarks/bignet.py, built on first use)")
     args = ap.parse_args(argv)
     if args.one:
         return one(args.one)
@@ -119,22 +122,36 @@ def main(argv=None):
             out["devices_same_float_layers"] = same
         if not args.skip_memory:
             aug = augmented_images(images, td / "images_aug", big_inf)
-            for b in args.budgets.split(","):
-                label, extra = ("default", []) if b == "default" else (f"max_memory_{b}", ["--max_memory", b])
-                r = child_rss({"model": str(lite2), "images": str(aug), "n_img": 100, "n_inf": big_inf,
-                               "cache": str(cache), "extra": extra, "out": str(td / f"m_{label}")})
-                out["memory"][label] = r
-                print(f"Lite2, {big_inf} inference images, {label}: whole job {r['wall_s']:.1f} s, search "
-                      f"{r['timings']['search_s']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB (bar 1536)", flush=True)
+            for net in args.nets.split(","):
+                if net == "bignet":
+                    from bignet import build, default_path
+
+                    model, key, name = default_path(), "memory_bignet", "ResNet-50-shaped (random weights)"
+                    if not model.exists():
+                        build(model)
+                else:
+                    model, key, name = lite2, "memory", "Lite2"
+                for b in args.budgets.split(","):
+                    label, extra = ("default", []) if b == "default" else (f"max_memory_{b}", ["--max_memory", b])
+                    r = child_rss({"model": str(model), "images": str(aug), "n_img": 100, "n_inf": big_inf,
+                                   "cache": str(cache), "extra": extra, "out": str(td / f"m_{net}_{label}")})
+                    out.setdefault(key, {})[label] = r
+                    print(f"{name}, {big_inf} inference images, {label}: whole job {r['wall_s']:.1f} s, search "
+                          f"{r['timings']['search_s']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB (bar 1536)",
+                          flush=True)
     prev = RESULTS / f"scaling_{jax.devices()[0].platform}.json"
     if (args.skip_devices or args.skip_memory) and prev.exists():  # merge the part not re-run from the last JSON
         old = json.loads(prev.read_text())
         if args.skip_devices:
             old["memory"].update(out["memory"])
+            if "memory_bignet" in out:
+                old.setdefault("memory_bignet", {}).update(out["memory_bignet"])
             old["memory_measured_separately"] = {"load_average_end": os.getloadavg(), "quick": args.quick}
             out = {**old, "memory": old["memory"]}
         else:
             out["memory"] = old.get("memory", {})
+            if "memory_bignet" in old:
+                out["memory_bignet"] = old["memory_bignet"]
             out["memory_measured_before"] = {"load_average_end": old.get("load_average_end")}
     if out["devices"]:
         base = out["devices"]["1"]["timings"]["search_s"]
