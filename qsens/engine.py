@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .exe_cache import PersistentJit
 from .onnx.convert import (
     FLOAT_TYPE_FOLLOWS_INPUT,
     Model,
@@ -65,6 +66,9 @@ def enable_compilation_cache(path: str | None = None) -> str:
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    from . import exe_cache
+
+    exe_cache.enable(path)  # and qsens's own: no tracing or lowering of known executables (qsens/exe_cache.py)
     return path
 
 
@@ -214,7 +218,7 @@ class Engine:
                 with per_op_executable():
                     return run_op_planned(_op, weights, acts, _in, _out, ft, rin)
 
-            return jax.jit(f)
+            return PersistentJit(key, f)
 
         return self.cache.get(key, make)
 

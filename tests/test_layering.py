@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1] / "qsens"
 
 #: lower layers never import higher ones (same layer: allowed)
 LAYERS = {
-    "qsens.errors": 0, "qsens.paths": 0, "qsens.hostmem": 0, "qsens.metrics": 0,
+    "qsens.errors": 0, "qsens.paths": 0, "qsens.hostmem": 0, "qsens.metrics": 0, "qsens.exe_cache": 0,
     "qsens.onnx": 1, "qsens.data": 1, "qsens.tables": 1,
     "qsens.quant": 2, "qsens.calib": 2, "qsens.pipeline": 2, "qsens.zoo": 2, "qsens.mnist": 2,
     "qsens.engine": 3, "qsens.devices": 3,  # placement of the engine's arrays (devices, mesh, processes)

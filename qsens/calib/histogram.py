@@ -34,9 +34,10 @@ import functools
 import warnings
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 import numpy as np
+
+from ..exe_cache import persistent_jit
 
 N_BINS = 2048  #: TPU-MLIR ``histogram_bin_num`` default
 RESET_BINS = 8_000_000  #: v2 histograms that would grow beyond this are discarded and restarted
@@ -78,7 +79,7 @@ def histogram(a, abs_max, n_bins: int = N_BINS) -> tuple[np.ndarray, np.float32]
     return h, width
 
 
-@functools.partial(jax.jit, static_argnames=("length",))
+@persistent_jit(("qsens.calib.histogram._counts", 1), static_argnames=("length",))
 def _counts(flat, lo, hi, width, n_bins, *, length: int):
     """Bin counts of rows ``lo <= r < hi`` of ``flat`` (B, size): ``k = trunc(|a| / width + 0.5)`` in float32,
     zeros and ``k >= n_bins`` dropped (sent to bin ``n_bins``, sliced off by the caller)."""

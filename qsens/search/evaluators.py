@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..engine import Engine, op_signature, to_device
+from ..exe_cache import PersistentJit
 from ..onnx.convert import f32_tensor, op_runs_nhwc
 from ..onnx.layout import TO_NCHW, TO_NHWC, per_op_executable
 from ..quant.mixed import FOLLOWS_INPUT_TYPE, QuantPlan, int8_core
@@ -78,7 +79,7 @@ def int8_exe(engine: Engine, plan: QuantPlan, i: int):
                               fallback=False)[0]
             return jnp.transpose(y, TO_NHWC) if _out else y
 
-        return jax.jit(f)
+        return PersistentJit(key, f)
 
     return engine.cache.get(key, make)
 

@@ -1,0 +1,191 @@
+"""Compiled executables kept across processes, keyed by what they compute: a warm run neither traces nor lowers.
+
+JAX's persistent compilation cache (:func:`qsens.engine.enable_compilation_cache`) skips XLA's compile, but its key
+is the lowered module, so every process still traces each function and lowers it to StableHLO first.  qsens runs
+many small executables (Lite0's calibration: 40 per-op float executables, ~60 histogram counters, the tuner's
+fake quantizers; the search adds the INT8 ones), and a profile of a warm ``qsens calibrate`` showed tracing and
+lowering as ~30 % of its CPU time.  :class:`PersistentJit` is a ``jax.jit`` whose compiled executable is written
+once (``jax.experimental.serialize_executable``) under a key made of
+
+* the caller's *complete* key (the same key :class:`qsens.engine.ExecutableCache` shares executables by: op
+  type, attributes, constants, weight shapes, layouts, ...), as text;
+* the call's tree structure, and each argument's shape, dtype, weak type and device;
+* the environment: jax / jaxlib versions, backend and device kind, ``XLA_FLAGS``, the x64 and matmul-precision
+  settings, the CPU model and its feature flags, and a hash of qsens's own source files (a code change is a
+  new key).
+
+and loaded instead of traced next time.  It is the same compiled code (XLA's persistent cache stores it the same
+way), so results are bit-identical.  Off (plain ``jax.jit``) when the compilation cache is not enabled, for keys
+whose text is not stable across processes (an object ``repr`` with an address), for arguments on several
+devices (sharded placements keep JAX's own path), or with ``QSENS_EXE_CACHE=0``.  A file that fails to load is
+deleted and compiled again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+from collections.abc import Callable, Hashable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+_DIR: list[Path | None] = [None]
+_FP: list[str | None] = [None]
+
+
+def enable(jax_cache_dir: str | os.PathLike) -> Path | None:
+    """Keep executables in ``<jax_cache_dir>/qsens_exe`` (called by :func:`qsens.engine.enable_compilation_cache`)."""
+    if os.environ.get("QSENS_EXE_CACHE", "1") == "0":
+        _DIR[0] = None
+        return None
+    d = Path(jax_cache_dir) / "qsens_exe"
+    d.mkdir(parents=True, exist_ok=True)
+    _DIR[0] = d
+    return d
+
+
+def disable() -> None:
+    _DIR[0] = None
+
+
+def _cpu_line() -> str:
+    """The CPU model and feature flags: compiled CPU code uses the host's instructions."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [ln.strip() for ln in f if ln.startswith(("model name", "flags", "Features", "CPU part"))]
+        return "|".join(sorted(set(lines)))
+    except OSError:
+        import platform
+
+        return platform.processor() or platform.machine()
+
+
+def fingerprint() -> str:
+    """Everything outside the key that the compiled code depends on (computed once per process)."""
+    if _FP[0] is None:
+        import jaxlib
+
+        h = hashlib.sha256()
+        root = Path(__file__).resolve().parent
+        for p in sorted(root.rglob("*.py")):
+            h.update(str(p.relative_to(root)).encode())
+            h.update(p.read_bytes())
+        dev = jax.devices()[0]
+        parts = [jax.__version__, getattr(jaxlib, "__version__", "?"), dev.platform, getattr(dev, "device_kind", ""),
+                 str(getattr(dev.client, "platform_version", "")), os.environ.get("XLA_FLAGS", ""),
+                 str(jax.config.jax_enable_x64), str(jax.config.jax_default_matmul_precision), _cpu_line(),
+                 h.hexdigest()]
+        _FP[0] = hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    return _FP[0]
+
+
+def stable_text(key: Hashable) -> str | None:
+    """``repr(key)`` when it is the same in every process and complete, else None: no object addresses, no
+    NumPy summarisation (``...`` stands for elided values)."""
+    text = repr(key)
+    return None if " at 0x" in text or "object at" in text or "..." in text else text
+
+
+def _leaf_sig(x) -> tuple | None:
+    """An argument's static description; None when it lives on several devices (not persisted)."""
+    if isinstance(x, jax.Array):
+        devs = x.sharding.device_set
+        if len(devs) != 1:
+            return None
+        return (tuple(x.shape), str(x.dtype), bool(x.weak_type), next(iter(devs)).id)
+    if isinstance(x, np.ndarray | np.generic):
+        return (tuple(np.shape(x)), np.asarray(x).dtype.str, False, -1)
+    if isinstance(x, bool | int | float | complex):
+        return ((), type(x).__name__, True, -1)
+    return None
+
+
+class PersistentJit:
+    """``jax.jit(fun, static_argnames=...)`` whose compiled executables persist across processes (module doc).
+
+    ``key``: a complete description of ``fun`` (what :class:`qsens.engine.ExecutableCache` shares it by)."""
+
+    def __init__(self, key: Hashable, fun: Callable, static_argnames: Sequence[str] = ()):
+        self.key = key
+        self.static_argnames = tuple(static_argnames)
+        self.jitted = jax.jit(fun, static_argnames=self.static_argnames) if self.static_argnames else jax.jit(fun)
+        self._text = stable_text(key)
+        self._compiled: dict[Any, Any] = {}
+        self.loaded = 0  # executables read from disk by this object (tests, statistics)
+        self.written = 0
+
+    def lower(self, *args, **kwargs):
+        return self.jitted.lower(*args, **kwargs)
+
+    def __call__(self, *args, **static):
+        if _DIR[0] is None or self._text is None or not all(k in self.static_argnames for k in static):
+            return self.jitted(*args, **static)
+        leaves, tree = jax.tree_util.tree_flatten(args)
+        sigs = tuple(_leaf_sig(x) for x in leaves)
+        call_key = (tree, sigs, tuple(sorted(static.items())))
+        c = self._compiled.get(call_key)
+        if c is None:
+            c = self._compiled[call_key] = (False if None in sigs else self._load_or_compile(tree, sigs, args, static))
+        if c is False:
+            return self.jitted(*args, **static)
+        return c(*args)
+
+    def _path(self, tree, sigs, static) -> Path:
+        text = "\n".join([fingerprint(), self._text, str(tree), repr(sigs), repr(sorted(static.items()))])
+        return _DIR[0] / f"{hashlib.sha256(text.encode()).hexdigest()}.exe"
+
+    def _load_or_compile(self, tree, sigs, args, static):
+        from jax.experimental import serialize_executable as se
+
+        path = self._path(tree, sigs, static)
+        if path.exists():
+            try:
+                payload, in_tree, out_tree = pickle.loads(path.read_bytes())
+                c = se.deserialize_and_load(payload, in_tree, out_tree)
+                jax.block_until_ready(c(*args))  # a bad file fails here (on execution), not at loading
+                self.loaded += 1
+                return c
+            except Exception:  # noqa: BLE001 - a truncated / foreign file: compile it again
+                path.unlink(missing_ok=True)
+        no_jax_cache = _without_jax_cache()
+        if no_jax_cache is None:
+            return False
+        # compiled afresh: an executable that XLA-CPU loaded from JAX's own cache serializes without its fused
+        # kernels ("Function broadcast_multiply_fusion not found" when the copy runs); the switch is thread-local
+        with no_jax_cache:
+            c = self.jitted.lower(*args, **static).compile()
+        try:
+            data = pickle.dumps(se.serialize(c))
+            tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+            self.written += 1
+        except Exception:  # noqa: BLE001 - not serializable on this backend: still usable in this process
+            pass
+        return c
+
+
+def _without_jax_cache():
+    """A thread-local context that turns JAX's persistent compilation cache off (None if this JAX has none)."""
+    try:
+        from jax._src import config as jcfg
+
+        return jcfg.enable_compilation_cache(False)
+    except (ImportError, AttributeError, TypeError):
+        return None
+
+
+def persistent_jit(key: Hashable, static_argnames: Sequence[str] = ()):
+    """Decorator form of :class:`PersistentJit` for module-level functions (``key``: e.g. the function's name)."""
+
+    def wrap(fun):
+        pj = PersistentJit(key, fun, static_argnames)
+        pj.__doc__ = fun.__doc__
+        pj.__wrapped__ = fun
+        return pj
+
+    return wrap

@@ -1,0 +1,106 @@
+"""qsens's persistent executables (``qsens/exe_cache.py``): loaded instead of traced, bit-identical, robust to bad
+files, never a copy of an executable JAX itself loaded from its cache (those serialize without their kernels)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from qsens import exe_cache
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _f(x, s, *, n):
+    return jnp.tanh(jnp.transpose(x, (0, 2, 1)) * s)[:, ::n] + jnp.float32(1)
+
+
+@pytest.fixture
+def cache_dir(tmp_path):
+    exe_cache.enable(tmp_path)
+    yield tmp_path / "qsens_exe"
+    exe_cache.disable()
+
+
+def test_second_object_loads_the_executable_and_gets_the_same_bits(cache_dir):
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((3, 4, 6)), jnp.float32)
+    a = exe_cache.PersistentJit(("t", 1), _f, ("n",))
+    ya = np.asarray(a(x, np.float32(0.7), n=2))
+    assert (a.written, a.loaded) == (1, 0) and len(list(cache_dir.glob("*.exe"))) == 1
+    b = exe_cache.PersistentJit(("t", 1), _f, ("n",))
+    yb = np.asarray(b(x, np.float32(0.7), n=2))
+    assert (b.written, b.loaded) == (0, 1)
+    np.testing.assert_array_equal(ya, yb)
+    np.testing.assert_array_equal(ya, np.asarray(jax.jit(_f, static_argnames="n")(x, np.float32(0.7), n=2)))
+    # another static value, another shape or another key: other files
+    b(x, np.float32(0.7), n=3)
+    b(x[:2], np.float32(0.7), n=2)
+    exe_cache.PersistentJit(("t", 2), _f, ("n",))(x, np.float32(0.7), n=2)
+    assert len(list(cache_dir.glob("*.exe"))) == 4
+
+
+def test_a_corrupt_file_is_compiled_again(cache_dir):
+    x = jnp.ones((2, 3, 4), jnp.float32)
+    exe_cache.PersistentJit(("c", 1), _f, ("n",))(x, np.float32(1), n=1)
+    (f,) = cache_dir.glob("*.exe")
+    f.write_bytes(b"not an executable")
+    c = exe_cache.PersistentJit(("c", 1), _f, ("n",))
+    np.testing.assert_array_equal(np.asarray(c(x, np.float32(1), n=1)), np.asarray(_f(x, np.float32(1), n=1)))
+    assert (c.loaded, c.written) == (0, 1) and f.read_bytes() != b"not an executable"
+
+
+def test_unstable_keys_and_no_cache_are_plain_jit(cache_dir):
+    x = jnp.ones((2, 3, 4), jnp.float32)
+    assert exe_cache.stable_text(("op", object())) is None
+    assert exe_cache.stable_text(("op", np.arange(2000))) is None  # NumPy elides values: incomplete
+    assert exe_cache.stable_text(("op", (1, 2.5, "Conv"))) == "('op', (1, 2.5, 'Conv'))"
+    u = exe_cache.PersistentJit(("op", object()), _f, ("n",))
+    u(x, np.float32(1), n=1)
+    assert u.written == 0 and not list(cache_dir.glob("*.exe"))
+    exe_cache.disable()
+    p = exe_cache.PersistentJit(("p", 1), _f, ("n",))
+    p(x, np.float32(1), n=1)
+    assert p.written == 0 and not list(cache_dir.glob("*.exe"))
+
+
+_TWO_PROCESSES = """
+import sys
+import jax, jax.numpy as jnp, numpy as np
+from qsens import exe_cache
+from qsens.engine import enable_compilation_cache
+
+enable_compilation_cache(sys.argv[1])  # JAX's persistent cache and qsens's, in one folder
+
+def f(x):
+    return (jnp.transpose(x, (0, 2, 1)) * 2.0)[:, ::2] + 1.0
+
+x = jnp.arange(2 * 3 * 8, dtype=jnp.float32).reshape(2, 3, 8)
+if sys.argv[2] == "first":
+    jax.block_until_ready(jax.jit(f)(x))  # fills JAX's cache with this very module
+    jax.clear_caches()
+p = exe_cache.PersistentJit(("two", 1), f)
+y = np.asarray(p(x))
+print(p.written, p.loaded, float(y.sum()))
+"""
+
+
+def test_an_executable_jax_loaded_from_its_cache_is_not_what_qsens_keeps(tmp_path):
+    """XLA-CPU serializes an executable it read from JAX's cache without its fused kernels (the copy fails when it
+    runs: 'Function ..._fusion not found'); qsens compiles afresh for its own file, so the next process runs it."""
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("QSENS_EXE_CACHE", None)
+    out = []
+    for step in ("first", "second"):
+        r = subprocess.run([sys.executable, "-c", _TWO_PROCESSES, str(tmp_path / "jc"), step], env=env,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        out.append(r.stdout.split())
+    want = float(((np.arange(48, dtype=np.float32).reshape(2, 3, 8).transpose(0, 2, 1) * 2)[:, ::2] + 1).sum())
+    assert out[0] == ["1", "0", repr(want)] and out[1] == ["0", "1", repr(want)]
