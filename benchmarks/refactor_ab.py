@@ -28,11 +28,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def job_cmd(kind: str, model, images, n_img, n_inf, out_dir: Path) -> tuple[list[str], str]:
-    """The process of one job and the JSON it leaves: ``search`` (the demo job) or ``search_qtable`` (``qsens
-    calibrate --search search_qtable``, TPU-MLIR 1.30.2's defaults)."""
+    """The process of one job and the JSON it leaves: ``search`` (the demo job), ``search_qtable`` (``qsens
+    calibrate --search search_qtable``, TPU-MLIR 1.30.2's defaults) or ``calibrate`` (plain ``qsens calibrate``:
+    run_calibration's flow, v2 histograms, KL, tune_num 5; no JSON: its printed seconds)."""
     if kind == "search":
         return search_job_cmd(model, images, n_img, n_inf, out_dir), "search.json"
     out_dir.mkdir(parents=True, exist_ok=True)
+    if kind == "calibrate":
+        return ([sys.executable, "-m", "qsens", "calibrate", str(model), "--dataset", str(images), "--input_num",
+                 str(n_img), "-o", str(out_dir / "cali_table"), "-q"], None)
     return ([sys.executable, "-m", "qsens", "calibrate", str(model), "--dataset", str(images), "--input_num",
              str(n_img), "--inference_num", str(n_inf), "--search", "search_qtable", "--quantize_table",
              str(out_dir / "qtable"), "-o", str(out_dir / "cali_table"), "-q"], "search_qtable.json")
@@ -47,10 +51,17 @@ def job(tree: Path, model, images, n_img, n_inf, out_dir: Path, cache: Path, kin
     wall = time.perf_counter() - t
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"job failed in {tree}: {p.stderr.read()[-3000:]}")
-    res = json.loads((out_dir / result).read_text())
+    if result is None:  # calibrate: "calibrated N tensors on M samples (...) in X s; wrote ..."
+        import re
+
+        secs = float(re.search(r" in ([0-9.]+) s;", p.stdout.read()).group(1))
+        res = {"timings": {"search_s": secs, "calibration_s": secs}, "float_layers": []}
+    else:
+        res = json.loads((out_dir / result).read_text())
     if kind == "search_qtable":  # its JSON has the whole search's seconds, no per-phase timings
         res["timings"] = {"search_s": res["seconds"]}
-    names = ["qtable", "new_cali_table.txt"] + sorted(f.name for f in out_dir.glob("cali_table*"))
+    names = [n for n in ("qtable", "new_cali_table.txt") if (out_dir / n).exists()]
+    names += sorted(f.name for f in out_dir.glob("cali_table*"))
     files = {n: (out_dir / n).read_bytes() for n in names}  # SOURCE_DATE_EPOCH fixes the tables' time line
     cpu = ru.ru_utime + ru.ru_stime
     return {"wall_s": wall, "search_s": res["timings"]["search_s"], "files": files,
@@ -70,8 +81,9 @@ def main(argv=None):
     ap.add_argument("--inference", type=int, default=30)
     ap.add_argument("--name", default="refactor_ab", help="results file stem (benchmarks/results/<name>_<device>.json)")
     ap.add_argument("--what", default="", help="what changed between the trees (written into the JSON)")
-    ap.add_argument("--job", choices=("search", "search_qtable"), default="search",
-                    help="the qsens search demo job (default) or calibrate --search search_qtable")
+    ap.add_argument("--job", choices=("search", "search_qtable", "calibrate"), default="search",
+                    help="the qsens search demo job (default), calibrate --search search_qtable, or plain calibrate "
+                         "(its 'search' column is then the calibration's own seconds)")
     args = ap.parse_args(argv)
     from qsens.zoo import zoo_path
 
@@ -105,8 +117,9 @@ def main(argv=None):
           f"{med['old']['cores_used']:.2f}, new {med['new']['cores_used']:.2f}; qtable, new_cali_table.txt and "
           f"every cali_table* byte-identical: {same}")
     out = write(args.name, {"what": args.what, "load_average_end": os.getloadavg(),
-        "benchmark": ("qsens search (Lite0, demo flags)" if args.job == "search" else
-                      "qsens calibrate --search search_qtable (Lite0, TPU-MLIR 1.30.2's defaults)")
+        "benchmark": {"search": "qsens search (Lite0, demo flags)",
+                      "search_qtable": "qsens calibrate --search search_qtable (Lite0, TPU-MLIR 1.30.2's defaults)",
+                      "calibrate": "qsens calibrate (Lite0, run_calibration's defaults: v2, KL, tune_num 5)"}[args.job]
         + ", old vs new tree, warm cache, interleaved rounds",
         "old": args.old, "new": args.new, "rounds": args.rounds, "images": args.images, "inference": args.inference,
         "runs": {k: [{m: x[m] for m in keys + ("cpu_s", "calibration_s", "calibration_cores", "search_cores")}

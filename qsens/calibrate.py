@@ -31,13 +31,13 @@ import sys
 import time
 from collections.abc import Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from . import calib
 from .engine import DEFAULT_CHUNK, CompileStats, Engine, pad_batch, to_device
 from .errors import QsensError
+from .exe_cache import persistent_jit
 from .onnx.convert import Model
 from .pipeline import iter_inputs
 
@@ -131,7 +131,8 @@ def collect_statistics_multi(model: Model, files, pp, *, specs: Sequence[tuple[S
     engine = Engine(model, batch, stats=stats)
     states = [calib.init(tensors, len(g.ops), n_samples=n, op_index=op_index, mode=hist, n_bins=n_bins,
                          absmax_mse=g.inputs, mse="mse" in methods,
-                         mse_tail=[(t, g.producer(t).type in ("Conv", "MatMul")) for t in tensors[-5:][::-1]])
+                         mse_tail=[(t, g.producer(t).type in ("Conv", "MatMul")) for t in tensors[-5:][::-1]],
+                         tails="percentile9999" in methods)
               for methods, hist in specs]
     tune_acts: dict[str, np.ndarray] = {}
     passes = 2 if any(h == "v1" for _, h in specs) else 1
@@ -216,7 +217,7 @@ def fake_quant_np(x: np.ndarray, th: float) -> np.ndarray:
     return (np.clip(np.round(x * scale), -128, 127) / scale).astype(np.float32)
 
 
-@jax.jit
+@persistent_jit(("qsens.calibrate.fake_quant_rows", 1))
 def fake_quant_rows(src, idx, scale):
     """``fake_quant_np(src[idx[r]], th_r)`` for every row ``r`` on the device, bit for bit: ``scale`` holds
     ``np.float32(127.0 / th_r)`` computed on the host (float64 division, then float32, as the NumPy path), and
@@ -266,6 +267,7 @@ def tune(model: Model, tune_acts: dict[str, np.ndarray], table: dict[str, float]
         ref = tune_acts[op.outputs[0]]
         n_t = ref.shape[0]
         ref_l1 = np.abs(ref.reshape(n_t, -1)).sum(axis=1, dtype=np.float64)
+        ref64 = [ref[j].astype(np.float64).ravel() for j in range(n_t)]  # once per op, not per (candidate, sample)
         fn = engine.float_exe(i)
         w = engine.weights(op)
         srcs = [to_device(tune_acts[x]) for x in op.inputs]
@@ -278,29 +280,24 @@ def tune(model: Model, tune_acts: dict[str, np.ndarray], table: dict[str, float]
             flat = [(ci, j) for ci in range(len(cands)) for j in range(n_t)]
             per = np.empty(len(flat))
 
-            def finish(s0, chunk, out_dev, ref=ref, ref_l1=ref_l1, per=per):
+            def finish(s0, chunk, out_dev, ref64=ref64, ref_l1=ref_l1, per=per):
                 out = np.asarray(out_dev)
                 for r, (_, j) in enumerate(chunk):  # ||ref - out||_2 / ||ref||_1, per sample, float64
-                    d = (ref[j].astype(np.float64) - out[r]).ravel()
+                    d = ref64[j] - out[r].ravel()  # float64 - float32: the float32 values widened exactly
                     per[s0 + r] = np.sqrt(d @ d) / ref_l1[j]
 
             # host float64 -> float32 scales, as fake_quant_np computes them
             scales = np.array([np.float32(127.0 / float(c)) for c in cands], np.float32)
-            # software pipeline: the host scores chunk s-1 while the device (XLA's asynchronous dispatch) runs
-            # chunk s; the same calls on the same values as one after the other
-            pending = None
-            for s0 in range(0, len(flat), batch):
-                chunk = flat[s0 : s0 + batch]
-                rows = chunk + [chunk[-1]] * (batch - len(chunk))  # a short chunk repeats its last row (pad_batch)
-                idx = np.array([j for _, j in rows], np.int32)
-                sc = scales[[ci for ci, _ in rows]]
-                acts = [fake_quant_rows(src, idx, sc) for src in srcs]
-                out_dev = engine.call(fn, w, acts)[0]
-                if pending is not None:
-                    finish(*pending)
-                pending = (s0, chunk, out_dev)
-            if pending is not None:
-                finish(*pending)
+            # pipeline: the worker thread scores chunk s-1 (NumPy float64, GIL released) while this thread
+            # dispatches chunk s; every row writes its own slot of ``per``, so the values are the same as in order
+            with Background() as bg:
+                for s0 in range(0, len(flat), batch):
+                    chunk = flat[s0 : s0 + batch]
+                    rows = chunk + [chunk[-1]] * (batch - len(chunk))  # a short chunk repeats its last row
+                    idx = np.array([j for _, j in rows], np.int32)
+                    sc = scales[[ci for ci, _ in rows]]
+                    acts = [fake_quant_rows(src, idx, sc) for src in srcs]
+                    bg.submit(finish, s0, chunk, engine.call(fn, w, acts)[0])
             dists = per.reshape(len(cands), n_t).mean(axis=1)
             table[t] = float(calib.select(initial[t], cands, dists, current=table[t]))  # thresholds only grow
     if bar:

@@ -52,6 +52,9 @@ class CalibConfig(NamedTuple):
     mse: bool = True  # collect the per-sample MSE (costly: ~half of the statistics time); False => mse = abs_max
     #: TPU-MLIR's last-five rule for MSE: (tensor, is Conv/MatMul) of the last five tensors, last first (see finalize)
     mse_tail: tuple[tuple[str, bool], ...] = ()
+    #: keep the percentile tails (the top-L |a|); False when no Percentile9999 is asked for: p99 is then NaN and
+    #: only MSE's last-five tensors keep theirs (their rule reads them)
+    tails: bool = True
 
 
 class TensorStats(NamedTuple):
@@ -89,6 +92,7 @@ def init(
     halve: bool = True,
     mse: bool = True,
     mse_tail: Sequence[tuple[str, bool]] = (),
+    tails: bool = True,
 ) -> CalibState:
     """Fresh state for ``tensor_names``.
 
@@ -109,7 +113,7 @@ def init(
         raise ValueError(f"op_index has no entry for tensor(s) {missing[:3]}")
     cfg = CalibConfig(
         names, n_ops_for_percentile, idx, n_samples, mode, n_bins, kl_bins, frozenset(absmax_mse), halve, mse,
-        tuple(mse_tail),
+        tuple(mse_tail), tails,
     )
     empty = TensorStats(
         np.float32(np.inf), np.float32(-np.inf), 0, 0, 0, 0, _EMPTY, _EMPTY, 0.0, H.empty_state()
@@ -143,10 +147,13 @@ def _update_stats(cfg: CalibConfig, name: str, t: TensorStats, batch: np.ndarray
     if hist:  # v2: running abs-max including each sample
         running_th = np.maximum(np.abs(run_min), np.abs(run_max)).astype(np.float32)
         h = H.v2_update(h, flat, running_th, cfg.n_bins)
-    key = ("tails", id(t.lo), id(t.hi), tail_len)
-    if key not in memo:
-        memo[key] = M.merge_tails(t.lo, t.hi, flat, tail_len)
-    lo, hi = memo[key]
+    if cfg.tails or (cfg.mse and any(name == n for n, _ in cfg.mse_tail)):
+        key = ("tails", id(t.lo), id(t.hi), tail_len)
+        if key not in memo:
+            memo[key] = M.merge_tails(t.lo, t.hi, flat, tail_len)
+        lo, hi = memo[key]
+    else:
+        lo, hi = t.lo, t.hi
     if name in cfg.absmax_mse or not cfg.mse:
         mse_sum = 0.0
     else:
@@ -284,7 +291,9 @@ def finalize(state: CalibState) -> dict[str, CalibResult]:
         t = state.tensors[n]
         abs_max = float(_abs_max(t))
         per = M.percentile_level(cfg.op_index[n], cfg.n_ops)
-        if cfg.mode == "v1":  # KLD-mid: top-L of |a|, table min/max = the raw running min/max
+        if not cfg.tails:  # no percentile asked for: none computed
+            p99 = p_min = p_max = float("nan")
+        elif cfg.mode == "v1":  # KLD-mid: top-L of |a|, table min/max = the raw running min/max
             p99, p_min, p_max = M.percentile_abs_from_tails(t.lo, t.hi, t.n_seen * t.size, per), float(t.min), float(t.max)
         else:
             p99, p_min, p_max = M.percentile_from_tails(t.lo, t.hi, t.n_seen * t.size, per)

@@ -96,6 +96,30 @@ def test_v1_two_pass_and_order_independence():
         assert res2[name].kl == res[name].kl
 
 
+@pytest.mark.parametrize("mode", ["v1", "v2"])
+def test_without_percentile_no_tails_are_kept_and_the_rest_is_equal(mode):
+    """``tails=False`` (no Percentile9999 asked for): p99 is NaN, the tails stay empty except for MSE's last-five
+    tensors (their rule reads them), every other statistic equals the full run's."""
+    data = _data()
+
+    def run(**kw):
+        st = _feed(S.init(NAMES, 3, n_samples=6, mode=mode, mse_tail=[("relu", False)], **kw), data, 4)
+        if mode == "v1":
+            st = _feed(S.begin_histograms(st), data, 4)
+        return st, S.finalize(st)
+
+    (full_st, full), (st, res) = run(), run(tails=False)
+    assert st.tensors["conv"].lo.size == 0 and st.tensors["conv"].hi.size == 0
+    assert full_st.tensors["conv"].hi.size > 0
+    np.testing.assert_array_equal(st.tensors["relu"].hi, full_st.tensors["relu"].hi)  # MSE's tail rule
+    for name in NAMES:
+        a, b = res[name], full[name]
+        assert np.isnan(a.p99) and np.isnan(a.p99_min) and np.isnan(a.p99_max) and not np.isnan(b.p99)
+        for f in ("min", "max", "abs_max", "kl", "mse", "width"):
+            assert getattr(a, f) == getattr(b, f), (name, f)
+        np.testing.assert_array_equal(a.histogram, b.histogram)
+
+
 def test_op_index_and_absmax_mse():
     data = _data()
     st = S.init(NAMES, 100, n_samples=6, op_index={"inp": 0, "conv": 1, "relu": 99}, absmax_mse={"inp"})
