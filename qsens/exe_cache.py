@@ -91,16 +91,18 @@ def stable_text(key: Hashable) -> str | None:
 
 
 def _leaf_sig(x) -> tuple | None:
-    """An argument's static description; None when it lives on several devices (not persisted)."""
+    """An argument's static description; None when it lives on several devices (not persisted).  Dispatched on
+    the exact type first: this runs for every argument of every call (the search makes ~11,000 calls)."""
+    t = type(x)
+    if t is np.ndarray or isinstance(x, np.generic):
+        return (x.shape, x.dtype.str, False, -1)
+    if t is float or t is int or t is bool or t is complex:
+        return ((), t.__name__, True, -1)
     if isinstance(x, jax.Array):
         devs = x.sharding.device_set
         if len(devs) != 1:
             return None
-        return (tuple(x.shape), str(x.dtype), bool(x.weak_type), next(iter(devs)).id)
-    if isinstance(x, np.ndarray | np.generic):
-        return (tuple(np.shape(x)), np.asarray(x).dtype.str, False, -1)
-    if isinstance(x, bool | int | float | complex):
-        return ((), type(x).__name__, True, -1)
+        return (x.shape, x.dtype.str, x.weak_type, next(iter(devs)).id)
     return None
 
 
