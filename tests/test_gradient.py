@@ -197,12 +197,24 @@ def test_refine_thresholds(rn):
     b = G.refine_thresholds(rn, rn.th0, steps=8)
     np.testing.assert_array_equal(a["thresholds"], b["thresholds"])
     assert a["history"] == b["history"]
-    # new thresholds, no new compile
-    c = G.refine_thresholds(rn, rn.th0 * 1.5, steps=2)
+    # new thresholds, no new trace and no new XLA compile (counted by JAX's compile event: the C++ dispatch
+    # cache's size, asserted here before, read 0 once in a full -n 2 run although nothing was retraced)
+    import jax
+
+    compiles = []
+
+    def on_event(event, duration, **kw):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(on_event)
+    try:
+        c = G.refine_thresholds(rn, rn.th0 * 1.5, steps=2)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(on_event)
     assert c["loss0"] != a["loss0"]
     assert G.TRACES["refine"] - before == 1
-    fn = G._FNS[rn][("refine", tuple(G.scored_ops(rn.plan)))]
-    assert fn._cache_size() == 1
+    assert compiles == []
     # steps=0: the input table
     z = G.refine_thresholds(rn, rn.th0, steps=0)
     np.testing.assert_array_equal(z["thresholds"], rn.th0)
