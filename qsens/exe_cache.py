@@ -45,7 +45,26 @@ def enable(jax_cache_dir: str | os.PathLike) -> Path | None:
     d = Path(jax_cache_dir) / "qsens_exe"
     d.mkdir(parents=True, exist_ok=True)
     _DIR[0] = d
+    prune(d, int(float(os.environ.get("QSENS_EXE_CACHE_MAX_MB", "1024")) * 2**20))
     return d
+
+
+def prune(d: Path, max_bytes: int) -> int:
+    """Delete the least recently written executables until the folder holds at most ``max_bytes`` (each source
+    change of qsens makes a new set; the folder may also be deleted at any time).  Returns the files deleted."""
+    try:
+        files = [(st.st_mtime, st.st_size, p) for p in d.glob("*.exe") for st in (p.stat(),)]
+    except OSError:
+        return 0
+    total = sum(size for _, size, _ in files)
+    gone = 0
+    for _, size, p in sorted(files, key=lambda f: f[0]):
+        if total <= max_bytes:
+            break
+        p.unlink(missing_ok=True)
+        total -= size
+        gone += 1
+    return gone
 
 
 def disable() -> None:

@@ -56,6 +56,17 @@ def test_a_corrupt_file_is_compiled_again(cache_dir):
     assert (c.loaded, c.written) == (0, 1) and f.read_bytes() != b"not an executable"
 
 
+def test_prune_deletes_the_oldest_first(tmp_path):
+    for k in range(5):
+        f = tmp_path / f"e{k}.exe"
+        f.write_bytes(b"x" * 1000)
+        os.utime(f, (1000 + k, 1000 + k))
+    (tmp_path / "other.txt").write_bytes(b"y" * 5000)  # not an executable: never touched
+    assert exe_cache.prune(tmp_path, 2500) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e3.exe", "e4.exe", "other.txt"]
+    assert exe_cache.prune(tmp_path, 2500) == 0
+
+
 def test_unstable_keys_and_no_cache_are_plain_jit(cache_dir):
     x = jnp.ones((2, 3, 4), jnp.float32)
     assert exe_cache.stable_text(("op", object())) is None
