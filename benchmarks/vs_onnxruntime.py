@@ -194,7 +194,8 @@ def run_qsens(model: Path, images: Path, n_cal: int, n_inf: int, out_dir: Path, 
         raise SystemExit(f"qsens failed: {' '.join(cmd)}\n{out[-3000:]}")
     res = json.loads((out_dir / "search.json").read_text())
     cpu = ru.ru_utime + ru.ru_stime
-    m = re.search(r"\(calibration ([\d.]+) s, search ([\d.]+) s", out)  # its "total time:" line
+    # its "total time:" line: "(calibration X s on C cores, search Y s on C cores, ..." (older trees: no cores)
+    m = re.search(r"\(calibration ([\d.]+) s(?: on [\d.]+ cores)?, search ([\d.]+) s", out)
     return {"cmd": " ".join(["python", *cmd[1:]]), "load_avg_1m_before": load_before, "wall_s": wall,
             "calibration_s": float(m[1]) if m else None, "search_s": float(m[2]) if m else None,
             "cpu_s": cpu, "cores_used": cpu / wall, "timings": res["timings"], "float_layers": res["float_layers"],
