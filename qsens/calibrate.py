@@ -29,7 +29,7 @@ import dataclasses
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -232,7 +232,54 @@ def fake_quant_rows(src, idx, scale):
     return jnp.clip(jnp.round(x * s), -128.0, 127.0) / (x * jnp.float32(0) + s)
 
 
-def tune(model: Model, tune_acts: dict[str, np.ndarray], table: dict[str, float], amax: dict[str, float], *,
+class TuneStream(Mapping):
+    """The tune samples' float activations made on demand, op by op, instead of kept for every tensor.
+
+    ``stream[t]`` (rows = the first ``n_t`` samples of ``files``) advances a forward of the first
+    ``ceil(n_t / batch)`` batches of ``files`` up to ``t``'s producer, keeping only live tensors and that op's
+    inputs; :func:`tune` walks the ops in order and asks for an op's output, then its inputs, so nothing else is
+    needed.  The batches are the ones the statistics pass ran (same files, same padding, same executables), so
+    the values are the kept ones bit for bit (``tests/test_calibrate.py``).  Memory: one op's live set of one or
+    two batches instead of every tensor of the tune samples (ResNet-50: 324 MB).  Cost: one more float forward
+    of those batches per :func:`tune` call.  A fresh stream per :func:`tune` call (it only walks forward)."""
+
+    def __init__(self, model: Model, files: Sequence[str], pp, n_t: int, *, batch: int,
+                 stats: CompileStats | None = None):
+        self.engine = Engine(model, batch, stats=stats)
+        g = self.graph = self.engine.graph
+        self.n_t = n_t
+        self.prod = {t: (0 if t in g.inputs else g.index(g.producer(t).name)) for t in g.tensors}
+        self.envs = []
+        for inp in iter_inputs(files, g, pp, batch):
+            if len(self.envs) * batch >= n_t:
+                break
+            self.envs.append(self.engine.input_env(pad_batch(inp, batch)[0]))
+        self.next = 0
+
+    def _advance(self, stop: int) -> None:
+        g, last = self.graph, self.graph.last_use
+        while self.next <= stop:
+            i = self.next
+            op = g.ops[i]
+            if op.type != "Input":
+                self.envs = [self.engine.run(env, i, i + 1, keep=set(op.inputs)) for env in self.envs]
+                made = set(op.outputs)
+                # op i's inputs stay for this step's requests; tensors no op from i on reads go now
+                self.envs = [{t: v for t, v in env.items() if last.get(t, -1) >= i or t in made} for env in self.envs]
+            self.next = i + 1
+
+    def __getitem__(self, t: str) -> np.ndarray:
+        self._advance(self.prod[t])
+        return np.concatenate([np.asarray(env[t]) for env in self.envs])[: self.n_t]
+
+    def __iter__(self):
+        return iter(self.prod)
+
+    def __len__(self) -> int:
+        return len(self.prod)
+
+
+def tune(model: Model, tune_acts: Mapping[str, np.ndarray], table: dict[str, float], amax: dict[str, float], *,
          batch: int = 30, stats: CompileStats | None = None, progress: bool = False,
          steps: int = calib.TUNE_STEPS) -> dict[str, float]:
     """SimpleTuner (spec §2.6) over the canonical op list; returns the tuned table (thresholds only grow).
@@ -323,7 +370,7 @@ def calibrate(model: Model, files: Sequence[str], pp, *, methods: Sequence[str] 
 def calibrate_multi(model: Model, files: Sequence[str], pp, *, specs: Sequence[tuple], tune_num: int = 5,
                     batch: int | None = None, progress: bool = True, stats: CompileStats | None = None,
                     n_bins: int = calib.N_BINS, tune_files: Sequence[str] | None = None,
-                    tune_steps: int = calib.TUNE_STEPS) -> list[Calibration]:
+                    tune_steps: int = calib.TUNE_STEPS, stream_tune: bool = False) -> list[Calibration]:
     """:func:`calibrate` for several ``(methods, hist, tune_methods)`` specs from the same forward passes (one
     image decode and one forward per pass for all of them); each result equals its own :func:`calibrate`.
     ``qsens search`` uses it for run_sensitive_layer's v1 method tables and run_calibration's v2 base table.
@@ -331,7 +378,9 @@ def calibrate_multi(model: Model, files: Sequence[str], pp, *, specs: Sequence[t
     TPU-MLIR's flags: ``n_bins`` = ``--histogram_bin_num`` (KL's histograms); ``tune_files`` = the samples of
     ``--tune_list`` (the SimpleTuner runs on them instead of the first ``tune_num`` calibration samples: TPU-MLIR
     1.23 ``run_calibration.py`` builds ``tune_ds`` from the list, ``tune_num`` = its length); ``tune_steps`` =
-    ``--debug_cmd tune_steps=N`` (the tuner's grid, default 21 steps)."""
+    ``--debug_cmd tune_steps=N`` (the tuner's grid, default 21 steps).  ``stream_tune``: the tuner's activations
+    are recomputed op by op (:class:`TuneStream`) instead of kept for every tensor: the same tables, less memory,
+    one more forward of the tune batches per tuned method (``qsens search`` does this under ``--max_memory``)."""
     if not files:
         raise QsensError("no calibration samples")
     specs = [([parse_method(m) for m in ms], h, ["kl"] if tm is None else [parse_method(m) for m in tm])
@@ -346,8 +395,8 @@ def calibrate_multi(model: Model, files: Sequence[str], pp, *, specs: Sequence[t
         n_tune = len(tune_files) if any(m in tm for ms, _, tm in specs for m in ms) else 0
     results, tune_acts = collect_statistics_multi(model, files, pp, specs=[(ms, h) for ms, h, _ in specs],
                                                   batch=batch, progress=progress, stats=stats,
-                                                  tune_num=0 if tune_files else n_tune, n_bins=n_bins)
-    if tune_files and n_tune:  # the tuner's own samples (--tune_list): one more float pass over them
+                                                  tune_num=0 if (tune_files or stream_tune) else n_tune, n_bins=n_bins)
+    if tune_files and n_tune and not stream_tune:  # the tuner's own samples (--tune_list): one more float pass
         _, tune_acts = collect_statistics_multi(model, list(tune_files), pp, specs=[(["max"], "v2")], batch=batch,
                                                 progress=False, stats=stats, tune_num=n_tune)
     t1 = time.perf_counter()
@@ -365,8 +414,10 @@ def calibrate_multi(model: Model, files: Sequence[str], pp, *, specs: Sequence[t
                     continue
                 start = tuned[m]
                 amax = {t: (res[t].p99 if m == "percentile9999" else res[t].abs_max) for t in g.tensors}
-                tuned[m] = tune(model, {t: v[:n_t] for t, v in tune_acts.items()}, start, amax, batch=batch,
-                                stats=stats, progress=progress, steps=tune_steps)
+                acts = (TuneStream(model, list(tune_files or files), pp, n_t, batch=batch, stats=stats) if stream_tune
+                        else {t: v[:n_t] for t, v in tune_acts.items()})
+                tuned[m] = tune(model, acts, start, amax, batch=batch, stats=stats, progress=progress,
+                                steps=tune_steps)
         out.append(Calibration(tuple(g.tensors), res, untuned, tuned, len(files), n_t, hist,
                                {"statistics_s": t1 - t0, "tune_s": time.perf_counter() - t2}))
     return out

@@ -345,3 +345,33 @@ def test_nan_activations(work, tmp_path, capsys):
     k = select_files(dataset=str(d2)).index(str(d2 / "n2.npy"))
     rc, _, err = _calibrate(work, d2, capsys)
     assert_one_line_error(rc, err, "'x'", f"sample {k}", "NaN")
+
+
+@pytest.mark.parametrize("tune_list", [False, True])
+def test_streamed_tuner_activations_give_the_same_tables(tmp_path, tune_list):
+    """``stream_tune`` (what ``qsens search --max_memory`` uses): the tuner's activations recomputed op by op from
+    the tune batches instead of kept for every tensor give the same tuned tables, bit for bit; 5 tune samples in
+    batches of 4 (two batches, the second padded), with and without a separate --tune_list."""
+    try:
+        import search_models as sm
+    except ImportError:  # pragma: no cover
+        from tests import search_models as sm
+    from qsens.calibrate import TuneStream, calibrate_multi
+
+    fn, _ = to_jax(sm.save(sm.resnet_ish(blocks=3, seed=2), tmp_path / "rn.onnx"))
+    sm.npy_dataset(tmp_path / "data", n=9, seed=3)
+    files = sorted(str(p) for p in (tmp_path / "data").glob("*.npy"))
+    specs = [(("max", "percentile9999", "kl"), "v1", ("max", "percentile9999", "kl")), (("kl",), "v2", ("kl",))]
+    kw = {"tune_num": 5, "batch": 4, "progress": False, "tune_files": files[3:9] if tune_list else None}
+    kept = calibrate_multi(fn.model, files, None, specs=specs, **kw)
+    streamed = calibrate_multi(fn.model, files, None, specs=specs, stream_tune=True, **kw)
+    assert kept[1].tune_num == streamed[1].tune_num == (6 if tune_list else 5)
+    for a, b in zip(kept, streamed):
+        assert a.tuned == b.tuned and a.untuned == b.untuned
+    assert any(kept[1].tuned["kl"][t] != kept[1].untuned["kl"][t] for t in kept[1].tensors)  # the tuner moved some
+    # the stream holds one op's live set, never every tensor
+    st = TuneStream(fn.model, files, None, 5, batch=4)
+    g = st.graph
+    for op in g.ops[1:]:
+        assert st[op.outputs[0]].shape[0] == 5 and all(st[t].shape[0] == 5 for t in op.inputs)
+        assert len(st.envs) == 2 and max(len(e) for e in st.envs) <= 4

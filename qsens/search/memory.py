@@ -77,6 +77,12 @@ def default_budget(placement=None) -> int:
     return total // 2 if total else host_available() // 2
 
 
+def budget_set() -> bool:
+    """Whether the process runs under an explicit budget (``--max_memory``): memory before speed, also in the
+    calibration (:class:`qsens.calibrate.TuneStream`)."""
+    return _budget[0] is not None
+
+
 def budget(placement=None) -> int:
     return _budget[0] if _budget[0] is not None else default_budget(placement)
 

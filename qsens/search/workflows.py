@@ -303,8 +303,10 @@ def run_sensitive_search(o: SearchOptions, *, echo: Callable[[str], None] = prin
         # one statistics pass for both: run_sensitive_layer's method tables (o.hist, v1 by default) and, without
         # --calibration_table, run_calibration's base table (v2, KL tuned); the search's chunk shares executables
         specs = [(cfg.methods, o.hist, cfg.methods)] + ([(("kl",), "v2", ("kl",))] if base is None else [])
+        from .memory import budget_set
+
         cals = calibrate_multi(fn.model, cal_files, pp, specs=specs, progress=not o.quiet, stats=stats, batch=o.batch,
-                               **flag_kw)
+                               stream_tune=budget_set(), **flag_kw)  # --max_memory: the tuner's activations streamed
         cal, base_cal = cals[0], (cals[1] if base is None else None)
         from ..calib.methods import histogram_abs_percentile
 
