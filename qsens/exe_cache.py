@@ -139,9 +139,6 @@ class PersistentJit:
         self.loaded = 0  # executables read from disk by this object (tests, statistics)
         self.written = 0
 
-    def lower(self, *args, **kwargs):
-        return self.jitted.lower(*args, **kwargs)
-
     def __call__(self, *args, **static):
         if _DIR[0] is None or self._text is None or not all(k in self.static_argnames for k in static):
             return self.jitted(*args, **static)

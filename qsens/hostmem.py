@@ -16,8 +16,8 @@ another left*.  They often do not: EfficientNet-Lite2's search, whose cached pre
 long-lived) interleave with XLA's temporaries, held a 1.34 GB heap for 0.77 GB of live blocks.  So under a memory
 budget (``--max_memory``, :func:`qsens.search.memory.set_budget`) :func:`bound_freed_memory` switches to the
 opposite trade: blocks of 4 MB and more are ``mmap``-ed and handed back when freed (no fragmentation from them;
-each call faults its large buffers in again, some speed for a bounded peak), and the free heap is trimmed once.  qsens applies it when imported, on
-glibc Linux only; set ``QSENS_MALLOC=system`` to keep the C library's defaults.  Import qsens before JAX runs its
+each call faults its large buffers in again, some speed for a bounded peak), and the free heap is trimmed once.
+qsens applies the default policy when imported, on glibc Linux only; set ``QSENS_MALLOC=system`` to keep the C library's defaults.  Import qsens before JAX runs its
 first computation: XLA's worker threads take their malloc arenas then, and arenas already taken stay (qsens
 warns once when it finds JAX's CPU backend already started).
 """
@@ -41,19 +41,7 @@ def keep_freed_memory() -> bool:
     global _applied
     if _applied is not None:
         return _applied
-    _applied = False
-    if os.environ.get("QSENS_MALLOC", "").lower() == "system" or not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        if not hasattr(libc, "gnu_get_libc_version"):  # musl and others: leave alone
-            return False
-        ok = libc.mallopt(M_MMAP_MAX, 0) == 1
-        ok &= libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1
-        ok &= libc.mallopt(M_ARENA_MAX, 1) == 1
-    except (OSError, AttributeError):
-        return False
-    _applied = bool(ok)
+    _applied = _mallopt((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1), (M_ARENA_MAX, 1))
     if _applied and _jax_cpu_started():
         import warnings
 
@@ -73,19 +61,26 @@ def bound_freed_memory() -> bool:
 
     Returns whether the policy is in effect (False off glibc or with ``QSENS_MALLOC=system``, which keeps the C
     library's own defaults)."""
+    # the threshold also ends glibc's dynamic one; 128 kB is glibc's default trim threshold (free heap tops go back)
+    return _mallopt((M_MMAP_THRESHOLD, BOUNDED_MMAP_THRESHOLD), (M_MMAP_MAX, 1 << 20), (M_TRIM_THRESHOLD, 128 << 10),
+                    trim=True)
+
+
+def _mallopt(*settings: tuple[int, int], trim: bool = False) -> bool:
+    """glibc ``mallopt`` of each ``(param, value)`` (then ``malloc_trim(0)`` if ``trim``); True if all took.
+    False, and nothing changed, with ``QSENS_MALLOC=system``, off Linux or off glibc (musl and others)."""
     if os.environ.get("QSENS_MALLOC", "").lower() == "system" or not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         if not hasattr(libc, "gnu_get_libc_version"):
             return False
-        ok = libc.mallopt(M_MMAP_THRESHOLD, BOUNDED_MMAP_THRESHOLD) == 1  # also ends the dynamic threshold
-        ok &= libc.mallopt(M_MMAP_MAX, 1 << 20) == 1
-        ok &= libc.mallopt(M_TRIM_THRESHOLD, 128 << 10) == 1  # glibc's default: free heap tops go back
-        libc.malloc_trim(0)
+        ok = all([libc.mallopt(p, v) == 1 for p, v in settings])  # a list: every setting is applied
+        if trim:
+            libc.malloc_trim(0)
     except (OSError, AttributeError):
         return False
-    return bool(ok)
+    return ok
 
 
 def _jax_cpu_started() -> bool:

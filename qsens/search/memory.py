@@ -12,8 +12,9 @@ per op for those chunks, about a third more work than the candidates' suffixes, 
 The cache is the part that grows with the images; a carry being advanced hands each chunk's old tensors back as
 its new ones are made (:func:`~qsens.search.evaluators.advance_envs`), so it peaks one chunk above the budget.
 
-Budget: ``--max_memory`` (bytes; ``1.5G``, ``800M``; it also bounds the malloc policy, :func:`set_budget`), else half of what the devices can hold (accelerators:
-``memory_stats()['bytes_limit']``; CPU: half of the host's ``MemAvailable``).
+Budget: ``--max_memory`` (bytes; ``1.5G``, ``800M``; it also bounds the malloc policy, :func:`set_budget`), else
+half of what the devices can hold (accelerators: ``memory_stats()['bytes_limit']``; CPU: half of the host's
+``MemAvailable``).
 """
 
 from __future__ import annotations
