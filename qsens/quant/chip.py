@@ -58,8 +58,8 @@ BM1684X = ChipSpec(
     add_requant="positive",
     avgpool_requant="scale_and_shift",
     int8_kinds=frozenset({"Conv", "MatMul", "Add", "MaxPool", "AvgPool", "GlobalAvgPool", "Concat", "LeakyRelu",
-                          "PRelu", "Sigmoid", "Softmax", "HardSigmoid", "Exp", "Tanh", "Scale", "SubConst", "Mul", "Deconv", "AddConst", "MulConst", "HardSwish",
-                          "SiLU", "Softplus", "Upsample"}),
+                          "PRelu", "Sigmoid", "Softmax", "HardSigmoid", "Exp", "Tanh", "Scale", "SubConst", "Mul",
+                          "Deconv", "AddConst", "MulConst", "HardSwish", "SiLU", "Softplus", "Upsample"}),
     mul_multiplier_range=(-(2**31), 2**31 - 1),  # no Mul F32 fallback on BM1684X (its multiplier is 8-bit by construction)
     mix_float_type="F16",  # TPU-MLIR's FLOAT_MAP: a BM1684X mixed model's float layers are F16 (--fp_type auto)
     mix_float_types=("F16", "F32"),
