@@ -178,11 +178,14 @@ class PersistentJit:
             c = self.jitted.lower(*args, **static).compile()
         try:
             data = pickle.dumps(se.serialize(c))
+            # written only if the copy runs: JAX decides once per process whether its cache is used, so the switch
+            # above does not always keep a cache-loaded executable (serialized without its kernels) out
+            jax.block_until_ready(se.deserialize_and_load(*pickle.loads(data))(*args))
             tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
             tmp.write_bytes(data)
             os.replace(tmp, path)
             self.written += 1
-        except Exception:  # noqa: BLE001 - not serializable on this backend: still usable in this process
+        except Exception:  # noqa: BLE001 - not serializable here, or the copy does not run: usable in this process
             pass
         return c
 

@@ -29,8 +29,15 @@ def cache_dir(tmp_path):
     exe_cache.disable()
 
 
-def test_second_object_loads_the_executable_and_gets_the_same_bits(cache_dir):
-    x = jnp.asarray(np.random.default_rng(0).standard_normal((3, 4, 6)), jnp.float32)
+def _fresh(tmp_path, shape):
+    """Random input whose last axis no earlier run used (from the test's own tmp folder): JAX's persistent cache,
+    shared by every run on a machine, cannot hold its executable, so qsens compiles it afresh."""
+    extra = int.from_bytes(str(tmp_path).encode()[-6:], "little") % 997 * 2
+    return jnp.asarray(np.random.default_rng(0).standard_normal(shape[:-1] + (shape[-1] + extra,)), jnp.float32)
+
+
+def test_second_object_loads_the_executable_and_gets_the_same_bits(cache_dir, tmp_path):
+    x = _fresh(tmp_path, (3, 4, 6))
     a = exe_cache.PersistentJit(("t", 1), _f, ("n",))
     ya = np.asarray(a(x, np.float32(0.7), n=2))
     assert (a.written, a.loaded) == (1, 0) and len(list(cache_dir.glob("*.exe"))) == 1
@@ -46,8 +53,8 @@ def test_second_object_loads_the_executable_and_gets_the_same_bits(cache_dir):
     assert len(list(cache_dir.glob("*.exe"))) == 4
 
 
-def test_a_corrupt_file_is_compiled_again(cache_dir):
-    x = jnp.ones((2, 3, 4), jnp.float32)
+def test_a_corrupt_file_is_compiled_again(cache_dir, tmp_path):
+    x = _fresh(tmp_path, (2, 3, 4))
     exe_cache.PersistentJit(("c", 1), _f, ("n",))(x, np.float32(1), n=1)
     (f,) = cache_dir.glob("*.exe")
     f.write_bytes(b"not an executable")
