@@ -85,12 +85,11 @@ def run_tools(model: str, key: str, a, work: Path, env) -> dict:
         tools[label] = {"table": out / "new_cali_table.txt", "order": order, "wall_s": wall, "json": vj,
                         "chosen": vj["float_layers"]}
     q = work / "qtable"
-    if "run_qtable" in a.skip:
-        return tools
-    wall = run_qsens(["qtable", model, "--dataset", images, "--input_num", str(a.inference), "--seed", str(a.seed), *shape,
-                "--calibration_table", str(base), "--expected_cos", "0.99", "--out_dir", str(q), "-q"], env,
-               work / "qtable.log")
-    tools["run_qtable"] = {"table": base, "qtable": qtable_ops(q / "qtable"), "wall_s": wall}
+    if "run_qtable" not in a.skip:
+        wall = run_qsens(["qtable", model, "--dataset", images, "--input_num", str(a.inference), "--seed", str(a.seed),
+                          *shape, "--calibration_table", str(base), "--expected_cos", "0.99", "--out_dir", str(q), "-q"],
+                         env, work / "qtable.log")
+        tools["run_qtable"] = {"table": base, "qtable": qtable_ops(q / "qtable"), "wall_s": wall}
     for mode in ("search_qtable", "fast_search"):
         if mode in a.skip:
             continue
@@ -155,6 +154,12 @@ def score(model: str, key: str, a, tools: dict) -> dict:
                 r["compile"] = j["timings"]["compile"]
         res["tools"][name] = r
     res["int8"] = {w: evaluate(tools["sensitive (base table)"]["table"], [], w) for w in sets}
+    for w in sets:
+        ref = np.asarray(next(iter(problem(tools["sensitive"]["table"], w).ref_outputs.values())))
+        if labels[w] is not None and ref.ndim == 2 and ref.shape[1] > 1:
+            res.setdefault("fp32_labelled", {})[w] = label_accuracy(ref, labels[w])
+    if not {"leave_one_out", "grad_screen"} <= set(tools):  # a --merge run without them keeps the earlier figures
+        return res
     # rank correlations (on the ops both rankings score)
     loo = tools["leave_one_out"]["json"]["state"]["scores"]
     lin = tools["sensitive"]["scores"]
@@ -175,11 +180,28 @@ def score(model: str, key: str, a, tools: dict) -> dict:
         "grad_screen_over_leave_one_out_search": res["tools"]["grad_screen"]["search_s"] / res["tools"]["leave_one_out"]["search_s"],
         "grad_screen_over_sensitive_wall": res["tools"]["grad_screen"]["wall_s"] / res["tools"]["sensitive"]["wall_s"],
     }
-    for w in sets:
-        ref = np.asarray(next(iter(problem(tools["sensitive"]["table"], w).ref_outputs.values())))
-        if labels[w] is not None and ref.ndim == 2 and ref.shape[1] > 1:
-            res.setdefault("fp32_labelled", {})[w] = label_accuracy(ref, labels[w])
     return res
+
+
+def merge(old: dict, new: dict) -> dict:
+    """A ``--merge`` run's result folded into the model's earlier JSON: the tools this run added join the earlier
+    ones.  Valid only if this run reproduces the earlier one: the sensitive search (rerun for its base table) must
+    give the same curves on both image sets, else this raises."""
+    for name in ("sensitive", "sensitive (base table)"):
+        for w in ("search", "held_out"):
+            a, b = old["tools"][name]["curve"][w], new["tools"][name]["curve"][w]
+            if a != b:
+                raise SystemExit(f"compare_variants --merge: {name} {w} curve {b} differs from the earlier run's {a}; "
+                                 "rerun the model without --merge")
+    out = dict(old)
+    out["tools"] = {**old["tools"], **{k: v for k, v in new["tools"].items() if k not in old["tools"]}}
+    runs = old.get("runs") or [{"git": old["machine"].get("git"), "tools": list(old["tools"]), "total_s": old["total_s"]}]
+    out["runs"] = runs + [{"git": new["machine"].get("git"), "tools": [k for k in new["tools"] if k not in old["tools"]],
+                           "total_s": new["total_s"], "sensitive_rerun_matches": True}]
+    out["total_s"] = round(sum(r["total_s"] for r in out["runs"]), 1)
+    out["skipped"] = [t for t in old.get("skipped", []) if t in new.get("skipped", [])]
+    out["machine"] = new["machine"]
+    return out
 
 
 def table(res: dict) -> str:
@@ -307,8 +329,12 @@ def main(argv=None):
     ap.add_argument("--reach", action="store_true",
                     help="only: float layers TPU-MLIR's top-N order and auto_n need for 0.99 (up to 20), per model")
     ap.add_argument("--skip", default="", help="tools not to run, e.g. threshold_optax,search_qtable (recorded)")
+    ap.add_argument("--merge", action="store_true",
+                    help="run only the tools the model's earlier JSON skipped (plus the sensitive search, checked to "
+                         "reproduce the earlier curves) and fold them into that JSON")
     a = ap.parse_args(argv)
     a.skip = tuple(x for x in a.skip.split(",") if x)
+    base_skip = a.skip
     from benchmarks.common import machine  # noqa: PLC0415
     from qsens.zoo import zoo_path
 
@@ -326,12 +352,17 @@ def main(argv=None):
         model = str(zoo_path(f"{key}.onnx"))
         work = Path(a.work or tempfile.mkdtemp(prefix="variants_")) / key
         work.mkdir(parents=True, exist_ok=True)
+        earlier = json.loads((out / f"{key}.json").read_text()) if a.merge and (out / f"{key}.json").exists() else None
+        done = {"auto_n@sensitive_table" if t == "auto_n (sensitive table)" else t for t in (earlier or {}).get("tools", ())}
+        a.skip = base_skip + tuple(t for t in done if t not in ("sensitive", "sensitive (base table)"))
         t0 = time.perf_counter()
         tools = run_tools(model, key, a, work, env)
         res = score(model, key, a, tools)
         res["total_s"] = round(time.perf_counter() - t0, 1)
         res["skipped"] = list(a.skip)
         res["machine"] = machine()
+        if earlier is not None:
+            res = merge(earlier, res)
         (out / f"{key}.json").write_text(json.dumps(res, indent=1) + "\n")
         results.append(res)
         print(table(res), flush=True)
