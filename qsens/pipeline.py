@@ -58,8 +58,10 @@ def make_preprocess(graph: Graph, *, preset: str | None = None, resize_dims=None
         raise DatasetError(f"preprocessing flags: {e}") from None
 
 
-def iter_inputs(files: Sequence[str], graph: Graph, pp: Preprocess | None, batch: int) -> Iterator[dict[str, np.ndarray]]:
-    """Yield input dicts of up to ``batch`` samples (one sample = one file = one deployment-batch-1 input)."""
+def iter_inputs(files: Sequence[str], graph: Graph, pp: Preprocess | None, batch: int,
+                compact: bool = False) -> Iterator[dict[str, np.ndarray]]:
+    """Yield input dicts of up to ``batch`` samples (one sample = one file = one deployment-batch-1 input);
+    ``compact``: 8-bit images as :class:`~qsens.data.preprocess.PixelBatch` (same values, a quarter of the memory)."""
     files = list(files)
     if not files:
         raise DatasetError("no samples to load")
@@ -70,7 +72,7 @@ def iter_inputs(files: Sequence[str], graph: Graph, pp: Preprocess | None, batch
             if len(graph.inputs) != 1:
                 raise DatasetError(f"the model has {len(graph.inputs)} inputs; image datasets feed one input: use .npz samples")
             assert pp is not None
-            yield {graph.inputs[0]: load_batch(chunk, pp)}
+            yield {graph.inputs[0]: load_batch(chunk, pp, compact)}
         else:
             shapes = [(1,) + tuple(s_[1:]) for s_ in graph.input_shapes]
             arrs: dict[str, list[np.ndarray]] = {n: [] for n in graph.inputs}
@@ -95,7 +97,7 @@ def iter_inputs(files: Sequence[str], graph: Graph, pp: Preprocess | None, batch
             yield {n: np.concatenate(v, 0) for n, v in arrs.items()}
 
 
-def load_inputs(files: Sequence[str], graph: Graph, pp: Preprocess | None) -> dict[str, np.ndarray]:
-    """All samples as one input dict (N, ...)."""
-    parts = list(iter_inputs(files, graph, pp, batch=max(1, len(files))))
+def load_inputs(files: Sequence[str], graph: Graph, pp: Preprocess | None, compact: bool = False) -> dict[str, np.ndarray]:
+    """All samples as one input dict (N, ...); ``compact``: see :func:`iter_inputs`."""
+    parts = list(iter_inputs(files, graph, pp, batch=max(1, len(files)), compact=compact))
     return parts[0]

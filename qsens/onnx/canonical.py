@@ -144,11 +144,15 @@ def _run_impl(d: registry.OpDef, ins: list, attrs: dict, *, host: bool) -> list:
     return [np.asarray(o) for o in out]
 
 
+#: a model loaded from a file whose initializers hold this many bytes or more releases them after conversion
+RELEASE_BYTES = 32 << 20
+
+
 class Canonicalizer:
     """Builds :class:`Graph` objects (one per batch size) and the float ``params`` of one model."""
 
     def __init__(self, model: onnx.ModelProto, path: str, deploy_shapes: list[tuple[int, ...]], name_style: str = "tpu_mlir",
-                 names_map: dict[str, str] | None = None):
+                 names_map: dict[str, str] | None = None, reload=None):
         if name_style not in NAME_STYLES:
             raise ModelError(f"--name_style must be one of {NAME_STYLES}, got {name_style!r}")
         self.model, self.path, self.name_style = model, path, name_style
@@ -173,9 +177,30 @@ class Canonicalizer:
         self.batch_inputs = ([bool(s) and s[0] == self.deploy_batch for s in self.deploy_shapes] if self.fixed_batch
                              else list(self.batch_dims))
         self._deploy_avals: dict[str, jax.ShapeDtypeStruct] = {}
+        #: ``reload() -> ModelProto`` when the initializers were released (:meth:`_release`), else None
+        self._reload = None
         g = self.graph(self.deploy_batch)  # validates the model, fills params
         if self.names_map:
             _check_renamed(g, self.names_map, path)
+        if reload is not None and sum(len(i.raw_data) for i in model.graph.initializer) >= RELEASE_BYTES:
+            self._release(reload)
+
+    def _release(self, reload) -> None:
+        """Drop the ONNX initializers once the deployment graph holds the canonical weights (``params``).
+
+        The parsed model keeps every initializer (protobuf frees its arena only as a whole): a second copy of the
+        weights for the whole run (the ResNet-50-shaped bignet: 97 MB, 63 MB of RSS).  Keep a copy of the model
+        without them; a graph at another batch (:meth:`graph`) reads the initializers again with ``reload`` (the
+        caller's: :class:`~qsens.onnx.convert.Model` re-reads its file, and checks that it did not change)."""
+        names = {i.name for i in self.model.graph.initializer}
+        self.model.graph.ClearField("initializer")
+        small = onnx.ModelProto.FromString(self.model.SerializeToString())  # a new arena: the old one goes
+        order = {id(n): k for k, n in enumerate(self.model.graph.node)}
+        pos = [order[id(n)] for n in self.nodes]
+        self.model = small
+        self.inputs = [v for v in small.graph.input if v.name not in names]
+        self.nodes = [small.graph.node[k] for k in pos]  # the same topological order
+        self._reload = reload
 
     # ---------------------------------------------------------------------------------------------
     def shapes_at(self, batch: int) -> list[tuple[int, ...]]:
@@ -220,7 +245,8 @@ class Canonicalizer:
         opset = self.opset
         vals: dict[str, tuple[str, Any]] = {}
         params: dict[str, np.ndarray] = {}
-        for init in self.model.graph.initializer:
+        inits = self.model.graph.initializer if self._reload is None else self._reload().graph.initializer
+        for init in inits:
             a = numpy_helper.to_array(init)
             if _is_float(a):
                 a = a.astype(np.float32)

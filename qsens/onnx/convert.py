@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import onnx
 
 from ..errors import ModelError
 from . import registry
@@ -274,9 +276,24 @@ class Model:
         proto, path = load_model(model_or_path)
         shapes = resolve_input_shapes(proto, input_shapes, path)
         self.path = path
-        self.canon = Canonicalizer(proto, path, shapes, name_style, names_map)
+        reload = None
+        if not isinstance(model_or_path, onnx.ModelProto):  # our own parse: big initializers can be released
+            st = os.stat(path)
+
+            def reload(_path=path, _stamp=(st.st_size, st.st_mtime_ns)):
+                now = os.stat(_path)
+                if (now.st_size, now.st_mtime_ns) != _stamp:
+                    raise ModelError(f"model file '{_path}' changed while qsens was using it; rerun with the new file")
+                return load_model(_path)[0]
+
+        self.canon = Canonicalizer(proto, path, shapes, name_style, names_map, reload=reload)
+        del proto
         self.graph = self.canon.graph(self.canon.deploy_batch)
         self.params = {k: jax.device_put(v) for k, v in self.canon.params.items()}
+        if jax.default_backend() == "cpu":
+            # one copy of the weights, not two: on CPU the canonicalizer's host arrays become read-only views of the
+            # device arrays (zero-copy; measured on the ResNet-50-shaped bignet: -63 MB of its 97 MB of weights)
+            self.canon.params = {k: np.asarray(v) for k, v in self.params.items()}
         self._separable: dict[tuple[int, int], bool] = {}
 
     def graph_at(self, batch: int) -> Graph:

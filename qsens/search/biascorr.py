@@ -38,7 +38,7 @@ def _set_param(problem: Problem, op, key: str, value) -> None:
     host copies and INT8 parameters of ``op``."""
     problem.engine.params[key] = jnp.asarray(np.asarray(value, np.float32))
     problem._hw.pop(op.name, None)
-    problem._qp = {k: v for k, v in problem._qp.items() if k[0] != op.name}
+    problem.forget_qparams(op.name)
 
 
 def bc_decision(outputs_cos: float, new_layer_cos: float, best_out: float, best_layer: float | None

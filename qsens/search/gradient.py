@@ -203,7 +203,7 @@ def _chunk_data(problem: Problem):
             if k < c:
                 rows = np.concatenate([rows, np.repeat(rows[-1:], c - k, 0)])
             r[name] = rows
-        out.append(({n_: jax.device_put(v) for n_, v in part.items()}, jax.device_put(w),
+        out.append(({n_: jax.device_put(np.asarray(v)) for n_, v in part.items()}, jax.device_put(w),
                     {n_: jax.device_put(v) for n_, v in r.items()}))
         s0 += k
     return out

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..data.preprocess import PixelBatch
 from ..devices import fetch
 from ..engine import DEFAULT_CHUNK, CompileStats, Engine, ExecutableCache, pad_batch
 from ..metrics import plain_cosine, similarity
@@ -57,6 +58,14 @@ def concat_chunks(parts: Sequence[Mapping[str, np.ndarray]], counts: Sequence[in
     return {k: np.concatenate([np.asarray(p[k])[:c] for p, c in zip(parts, counts)]) for k in parts[0]}
 
 
+#: bound of :meth:`Problem.qparams`'s memo (host INT8 parameters, mostly INT8 weights held as int32)
+QP_CACHE_BYTES = 128 << 20
+
+
+def _nbytes(qp: Mapping[str, Any]) -> int:
+    return sum(int(getattr(v, "nbytes", 0)) for v in qp.values())
+
+
 class Problem:
     """Model + quant plan + inference images + scorer + base thresholds (read-only during a search).
 
@@ -84,14 +93,17 @@ class Problem:
         self.graph = self.engine.graph
         chunks, counts = [], []
         for s0 in range(0, self.n, self.chunk):
-            part, k = pad_batch({n_: np.asarray(v)[s0 : s0 + self.chunk] for n_, v in inputs.items()}, self.chunk)
+            # rows s0.. of each input; a PixelBatch slices to a PixelBatch (8-bit pixels, normalized when put on the device)
+            part, k = pad_batch({n_: (v if isinstance(v, PixelBatch) else np.asarray(v))[s0 : s0 + self.chunk]
+                                 for n_, v in inputs.items()}, self.chunk)
             chunks.append(part)
             counts.append(k)
         self.chunks: tuple[dict[str, np.ndarray], ...] = tuple(chunks)
         self.counts: tuple[int, ...] = tuple(counts)
         self.compare = tuple(compare) if compare else None
         self._engines: dict[int, Engine] = {self.chunk: self.engine}
-        self._qp: dict = {}
+        self._qp: dict = {}  # insertion-ordered: least recently used first
+        self._qp_bytes = 0
         self._hw: dict = {}
         t0 = time.perf_counter()
         outs = []
@@ -135,13 +147,24 @@ class Problem:
         return {k: fetch(v) for k, v in engine.outputs(env).items()}
 
     def qparams(self, op, tin: tuple, th_out: float) -> dict:
-        """Host-side INT8 parameters of ``op`` for these input/output thresholds (memoized, bounded)."""
+        """Host-side INT8 parameters of ``op`` for these input/output thresholds (memoized, least recently used
+        out first beyond :data:`QP_CACHE_BYTES`: a Conv's INT8 weights depend on its thresholds, and a search
+        over the ResNet-50-shaped bignet asks for ~100 MB of them per threshold set; a search reads one op's
+        few sets for a while, then moves on, so the bound costs nothing but a recomputation of the same values)."""
         key = (op.name, tin, th_out)
-        if key not in self._qp:
-            if len(self._qp) > 4096:
-                self._qp.clear()
-            self._qp[key] = host_qparams(self.plan, op, self.host_weights(op), list(tin), th_out)
-        return self._qp[key]
+        qp = self._qp.pop(key, None)
+        if qp is None:
+            qp = host_qparams(self.plan, op, self.host_weights(op), list(tin), th_out)
+            self._qp_bytes += _nbytes(qp)
+        self._qp[key] = qp  # most recently used last
+        while (self._qp_bytes > QP_CACHE_BYTES or len(self._qp) > 4096) and len(self._qp) > 1:
+            self._qp_bytes -= _nbytes(self._qp.pop(next(iter(self._qp))))
+        return qp
+
+    def forget_qparams(self, op_name: str) -> None:
+        """Drop the memoized parameters of one op (its weights changed, e.g. bias correction)."""
+        for k in [k for k in self._qp if k[0] == op_name]:
+            self._qp_bytes -= _nbytes(self._qp.pop(k))
 
     def host_weights(self, op) -> dict[str, np.ndarray]:
         if op.name not in self._hw:

@@ -23,6 +23,7 @@ from typing import Any
 
 from .. import devices
 from ..errors import SearchError
+from . import memory
 
 CAL_CKPT = "calibration.ckpt.json"
 
@@ -303,10 +304,8 @@ def run_sensitive_search(o: SearchOptions, *, echo: Callable[[str], None] = prin
         # one statistics pass for both: run_sensitive_layer's method tables (o.hist, v1 by default) and, without
         # --calibration_table, run_calibration's base table (v2, KL tuned); the search's chunk shares executables
         specs = [(cfg.methods, o.hist, cfg.methods)] + ([(("kl",), "v2", ("kl",))] if base is None else [])
-        from .memory import budget_set
-
         cals = calibrate_multi(fn.model, cal_files, pp, specs=specs, progress=not o.quiet, stats=stats, batch=o.batch,
-                               stream_tune=budget_set(), **flag_kw)  # --max_memory: the tuner's activations streamed
+                               stream_tune=memory.budget_set(), **flag_kw)  # --max_memory: the tuner's activations streamed
         cal, base_cal = cals[0], (cals[1] if base is None else None)
         from ..calib.methods import histogram_abs_percentile
 
@@ -322,7 +321,7 @@ def run_sensitive_search(o: SearchOptions, *, echo: Callable[[str], None] = prin
         base = CaliTable(base_cal.table_entries("kl", True), headers=tuple(cali_header_lines(
             method="kl", mlir=o.model, histogram_bins=flag_kw["n_bins"], sample_number=base_cal.n_samples,
             tune_number=base_cal.tune_num, version_style="kld-mid")))  # run_calibration 1.23's header
-    inputs = load_inputs(inf_files, g, pp)
+    inputs = load_inputs(inf_files, g, pp, compact=memory.budget_set())  # --max_memory: 8-bit pixels
 
     def extra_files():  # run_sensitive_layer always writes its per-method tables; the base only if qsens made it
         base_files = [] if base_cal is None else write_tables(base_cal, cali_path, main_method="kl", mlir=o.model,
@@ -465,7 +464,7 @@ def run_qtable(o: QtableOptions, *, echo: Callable[[str], None] = print):
     dataset = o.dataset if (o.dataset or o.data_list) else None
     files = select_files(dataset=dataset, data_list=o.data_list, input_num=o.input_num, seed=o.seed)
     labels = sample_labels(files, o)
-    inputs = load_inputs(files, g, preprocess_for(o, g))
+    inputs = load_inputs(files, g, preprocess_for(o, g), compact=memory.budget_set())
     stats = CompileStats()
     res = qtable_search(fn.model, table, inputs, expected_cos=o.expected_cos, min_layer_cos=o.min_layer_cos,
                         out_dir=out_dir, qtable_path=o.quantize_table, loss_table=o.loss_table,
@@ -607,7 +606,7 @@ def run_calibration_search(o: CalibrationSearchOptions, *, echo: Callable[[str],
              "(TPU-MLIR 1.30.2 does the same; remove the file to search)")
         return None
     stats = CompileStats()
-    inputs = load_inputs(inf_files, g, pp)
+    inputs = load_inputs(inf_files, g, pp, compact=memory.budget_set())  # --max_memory: 8-bit pixels
     suffix = "_tune" if o.tune_num > 0 else ".1"
     post = load_post_process(o.post_process)
     pkw = {"stats": stats, "chunk": o.batch, "post_process": post}
