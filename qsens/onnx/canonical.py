@@ -179,6 +179,7 @@ class Canonicalizer:
         self._deploy_avals: dict[str, jax.ShapeDtypeStruct] = {}
         #: ``reload() -> ModelProto`` when the initializers were released (:meth:`_release`), else None
         self._reload = None
+        self._merged: dict[tuple, tuple | None] = {}  # _merge_conv1x1's results, shared by the builds
         g = self.graph(self.deploy_batch)  # validates the model, fills params
         if self.names_map:
             _check_renamed(g, self.names_map, path)
@@ -544,7 +545,12 @@ class Canonicalizer:
             p = producer.get(r.slots[0][1])
             if p is None or p.op_type != "Conv" or id(p) in dead or not sole_user(r.slots[0][1], r):
                 continue
-            merged = _merge_conv1x1(p, r, params, avals)
+            # the merge depends on the weights and the kernels' geometry, not on the batch: computed once per model
+            # (a graph at another batch reuses it; it is ~1 s of Lite0's float32 sums per build)
+            mkey = (p.outputs[0], r.outputs[0], p.slots[1][1], r.slots[1][1])
+            if mkey not in self._merged:
+                self._merged[mkey] = _merge_conv1x1(p, r, params, avals)
+            merged = self._merged[mkey]
             if merged is None:
                 continue
             wk, bk = f"{self._name(r.outputs[0], 'Conv')}_merge_filter_weight", f"{self._name(r.outputs[0], 'Conv')}_merge_bias_weight"

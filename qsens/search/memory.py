@@ -12,6 +12,13 @@ per op for those chunks, about a third more work than the candidates' suffixes, 
 The cache is the part that grows with the images; a carry being advanced hands each chunk's old tensors back as
 its new ones are made (:func:`~qsens.search.evaluators.advance_envs`), so it peaks one chunk above the budget.
 
+Under a budget the rest of the job is kept small too: the inference images stay 8-bit pixels until a chunk goes
+to the device (:class:`~qsens.data.preprocess.PixelBatch`, a quarter of their float32 size, the same values), and
+the tuner's activations are streamed (:class:`qsens.calibrate.TuneStream`).  Always: a model's ONNX initializers are
+released once converted (:meth:`qsens.onnx.canonical.Canonicalizer._release`, models with 32 MB of them or more),
+the weights have one host copy on CPU, and the memo of INT8 parameters is bounded
+(:data:`~qsens.search.problem.QP_CACHE_BYTES`).
+
 Budget: ``--max_memory`` (bytes; ``1.5G``, ``800M``; it also bounds the malloc policy, :func:`set_budget`), else
 half of what the devices can hold (accelerators: ``memory_stats()['bytes_limit']``; CPU: half of the host's
 ``MemAvailable``).
