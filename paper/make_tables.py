@@ -646,6 +646,9 @@ def variants_models_table(g: Gen) -> None:
         g.macro("VarLiteTwoSensAtFive", rel, ["tools", "sensitive (base table)", "curve", "search", 5], "f4")
         g.macro("VarLiteTwoLooAtFive", rel, ["tools", "leave_one_out", "curve", "search", 5], "f4")
         g.macro("VarLiteTwoGradOverSens", rel, ["time_ratio", "grad_screen_over_sensitive_search"], "f2")
+        g.macro("VarLiteTwoAutoNAtTen", rel, ["tools", "auto_n", "curve", "search", 10], "f4")
+        g.macro("VarLiteTwoSensBaseAtTen", rel, ["tools", "sensitive (base table)", "curve", "search", 10], "f4")
+        g.macro("VarLiteTwoGridIntEight", rel, ["tools", "threshold_grid", "int8_new_table"], "f4")
 
 
 def tau_table(g: Gen) -> None:
