@@ -68,8 +68,9 @@ XFAIL: dict[str, str] = {
     r"^test_maxpool_with_argmax_": "MaxPool Indices output not supported",
     # Training-mode BatchNormalization (running mean/var outputs): qsens is inference-only.
     r"^test_batchnorm_.*_training_mode": "training-mode BatchNormalization not supported",
-    # Casts *to* float8 / e8m0 / 4-bit / 2-bit types: no JAX/numpy dtype with ONNX's saturation semantics.
-    r"^test_cast(like)?_(e8m0_)?FLOAT(16)?_to_(FLOAT8E[45]M[23](FNUZ|FN)?|FLOAT8E8M0|U?INT[24])(_expanded)?(_cpu)?$": "cast to float8/int4/int2",
+    # Casts *to* float8 / e8m0 / signed 4-bit / 2-bit types: no JAX/numpy dtype with ONNX's saturation semantics
+    # (unsigned 4-bit / 2-bit: below, for ml_dtypes < 0.7 only).
+    r"^test_cast(like)?_(e8m0_)?FLOAT(16)?_to_(FLOAT8E[45]M[23](FNUZ|FN)?|FLOAT8E8M0|INT[24])(_expanded)?(_cpu)?$": "cast to float8/int4/int2",
     # The canonicalizer removes Dropout and with it the optional mask output (canonical.py).
     r"^test_dropout_default_mask": "Dropout mask output dropped by the canonicalizer",
     # Strings, sequences and optionals are not tensor types qsens handles.
@@ -78,6 +79,20 @@ XFAIL: dict[str, str] = {
     # The expanded (function-body) Range uses Loop, which qsens does not implement.
     r"^test_range_.*_expanded": "Loop not supported (Range function body)",
 }
+
+
+
+
+def _ml_dtypes_version() -> tuple[int, ...]:
+    from importlib.metadata import version
+
+    return tuple(int(x) for x in re.findall(r"\d+", version("ml_dtypes"))[:2])
+
+
+# ml_dtypes 0.7 casts float -> uint4 / uint2 as ONNX does (CI's fresh install took 0.7.0 on 2026-12-01 and these
+# eight cases passed); with older versions they fail
+if _ml_dtypes_version() < (0, 7):
+    XFAIL[r"^test_cast(like)?_FLOAT(16)?_to_UINT[24](_expanded)?(_cpu)?$"] = "cast to uint4/uint2 (ml_dtypes < 0.7)"
 
 
 def case_op(name: str, patterns: dict[str, str] | None = None) -> str | None:
