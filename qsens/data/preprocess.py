@@ -349,21 +349,20 @@ def load_batch(files: Sequence[str], pp: Preprocess, compact: bool = False) -> n
     :class:`PixelBatch` of the same values when every image decodes to 8-bit pixels."""
     if len(files) == 0:
         raise DatasetError("no image files to load")
-    if compact:
-        pix = None
-        for i, f in enumerate(files):
-            p = load_pixels(f, pp)
-            if p.dtype != np.uint8:
-                break
-            if pix is None:
-                pix = np.empty((len(files), *p.shape), np.uint8)
-            pix[i] = p
-        else:
-            return PixelBatch(pix, pp)
     out = np.empty((len(files), *pp.input_shape(1)[1:]), dtype=np.float32)
+    pix = None  # the 8-bit pixels while every image so far has them (compact)
     for i, f in enumerate(files):
-        out[i] = load_image(f, pp)
-    return out
+        p = load_pixels(f, pp)
+        if compact and pix is None and i == 0 and p.dtype == np.uint8:
+            pix = np.empty((len(files), *p.shape), np.uint8)
+        if pix is not None and p.dtype == np.uint8:
+            pix[i] = p
+            continue
+        if pix is not None:  # not 8-bit: the float array from here on, the earlier images normalized once
+            out[:i] = normalize_pixels(pix[:i], pp)
+            pix = None
+        out[i] = normalize_pixels(p, pp)
+    return out if pix is None else PixelBatch(pix, pp)
 
 
 def iter_batches(
