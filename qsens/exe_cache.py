@@ -147,7 +147,13 @@ class PersistentJit:
         call_key = (tree, sigs, tuple(sorted(static.items())))
         c = self._compiled.get(call_key)
         if c is None:
-            c = self._compiled[call_key] = (False if None in sigs else self._load_or_compile(tree, sigs, args, static))
+            if None in sigs:
+                c = self._compiled[call_key] = False
+            else:
+                c, out = self._load_or_compile(tree, sigs, args, static)
+                self._compiled[call_key] = c
+                if out is not None:  # a loaded executable's check run is this call's result
+                    return out
         if c is False:
             return self.jitted(*args, **static)
         return c(*args)
@@ -157,6 +163,8 @@ class PersistentJit:
         return _DIR[0] / f"{hashlib.sha256(text.encode()).hexdigest()}.exe"
 
     def _load_or_compile(self, tree, sigs, args, static):
+        """``(executable or False, the outputs of its first run on args or None)``: a loaded executable is checked
+        by running it on the call's own arguments, and that run is the call's result (not a second run)."""
         from jax.experimental import serialize_executable as se
 
         path = self._path(tree, sigs, static)
@@ -164,14 +172,14 @@ class PersistentJit:
             try:
                 payload, in_tree, out_tree = pickle.loads(path.read_bytes())
                 c = se.deserialize_and_load(payload, in_tree, out_tree)
-                jax.block_until_ready(c(*args))  # a bad file fails here (on execution), not at loading
+                out = jax.block_until_ready(c(*args))  # a bad file fails here (on execution), not at loading
                 self.loaded += 1
-                return c
+                return c, out
             except Exception:  # noqa: BLE001 - a truncated / foreign file: compile it again
                 path.unlink(missing_ok=True)
         no_jax_cache = _without_jax_cache()
         if no_jax_cache is None:
-            return False
+            return False, None
         # compiled afresh: an executable that XLA-CPU loaded from JAX's own cache serializes without its fused
         # kernels ("Function broadcast_multiply_fusion not found" when the copy runs); the switch is thread-local
         with no_jax_cache:
@@ -187,7 +195,7 @@ class PersistentJit:
             self.written += 1
         except Exception:  # noqa: BLE001 - not serializable here, or the copy does not run: usable in this process
             pass
-        return c
+        return c, None
 
 
 def _without_jax_cache():

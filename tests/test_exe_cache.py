@@ -53,6 +53,34 @@ def test_second_object_loads_the_executable_and_gets_the_same_bits(cache_dir, tm
     assert len(list(cache_dir.glob("*.exe"))) == 4
 
 
+def test_a_loaded_executable_runs_once_on_its_first_call(cache_dir, tmp_path, monkeypatch):
+    """The run that checks a loaded file is the first call's result (it used to run twice)."""
+    from jax.experimental import serialize_executable as se
+
+    x = _fresh(tmp_path, (2, 5, 3))
+    exe_cache.PersistentJit(("once", 1), _f, ("n",))(x, np.float32(0.5), n=1)
+    runs = []
+    orig = se.deserialize_and_load
+
+    def counted(*a, **k):
+        c = orig(*a, **k)
+
+        def run(*args):
+            runs.append(1)
+            return c(*args)
+
+        return run
+
+    monkeypatch.setattr(se, "deserialize_and_load", counted)
+    b = exe_cache.PersistentJit(("once", 1), _f, ("n",))
+    y1 = np.asarray(b(x, np.float32(0.5), n=1))
+    assert b.loaded == 1 and len(runs) == 1
+    y2 = np.asarray(b(x, np.float32(0.5), n=1))
+    assert len(runs) == 2
+    np.testing.assert_array_equal(y1, y2)
+    np.testing.assert_array_equal(y1, np.asarray(_f(x, np.float32(0.5), n=1)))
+
+
 def test_a_corrupt_file_is_compiled_again(cache_dir, tmp_path):
     x = _fresh(tmp_path, (2, 3, 4))
     exe_cache.PersistentJit(("c", 1), _f, ("n",))(x, np.float32(1), n=1)
