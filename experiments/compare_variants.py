@@ -302,6 +302,11 @@ def reach(key: str, a, env, target: float = 0.99, limit: int = 20) -> dict:
             if curve[-1] > target:
                 break
         k_top = len(curve) - 1 if curve[-1] > target else None
+        if a.skip_auto_n:
+            out["rows"][tname] = {"top_n_order_curve": curve, "top_n_k": k_top, "auto_n": "not run (--skip_auto_n)",
+                                  "top_n_layers": order[: len(curve) - 1]}
+            print(f"{key} {tname}: top-N order needs {k_top} float layers for > {target}", flush=True)
+            continue
         d = work / f"auto_n_{tname.split()[0]}"
         wall = run_qsens(["search", model, *data, "--variant", "auto_n", "--calibration_table", str(table),
                     "--expected_cos", str(target), "--max_float_layers", str(limit), "--out_dir", str(d)], env,
@@ -328,6 +333,7 @@ def main(argv=None):
     ap.add_argument("--work", default=None, help="keep the runs here (default: a temp dir)")
     ap.add_argument("--reach", action="store_true",
                     help="only: float layers TPU-MLIR's top-N order and auto_n need for 0.99 (up to 20), per model")
+    ap.add_argument("--skip_auto_n", action="store_true", help="with --reach: the top-N order curves only")
     ap.add_argument("--skip", default="", help="tools not to run, e.g. threshold_optax,search_qtable (recorded)")
     ap.add_argument("--merge", action="store_true",
                     help="run only the tools the model's earlier JSON skipped (plus the sensitive search, checked to "

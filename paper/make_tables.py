@@ -584,6 +584,10 @@ def variants_lite0_table(g: Gen) -> None:
         g.macro(f"Reach{short}TopN", reach, ["rows", row, "top_n_k"], "int")
         g.macro(f"Reach{short}AutoN", reach, ["rows", row, "auto_n_k"], "int")
         g.macro(f"Reach{short}AutoNSearchS", reach, ["rows", row, "auto_n_search_s"], "s")
+    reach2 = f"{CV}/efficientnet_lite2_reach.json"  # --reach --skip_auto_n: the top-N order only
+    g.flag("HaveReachLiteTwo", g.has(reach2))
+    for row, short in (("base table", "Base"), ("sensitive table", "Sens")):
+        g.macro(f"ReachLiteTwo{short}TopN", reach2, ["rows", row, "top_n_k"], "int")
 
 
 def variants_models_table(g: Gen) -> None:
@@ -649,6 +653,12 @@ def variants_models_table(g: Gen) -> None:
         g.macro("VarLiteTwoAutoNAtTen", rel, ["tools", "auto_n", "curve", "search", 10], "f4")
         g.macro("VarLiteTwoSensBaseAtTen", rel, ["tools", "sensitive (base table)", "curve", "search", 10], "f4")
         g.macro("VarLiteTwoGridIntEight", rel, ["tools", "threshold_grid", "int8_new_table"], "f4")
+        g.macro("VarLiteTwoOptaxIntEight", rel, ["tools", "threshold_optax", "int8_new_table"], "f4")
+        g.macro("VarLiteTwoFastSearchSim", rel, ["tools", "fast_search", "result", "search", "similarity"], "f4")
+        g.macro("VarLiteTwoFastSearchHeldOut", rel, ["tools", "fast_search", "result", "held_out", "similarity"], "f4")
+        g.macro("VarLiteTwoFastSearchK", rel, ["tools", "fast_search", "float_layers"], "int", "len")
+        g.macro("VarLiteTwoSearchQtableSim", rel, ["tools", "search_qtable", "result", "search", "similarity"], "f4")
+        g.macro("VarLiteTwoSearchQtableK", rel, ["tools", "search_qtable", "float_layers"], "int", "len")
 
 
 def tau_table(g: Gen) -> None:
