@@ -169,7 +169,9 @@ def _frozen(v):
 
 
 def _infer_key(d, attrs, slots, avals, params) -> tuple | None:
-    parts: list = [id(d), bool(jax.config.jax_enable_x64)]  # registry entries live for the process; x64: dtypes
+    # the registry entry itself (frozen: its op type, implementation and rules; held, so never confused with a later
+    # one), and x64 (it changes dtypes)
+    parts: list = [d, bool(jax.config.jax_enable_x64)]
     for k in sorted(attrs):
         f = _frozen(attrs[k])
         if f is None and attrs[k] is not None:
