@@ -12,7 +12,6 @@ executable to the next.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections import OrderedDict
@@ -33,7 +32,7 @@ from .onnx.convert import (
     op_runs_nhwc,
     run_op_planned,
 )
-from .onnx.ir import Graph, Op
+from .onnx.ir import Graph, Op, value_fingerprint
 from .onnx.layout import TO_NCHW, TO_NHWC, per_op_executable
 
 #: Images per compiled batch for calibration and search: bounds memory (activations of one chunk) and lets
@@ -72,22 +71,13 @@ def enable_compilation_cache(path: str | None = None) -> str:
     return path
 
 
-def _fingerprint(v: Any) -> Any:
-    if isinstance(v, np.ndarray | np.generic):
-        a = np.asarray(v)
-        return ("nd", a.dtype.str, a.shape, hashlib.sha1(a.tobytes()).hexdigest())
-    if isinstance(v, tuple | list):
-        return tuple(_fingerprint(x) for x in v)
-    return v
-
-
 def op_signature(op: Op, params: Mapping[str, Any], in_nhwc: Sequence[bool], out_nhwc: bool) -> tuple:
     """Everything static that the compiled code of ``op`` depends on (input shapes are added by jit)."""
     attrs = tuple((k, v) for k, v in op.attrs if not k.startswith("_") or k == "_opset")
     return (
         op.type, op.onnx_type, attrs, op.slots, len(op.outputs),
         tuple((r, tuple(params[k].shape), str(params[k].dtype)) for r, k in op.weights),
-        _fingerprint(op.consts), tuple(in_nhwc), bool(out_nhwc),
+        value_fingerprint(op.consts), tuple(in_nhwc), bool(out_nhwc),
     )
 
 

@@ -3,6 +3,7 @@ and a build of a signature already seen makes no ``jax.eval_shape`` call."""
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 from onnx import helper
@@ -40,7 +41,7 @@ def _reshape_model(target):
                       [vi("x", [1, 16])], [vi("y", None)], [init("b", x[None]), init("shape", np.asarray(target))])
 
 
-def test_memo_builds_the_same_graphs(counted, monkeypatch, tmp_path):
+def test_memo_builds_the_same_graphs(counted, monkeypatch):
     m = conv_bn_relu_model()
     fn, _ = to_jax(m)
     with_memo = [_fingerprint(fn.graph), _fingerprint(fn.model.graph_at(7))]
@@ -85,13 +86,21 @@ def test_errors_are_not_memoized(counted):
     assert counted.count("Add") == 2
 
 
-def test_frozen_values():
-    assert C._frozen(np.arange(3)) == C._frozen(np.arange(3))
-    assert C._frozen(np.arange(3)) != C._frozen(np.arange(3).astype(np.int32))
-    assert C._frozen([1, (2.0, "a")]) == ("list", (("int", 1), ("tuple", (("float", 2.0), ("str", "a")))))
-    assert C._frozen(object()) is None and C._frozen([object()]) is None
-    # a big constant is keyed by every byte (repr would elide it)
-    big = np.zeros(5000, np.float32)
+def test_key_holds_every_value():
+    """Constants by dtype and every byte (repr would elide a big one); an unhashable value means no memo."""
+    from qsens.onnx import registry
+
+    d = registry.lookup("Reshape", node_name="r", opset=18)
+    avals = {"x": jax.ShapeDtypeStruct((1, 5000), np.float32)}
+
+    def key(const, attrs=None):
+        return C._infer_key(d, attrs or {"_opset": 18}, [("act", "x"), ("const", const)], avals, {})
+
+    big = np.zeros(5000, np.int64)
     big2 = big.copy()
     big2[2500] = 1
-    assert C._frozen(big) != C._frozen(big2)
+    assert key(big) == key(big.copy())
+    assert key(big) != key(big2)
+    assert key(big) != key(big.astype(np.int32))
+    assert key(big, {"_opset": 18, "allowzero": [1, (2.0, "a")]}) is not None
+    assert key(big, {"_opset": 18, "odd": {"a": 1}}) is None

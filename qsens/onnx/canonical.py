@@ -44,7 +44,7 @@ from onnx import numpy_helper
 
 from ..errors import ModelError
 from . import patterns, registry
-from .ir import Graph, Op, freeze_attrs
+from .ir import Graph, Op, freeze_attrs, value_fingerprint
 from .load import graph_inputs, input_dtype, model_opset
 
 # ONNX op type -> Top op type (identity where absent)
@@ -155,43 +155,24 @@ _INFER_MEMO: dict[tuple, list] = {}
 _INFER_MEMO_MAX = 8192
 
 
-def _frozen(v):
-    """A hashable exact copy of an attribute or constant value, or None when there is none (no memo then)."""
-    if isinstance(v, np.ndarray | np.generic):
-        a = np.asarray(v)
-        return ("nd", a.shape, a.dtype.str, a.tobytes()) if a.dtype != object else None
-    if isinstance(v, list | tuple):
-        out = tuple(_frozen(x) for x in v)
-        return None if any(x is None and y is not None for x, y in zip(out, v)) else (type(v).__name__, out)
-    if v is None or isinstance(v, bool | int | float | str | bytes):
-        return (type(v).__name__, v)
-    return None
-
-
 def _infer_key(d, attrs, slots, avals, params) -> tuple | None:
-    # the registry entry itself (frozen: its op type, implementation and rules; held, so never confused with a later
-    # one), and x64 (it changes dtypes)
-    parts: list = [d, bool(jax.config.jax_enable_x64)]
-    for k in sorted(attrs):
-        f = _frozen(attrs[k])
-        if f is None and attrs[k] is not None:
-            return None
-        parts.append((k, f))
+    """The exact signature of one shape inference, or None when a value in it is not hashable (no memo then)."""
+    ins = []
     for kind, ref in slots:
         if kind == "act":
-            av = avals[ref]
-            parts.append(("act", tuple(av.shape), str(av.dtype)))
+            ins.append(("act", tuple(avals[ref].shape), str(avals[ref].dtype)))
         elif kind == "weight":
-            w = params[ref]
-            parts.append(("weight", tuple(w.shape), str(w.dtype)))
-        elif kind == "const":
-            f = _frozen(np.asarray(ref))
-            if f is None:
-                return None
-            parts.append(("const", f))
+            ins.append(("weight", tuple(params[ref].shape), str(params[ref].dtype)))
         else:
-            parts.append((kind,))
-    return tuple(parts)
+            ins.append((kind, value_fingerprint(ref)))
+    # the registry entry itself (frozen: its op type, implementation and rules; held, so never confused with a later
+    # one), and x64 (it changes dtypes)
+    key = (d, bool(jax.config.jax_enable_x64), value_fingerprint(sorted(attrs.items())), tuple(ins))
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
 
 
 class Canonicalizer:

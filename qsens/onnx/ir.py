@@ -25,8 +25,11 @@ Conventions (the contract shared by ``qsens.quant``, ``qsens.calib`` and ``qsens
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Mapping
 from typing import Any
+
+import numpy as np
 
 
 def freeze_attrs(attrs: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
@@ -38,6 +41,18 @@ def freeze_attrs(attrs: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
         return v
 
     return tuple(sorted((k, frz(v)) for k, v in attrs.items()))
+
+
+def value_fingerprint(v: Any) -> Any:
+    """A hashable, exact stand-in for an attribute or constant value in a cache key: arrays by dtype, shape and a
+    digest of every byte (``repr`` would elide a big one), lists and tuples element by element, other values as
+    they are (an unhashable one makes the key unhashable)."""
+    if isinstance(v, np.ndarray | np.generic):
+        a = np.asarray(v)
+        return ("nd", a.dtype.str, a.shape, hashlib.sha1(a.tobytes()).hexdigest())
+    if isinstance(v, tuple | list):
+        return tuple(value_fingerprint(x) for x in v)
+    return v
 
 
 @dataclasses.dataclass(frozen=True)
