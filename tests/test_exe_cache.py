@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import jax
@@ -29,27 +30,34 @@ def cache_dir(tmp_path):
     exe_cache.disable()
 
 
-def _fresh(tmp_path, shape):
-    """Random input whose last axis no earlier run used (from the test's own tmp folder): JAX's persistent cache,
-    shared by every run on a machine, cannot hold its executable, so qsens compiles it afresh."""
-    extra = int.from_bytes(str(tmp_path).encode()[-6:], "little") % 997 * 2
-    return jnp.asarray(np.random.default_rng(0).standard_normal(shape[:-1] + (shape[-1] + extra,)), jnp.float32)
+def _fresh(shape):
+    """Random input and a function whose compiled module no earlier run can have made: a random constant is part
+    of it.  JAX's persistent cache, shared by every run on a machine, cannot hold its executable; once a process has
+    used that cache, JAX keeps reading it (the switch qsens compiles under is not consulted again), and an executable
+    read from it serializes without its kernels, so qsens would (correctly) keep no file for it.  A shape taken from
+    the test's folder name was not enough: that name is the same in every run, and CI's machine keeps its cache."""
+    c = np.float32(1 + uuid.uuid4().int % 2**20 / 2**21)
+
+    def f(x, s, *, n):
+        return _f(x, s, n=n) * c
+
+    return jnp.asarray(np.random.default_rng(0).standard_normal(shape), jnp.float32), f
 
 
 def test_second_object_loads_the_executable_and_gets_the_same_bits(cache_dir, tmp_path):
-    x = _fresh(tmp_path, (3, 4, 6))
-    a = exe_cache.PersistentJit(("t", 1), _f, ("n",))
+    x, f = _fresh((3, 4, 6))
+    a = exe_cache.PersistentJit(("t", 1), f, ("n",))
     ya = np.asarray(a(x, np.float32(0.7), n=2))
     assert (a.written, a.loaded) == (1, 0) and len(list(cache_dir.glob("*.exe"))) == 1
-    b = exe_cache.PersistentJit(("t", 1), _f, ("n",))
+    b = exe_cache.PersistentJit(("t", 1), f, ("n",))
     yb = np.asarray(b(x, np.float32(0.7), n=2))
     assert (b.written, b.loaded) == (0, 1)
     np.testing.assert_array_equal(ya, yb)
-    np.testing.assert_array_equal(ya, np.asarray(jax.jit(_f, static_argnames="n")(x, np.float32(0.7), n=2)))
+    np.testing.assert_array_equal(ya, np.asarray(jax.jit(f, static_argnames="n")(x, np.float32(0.7), n=2)))
     # another static value, another shape or another key: other files
     b(x, np.float32(0.7), n=3)
     b(x[:2], np.float32(0.7), n=2)
-    exe_cache.PersistentJit(("t", 2), _f, ("n",))(x, np.float32(0.7), n=2)
+    exe_cache.PersistentJit(("t", 2), f, ("n",))(x, np.float32(0.7), n=2)
     assert len(list(cache_dir.glob("*.exe"))) == 4
 
 
@@ -57,8 +65,8 @@ def test_a_loaded_executable_runs_once_on_its_first_call(cache_dir, tmp_path, mo
     """The run that checks a loaded file is the first call's result (it used to run twice)."""
     from jax.experimental import serialize_executable as se
 
-    x = _fresh(tmp_path, (2, 5, 3))
-    exe_cache.PersistentJit(("once", 1), _f, ("n",))(x, np.float32(0.5), n=1)
+    x, f = _fresh((2, 5, 3))
+    exe_cache.PersistentJit(("once", 1), f, ("n",))(x, np.float32(0.5), n=1)
     runs = []
     orig = se.deserialize_and_load
 
@@ -72,23 +80,23 @@ def test_a_loaded_executable_runs_once_on_its_first_call(cache_dir, tmp_path, mo
         return run
 
     monkeypatch.setattr(se, "deserialize_and_load", counted)
-    b = exe_cache.PersistentJit(("once", 1), _f, ("n",))
+    b = exe_cache.PersistentJit(("once", 1), f, ("n",))
     y1 = np.asarray(b(x, np.float32(0.5), n=1))
     assert b.loaded == 1 and len(runs) == 1
     y2 = np.asarray(b(x, np.float32(0.5), n=1))
     assert len(runs) == 2
     np.testing.assert_array_equal(y1, y2)
-    np.testing.assert_array_equal(y1, np.asarray(_f(x, np.float32(0.5), n=1)))
+    np.testing.assert_array_equal(y1, np.asarray(f(x, np.float32(0.5), n=1)))
 
 
 def test_a_corrupt_file_is_compiled_again(cache_dir, tmp_path):
-    x = _fresh(tmp_path, (2, 3, 4))
-    exe_cache.PersistentJit(("c", 1), _f, ("n",))(x, np.float32(1), n=1)
-    (f,) = cache_dir.glob("*.exe")
-    f.write_bytes(b"not an executable")
-    c = exe_cache.PersistentJit(("c", 1), _f, ("n",))
-    np.testing.assert_array_equal(np.asarray(c(x, np.float32(1), n=1)), np.asarray(_f(x, np.float32(1), n=1)))
-    assert (c.loaded, c.written) == (0, 1) and f.read_bytes() != b"not an executable"
+    x, f = _fresh((2, 3, 4))
+    exe_cache.PersistentJit(("c", 1), f, ("n",))(x, np.float32(1), n=1)
+    (exe_file,) = cache_dir.glob("*.exe")
+    exe_file.write_bytes(b"not an executable")
+    c = exe_cache.PersistentJit(("c", 1), f, ("n",))
+    np.testing.assert_array_equal(np.asarray(c(x, np.float32(1), n=1)), np.asarray(f(x, np.float32(1), n=1)))
+    assert (c.loaded, c.written) == (0, 1) and exe_file.read_bytes() != b"not an executable"
 
 
 def test_prune_deletes_the_oldest_first(tmp_path):
