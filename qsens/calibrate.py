@@ -41,6 +41,10 @@ from .exe_cache import persistent_jit
 from .onnx.convert import Model
 from .pipeline import iter_inputs
 
+#: threads that run the calibration statistics beside the forward (:func:`collect_statistics_multi`): with one, the
+#: statistics were the critical path of ``qsens search``'s calibration on 2 cores (the forward waited ~40 % of it)
+STAT_WORKERS = 2
+
 METHODS = ("max", "percentile9999", "kl", "mse")
 #: Method spelling of the docs-era sensitive-layer search (SL-old) and its log lines.
 SL_NAMES = {"max": "MAX", "percentile9999": "Percentile9999", "kl": "KL", "mse": "MSE"}
@@ -136,39 +140,88 @@ def collect_statistics_multi(model: Model, files, pp, *, specs: Sequence[tuple[S
               for methods, hist in specs]
     tune_acts: dict[str, np.ndarray] = {}
     passes = 2 if any(h == "v1" for _, h in specs) else 1
+    # the statistics of each tensor run on one of STAT_WORKERS FIFO threads (tensors dealt round-robin in graph
+    # order, so a tensor's batches stay in order): each thread updates its own copy of the states, whose entries
+    # of the other threads' tensors it never touches, and the copies are merged tensor by tensor after each pass
+    worker_of = {t: k % STAT_WORKERS for k, t in enumerate(tensors)}
     for p in range(passes):
         active = [k for k, (_, h) in enumerate(specs) if p == 0 or h == "v1"]
         bar = _progress(n, f"calibration pass {p + 1}/{passes}" if passes > 1 else "calibration", progress)
         off = 0
-        box = {"states": states}
-        with Background() as bg:
+        boxes = [{"states": states} for _ in range(STAT_WORKERS)]
+        with Workers(STAT_WORKERS) as workers:
             for inp in iter_inputs(files, engine.graph, pp, batch):
                 inp, k = pad_batch(inp, batch)
 
                 def consume(t, v, k=k, off=off, take=(min(k, tune_num - off) if p == 0 else 0), active=active,  # noqa: B008
-                            box=box):
+                            boxes=boxes):
                     a = np.asarray(v)[:k]
                     if take > 0:  # the tuner's samples: the first tune_num, whatever the batch size
                         part = a[:take].copy()
                         tune_acts[t] = part if t not in tune_acts else np.concatenate([tune_acts[t], part])
+                    box = boxes[worker_of[t]]
                     sts = list(box["states"])
                     for j, st in zip(active, calib.update_many([sts[j] for j in active], {t: a}, off)):
                         sts[j] = st
                     box["states"] = sts
 
+                def submit(t, v, consume=consume, workers=workers):
+                    workers.submit(worker_of[t], consume, t, v)
+
                 env = engine.input_env(inp)
                 for t in engine.graph.inputs:
-                    bg.submit(consume, t, env[t])
-                engine.run(env, on_output=lambda t, v, c=consume: bg.submit(c, t, v))
+                    submit(t, env[t])
+                engine.run(env, on_output=submit)
                 off += k
                 if bar:
                     bar.update(k)
-        states = box["states"]
+        states = [st._replace(tensors={t: boxes[worker_of[t]]["states"][j].tensors[t] for t in st.tensors})
+                  for j, st in enumerate(states)]
         if bar:
             bar.close()
         if p == 0:
             states = [calib.begin_histograms(st) if h == "v1" else st for st, (_, h) in zip(states, specs)]
     return [calib.finalize(st) for st in states], tune_acts
+
+
+class Workers:
+    """``n`` :class:`Background` threads: ``submit(k, fn, *args)`` runs on thread ``k`` (FIFO per thread).  An
+    exception surfaces as the inline run would raise it: the one of the earliest *submitted* call that failed
+    (every call submitted before it has finished by then), in the caller at the next submit or on exit."""
+
+    def __init__(self, n: int, depth: int = 4):
+        self._bgs = [Background(depth) for _ in range(n)]
+        self._seq = 0
+        self._errors: list[tuple[int, BaseException]] = []
+
+    def _run(self, seq: int, fn, args) -> None:
+        try:
+            fn(*args)
+        except Exception as e:  # noqa: BLE001 - re-raised in the caller, in submission order
+            self._errors.append((seq, e))
+
+    def submit(self, k: int, fn, *args) -> None:
+        if self._errors:
+            self._raise_first()
+        self._seq += 1
+        self._bgs[k].submit(self._run, self._seq, fn, args)
+
+    def _raise_first(self) -> None:
+        for bg in self._bgs:
+            bg.drain()
+        raise min(self._errors, key=lambda e: e[0])[1]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if exc_type is None and self._errors:
+                self._raise_first()
+        finally:
+            for bg in self._bgs:
+                bg.__exit__(exc_type, exc, tb)
+        return False
 
 
 class Background:
@@ -190,6 +243,11 @@ class Background:
         self._pending.append(self._pool.submit(fn, *args))
         while len(self._pending) > self.depth or (self._pending and self._pending[0].done()):
             self._pending.pop(0).result()  # waits; re-raises the call's exception here
+
+    def drain(self) -> None:
+        """Wait for every submitted call (re-raising the first exception)."""
+        while self._pending:
+            self._pending.pop(0).result()
 
     def __enter__(self):
         return self

@@ -375,3 +375,32 @@ def test_streamed_tuner_activations_give_the_same_tables(tmp_path, tune_list):
     for op in g.ops[1:]:
         assert st[op.outputs[0]].shape[0] == 5 and all(st[t].shape[0] == 5 for t in op.inputs)
         assert len(st.envs) == 2 and max(len(e) for e in st.envs) <= 4
+
+
+def test_statistics_workers_raise_the_earliest_submitted_failure():
+    """Two statistics threads: a later call that fails first on the other thread does not hide an earlier one
+    (the inline order's error is the one the user sees: the input tensor before what its NaN reaches)."""
+    import threading
+    import time as _time
+
+    from qsens.calibrate import Workers
+
+    order, release = [], threading.Event()
+
+    def slow_fail():
+        release.wait(5)
+        _time.sleep(0.05)
+        raise ValueError("first submitted")
+
+    def fast_fail():
+        release.set()
+        raise ValueError("second submitted")
+
+    with pytest.raises(ValueError, match="^first submitted$"):
+        with Workers(2) as w:
+            w.submit(0, slow_fail)
+            w.submit(1, fast_fail)
+    with Workers(2) as w:  # per-thread FIFO, every call done on exit
+        for i in range(20):
+            w.submit(i % 2, order.append, i)
+    assert sorted(order) == list(range(20)) and [i for i in order if i % 2 == 0] == list(range(0, 20, 2))

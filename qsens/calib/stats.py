@@ -138,9 +138,7 @@ def _update_stats(cfg: CalibConfig, name: str, t: TensorStats, batch: np.ndarray
     tail_len = t.tail_len or M.percentile_tail_len(
         cfg.n_samples * size, M.percentile_level(cfg.op_index[name], cfg.n_ops)
     )
-    if "minmax" not in memo:
-        memo["minmax"] = (flat.min(axis=1), flat.max(axis=1))
-    mins, maxs = memo["minmax"]
+    mins, maxs = _sample_minmax(memo, flat)
     run_min = np.minimum.accumulate(np.concatenate([[t.min], mins]))[1:]
     run_max = np.maximum.accumulate(np.concatenate([[t.max], maxs]))[1:]
     h = t.hist
@@ -170,6 +168,13 @@ def _update_stats(cfg: CalibConfig, name: str, t: TensorStats, batch: np.ndarray
         mse_sum=mse_sum,
         hist=h,
     )
+
+
+def _sample_minmax(memo: dict, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample min and max of ``flat`` (B, size), computed once per batch for every state fed it."""
+    if "minmax" not in memo:
+        memo["minmax"] = (flat.min(axis=1), flat.max(axis=1))
+    return memo["minmax"]
 
 
 def update(state: CalibState, batch: Mapping[str, object], sample_offset: int = 0) -> CalibState:
@@ -202,17 +207,21 @@ def _update(state: CalibState, arrays: Mapping[str, np.ndarray], sample_offset: 
         if name not in tensors:
             raise KeyError(f"tensor '{name}' was not declared in init()")
         memo = memos[name]
+        flat = a.reshape(a.shape[0], -1)
+        mins, maxs = _sample_minmax(memo, flat)
         if "finite" not in memo:
-            M.check_finite(name, a, sample_offset)
+            # NaN propagates through min and max and +-Inf is an extreme: every per-sample min and max is finite
+            # exactly when every value is; the full check (which names the sample) only runs when one is not
+            if not (np.isfinite(mins).all() and np.isfinite(maxs).all()):
+                M.check_finite(name, a, sample_offset)
             memo["finite"] = True
         t = tensors[name]
         if state.phase == "hist":
-            flat = a.reshape(a.shape[0], -1)
             if flat.shape[1] != t.size:
                 raise ValueError(
                     f"tensor '{name}': sample size {flat.shape[1]} differs from pass 1 ({t.size})"
                 )
-            amax = np.abs(flat).max()
+            amax = max(np.abs(mins).max(), np.abs(maxs).max())  # = np.abs(flat).max(), exactly
             if amax > t.hist.th:
                 raise ValueError(
                     f"tensor '{name}': |a| = {amax} at samples {sample_offset}.. exceeds the pass-1 abs-max "

@@ -170,6 +170,22 @@ def test_nan_in_batch_names_sample_index():
         S.update(st, {k: v[2:] for k, v in data.items()}, 2)
 
 
+@pytest.mark.parametrize("bad,word", [(np.nan, "NaN"), (np.inf, "Inf"), (-np.inf, "Inf")])
+@pytest.mark.parametrize("mode", ["v2", "v1"])
+def test_non_finite_values_are_found_from_the_per_sample_extremes(bad, word, mode):
+    """The check reads the per-sample min/max the statistics compute anyway (NaN propagates through both, +-Inf is
+    an extreme); a bad value in v1's second pass (its histograms) is found the same way."""
+    data = _data()
+    bad_data = {k: v.copy() for k, v in data.items()}
+    bad_data["conv"][4, 2, 3, 1] = bad
+    st = S.init(NAMES, 3, n_samples=6, mode=mode)
+    if mode == "v1":  # pass 1 on good data, the bad value in pass 2
+        st = S.begin_histograms(_feed(st, data, 3))
+    st = S.update(st, {k: v[:3] for k, v in bad_data.items()}, 0)
+    with pytest.raises(NumericsError, match=f"^{word} in activation of tensor 'conv' at calibration sample 4:"):
+        S.update(st, {k: v[3:] for k, v in bad_data.items()}, 3)
+
+
 def test_kl_threshold_clamped_to_absmax():
     x = np.random.default_rng(0).laplace(0, 1, (1, 100000)).astype(np.float32)  # TV-KL5 as one sample
     res = calib.finalize(calib.update(calib.init(["t"], 1, n_samples=1), {"t": x}))["t"]
