@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import threading
 from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Any
@@ -189,7 +190,7 @@ class PersistentJit:
             # written only if the copy runs: JAX decides once per process whether its cache is used, so the switch
             # above does not always keep a cache-loaded executable (serialized without its kernels) out
             jax.block_until_ready(se.deserialize_and_load(*pickle.loads(data))(*args))
-            tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+            tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")  # threads compile too
             tmp.write_bytes(data)
             os.replace(tmp, path)
             self.written += 1
