@@ -158,3 +158,32 @@ def test_an_executable_jax_loaded_from_its_cache_is_not_what_qsens_keeps(tmp_pat
         out.append(r.stdout.split())
     want = float(((np.arange(48, dtype=np.float32).reshape(2, 3, 8).transpose(0, 2, 1) * 2)[:, ::2] + 1).sum())
     assert out[0] == ["1", "0", repr(want)] and out[1] == ["0", "1", repr(want)]
+
+
+def test_merged_1x1_filters_are_kept_and_bit_identical(cache_dir):
+    """The canonicalizer's merged 1x1 filters (a float32 sum over d ascending) are kept beside the executables:
+    the same bits with the cache off, loaded the second time, recomputed from a bad or foreign file."""
+    from qsens.onnx import canonical
+
+    rng = np.random.default_rng(0)
+    w2f = rng.standard_normal((6, 5, 9)).astype(np.float32)
+    w1m = rng.standard_normal((5, 7)).astype(np.float32)
+    want = np.zeros((6, 7, 9), np.float32)
+    for d in range(5):  # the plain loop, written out here
+        want = want + w2f[:, d, None, :] * w1m[d, None, :, None]
+    got = canonical._merged_filter(w2f, w1m)
+    (blob,) = cache_dir.glob("*.npy")
+    assert got.tobytes() == want.tobytes() and np.load(blob).tobytes() == want.tobytes()
+    np.save(blob, np.full((6, 7, 9), 3.0, np.float32))  # a file under that key is what a second call uses
+    assert (canonical._merged_filter(w2f, w1m) == 3.0).all()
+    np.save(blob, np.zeros((2, 2), np.float32))  # wrong shape: recomputed and rewritten
+    assert canonical._merged_filter(w2f, w1m).tobytes() == want.tobytes()
+    assert np.load(blob).tobytes() == want.tobytes()
+    blob.write_bytes(b"not an array")
+    assert canonical._merged_filter(w2f, w1m).tobytes() == want.tobytes()
+    w1m2 = w1m.copy()
+    w1m2[0, 0] = np.nextafter(w1m2[0, 0], np.float32(9))  # one ulp of one operand: another key
+    canonical._merged_filter(w2f, w1m2)
+    assert len(list(cache_dir.glob("*.npy"))) == 2
+    exe_cache.disable()
+    assert canonical._merged_filter(w2f, w1m).tobytes() == want.tobytes()

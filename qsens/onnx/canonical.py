@@ -879,10 +879,7 @@ def _merge_conv1x1(p: _Raw, r: _Raw, params, avals):
         return None
     w1m = w1.astype(np.float32).reshape(D, C)
     w2f = w2.astype(np.float32).reshape(E, D, kk)
-    w = np.zeros((E, C, kk), np.float32)
-    for d in range(D):  # float32, d ascending, one rounding per product and per add (no FMA), as TPU-MLIR
-        w += w2f[:, d, None, :] * w1m[d, None, :, None]
-    w = w.reshape((E, C) + w2.shape[2:])
+    w = _merged_filter(w2f, w1m).reshape((E, C) + w2.shape[2:])
     b1 = np.asarray(params[p.slots[2][1]], np.float32) if len(p.slots) > 2 and p.slots[2][0] == "weight" else None
     b2 = np.asarray(params[r.slots[2][1]], np.float32) if len(r.slots) > 2 and r.slots[2][0] == "weight" else None
     if b1 is None and b2 is None:
@@ -896,6 +893,24 @@ def _merge_conv1x1(p: _Raw, r: _Raw, params, avals):
     if b2 is not None:
         b += b2.reshape(E)
     return w, b
+
+
+def _merged_filter(w2f: np.ndarray, w1m: np.ndarray) -> np.ndarray:
+    """``w[e, c, k] = sum_d w2f[e, d, k] * w1m[d, c]`` in float32, ``d`` ascending, one rounding per product and per
+    add (no FMA), as TPU-MLIR.  Memory-bound NumPy (Lite0's two merges: ~0.5 s), so the result is kept beside
+    qsens's executables, keyed by the exact operands (:func:`qsens.exe_cache.blob_path`; recomputed when the cache
+    is off or the file is bad)."""
+    from .. import exe_cache
+
+    (E, D, kk), C = w2f.shape, w1m.shape[1]
+    path = exe_cache.blob_path("conv1x1-merge: float32 sum over d ascending", w2f, w1m)
+    w = exe_cache.load_blob(path, (E, C, kk), np.float32)
+    if w is None:
+        w = np.zeros((E, C, kk), np.float32)
+        for d in range(D):
+            w += w2f[:, d, None, :] * w1m[d, None, :, None]
+        exe_cache.write_blob(path, w)
+    return w
 
 
 def _add_bias_fusion(p: _Raw, bias: np.ndarray, params, avals, top_only: bool = False):
