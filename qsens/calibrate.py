@@ -187,10 +187,11 @@ def collect_statistics_multi(model: Model, files, pp, *, specs: Sequence[tuple[S
 class Workers:
     """``n`` :class:`Background` threads: ``submit(k, fn, *args)`` runs on thread ``k`` (FIFO per thread).  An
     exception surfaces as the inline run would raise it: the one of the earliest *submitted* call that failed
-    (every call submitted before it has finished by then), in the caller at the next submit or on exit."""
+    (every call submitted before it has finished by then), in the caller at the next submit or on exit.  ``depth``
+    bounds the waiting calls of all threads together (each holds one op's output: the memory one thread had)."""
 
     def __init__(self, n: int, depth: int = 4):
-        self._bgs = [Background(depth) for _ in range(n)]
+        self._bgs = [Background(max(1, depth // n)) for _ in range(n)]
         self._seq = 0
         self._errors: list[tuple[int, BaseException]] = []
 
