@@ -8,7 +8,8 @@ states them as fractions of what was measured on the same host (0.65 and 0.56) a
 *optimistic* lower bound of each process as designed (exact BM1684 arithmetic, exact TPU-MLIR statistics), built only
 from work the job cannot skip, each at the best rate measured here:
 
-* process start: a fresh interpreter importing JAX and qsens and initialising the backend (``--help`` of the CLI);
+* process start: a fresh interpreter importing JAX and the qsens modules the job imports, and initialising JAX's
+  backend;
 * every float forward the job must run at the *whole-graph* float rate (one jit, XLA fusing across ops, batch 10:
   faster than the per-op executables the job uses): two calibration passes over the calibration images (v1's
   range pass and histogram pass; v2 shares the first), the 30-image float reference, the all-INT8 check, the
@@ -18,9 +19,10 @@ from work the job cannot skip, each at the best rate measured here:
   real activations (a scatter-add: ~2 ns per element, the same as ``np.bincount``), spread over both cores.
 
 ``qsens calibrate`` (run_calibration's flow: v2 statistics, KL, tuned) gets the same bound with its one pass and
-one histogram per activation.  Everything else counts as zero: model conversion, percentile tails, the tuner, NaN checks, KL, writing files,
-the plot.  If even this bound is above a bar, the bar cannot be met by tuning the implementation: it needs a
-faster float kernel than XLA's, fewer exact evaluations, or more cores.  Writes benchmarks/results/floors_<dev>.json.
+one histogram per activation.  Everything else counts as zero: model conversion, percentile tails, the tuner,
+NaN checks, KL, writing files, the plot.  If even this bound is above a bar, the bar cannot be met by tuning the
+implementation: it needs a faster float kernel than XLA's, fewer exact evaluations, or more cores.  Writes
+benchmarks/results/floors_<dev>.json.
 """
 
 from __future__ import annotations
@@ -110,8 +112,8 @@ def main(argv=None):
     images = zoo_path("images100")
     cores = os.cpu_count() or 1
     rate, t_fwd, g = float_rate(str(model), args.inference)
-    per_image = suffix_flops(g)[0]  # every op of the network, one image
     suf = suffix_flops(g)
+    per_image = suf[0]  # every op of the network, one image
     sec_per_elem, elems_per_image = histogram_rate(str(model), str(images))
     t_start = start_seconds(args.rounds)
 
@@ -138,7 +140,7 @@ def main(argv=None):
     cal_floor = t_start + args.images * per_image / rate + args.images * elems_per_image * sec_per_elem / cores
     cal_runs = sorted((process_job(Path(__file__).resolve().parents[1], model, images, args.images, args.inference,
                                    work / "calibrate", jc, kind="calibrate") for _ in range(args.rounds + 1)),
-                      key=lambda r: r["wall_s"])[: args.rounds + 1]
+                      key=lambda r: r["wall_s"])
     cal = cal_runs[len(cal_runs) // 2]  # the first (maybe cold) run is one of rounds+1: the median is warm
     measured = {"job_wall_s": job["wall_s"], "calibration_in_job_s": tm.get("calibration_s"),
                 "search_s": tm["search_s"], "all_job_wall_s": [r["wall_s"] for r in runs],

@@ -97,11 +97,23 @@ def load_blob(path: Path | None, shape: tuple, dtype) -> np.ndarray | None:
 def write_blob(path: Path | None, a: np.ndarray) -> None:
     if path is None:
         return
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{threading.get_ident()}.npy")
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
     try:
-        np.save(tmp, a, allow_pickle=False)
-        os.replace(tmp, path)
+        _write_atomic(path, buf.getvalue())
     except OSError:
+        pass  # not kept: computed again next time
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """``path`` gets ``data`` whole or not at all (a temporary file per process and thread, then a rename)."""
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
         tmp.unlink(missing_ok=True)
 
 
@@ -227,9 +239,7 @@ class PersistentJit:
             # written only if the copy runs: JAX decides once per process whether its cache is used, so the switch
             # above does not always keep a cache-loaded executable (serialized without its kernels) out
             jax.block_until_ready(se.deserialize_and_load(*pickle.loads(data))(*args))
-            tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")  # threads compile too
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
+            _write_atomic(path, data)  # threads compile too (the calibration's statistics threads)
             self.written += 1
         except Exception:  # noqa: BLE001 - not serializable here, or the copy does not run: usable in this process
             pass
