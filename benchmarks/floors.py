@@ -16,11 +16,15 @@ from work the job cannot skip, each at the best rate measured here:
   search's evaluated candidates (each one suffix of the network on the inference images), and the summary's two
   mixed models (INT8 counted at the float rate: optimistic);
 * counting every activation into a 2048-bin histogram twice (v1 and v2) at the rate of qsens's device counter on
-  real activations (a scatter-add: ~2 ns per element, the same as ``np.bincount``), spread over both cores.
+  real activations (a scatter-add: ~2 ns per element, the same as ``np.bincount``), spread over both cores;
+* the SimpleTuner's evaluations at the same whole-graph rate: every (candidate threshold, tune sample) row of every
+  tuned tensor through the op that consumes it (:func:`qsens.calibrate.tune_plan`, the walk TPU-MLIR's tuner
+  makes, known before any distance; the job tunes run_sensitive_layer's KL table and run_calibration's base
+  table, the MAX and Percentile grids are empty).  Added 2026-12-01: until then the tuner counted as zero.
 
-``qsens calibrate`` (run_calibration's flow: v2 statistics, KL, tuned) gets the same bound with its one pass and
-one histogram per activation.  Everything else counts as zero: model conversion, percentile tails, the tuner,
-NaN checks, KL, writing files, the plot.  If even this bound is above a bar, the bar cannot be met by tuning the
+``qsens calibrate`` (run_calibration's flow: v2 statistics, KL, tuned) gets the same bound with its one pass,
+one histogram per activation and its one tuner run.  Everything else counts as zero: model conversion, percentile
+tails, the tuner's float64 distances, NaN checks, KL, writing files, the plot.  If even this bound is above a bar, the bar cannot be met by tuning the
 implementation: it needs a faster float kernel than XLA's, fewer exact evaluations, or more cores.  Writes
 benchmarks/results/floors_<dev>.json.
 """
@@ -37,7 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, write  # noqa: E402
-from flops import suffix_flops  # noqa: E402
+from flops import op_flops, suffix_flops  # noqa: E402
 from refactor_ab import job as process_job  # noqa: E402
 from search import float_rate, run_job  # noqa: E402
 
@@ -99,6 +103,39 @@ def histogram_rate(model_path: str, images: str, chunk: int = 10) -> tuple[float
     return min(ts) / elements, elements // chunk
 
 
+def tuner_flops(model_path: str, images: str, n_images: int) -> list[float]:
+    """FLOPs of each SimpleTuner run of the demo job's calibration (its specs: run_sensitive_layer's three v1
+    method tables, then run_calibration's v2 KL base table, whose run is ``qsens calibrate``'s), from
+    :func:`qsens.calibrate.tune_plan` on the thresholds the job's statistics give: rows (candidate x tune sample)
+    times the FLOPs of the op evaluated.  The statistics run in this process; the tuner itself does not."""
+    import qsens.calibrate as C
+    from qsens.data.dataset import select_files
+    from qsens.onnx import to_jax
+    from qsens.pipeline import make_preprocess, preset_for_model
+
+    fn, _ = to_jax(model_path)
+    model = fn.model
+    g = model.graph
+    pp = make_preprocess(g, preset=preset_for_model(model_path))
+    files = select_files(dataset=images, input_num=n_images, seed=0)
+    runs = []
+
+    def plan_only(model, tune_acts, table, amax, *, steps=C.calib.TUNE_STEPS, **kw):
+        n_t = len(next(iter(tune_acts.values())))
+        runs.append(sum(len(c) * n_t * op_flops(g, g.ops[i]) for i, todo in C.tune_plan(g, table, amax, steps)
+                        for _, c in todo))
+        return dict(table)
+
+    real, C.tune = C.tune, plan_only
+    try:
+        methods = ("max", "percentile9999", "kl")
+        C.calibrate_multi(model, files, pp, specs=[(methods, "v1", methods), (("kl",), "v2", ("kl",))],
+                          progress=False)
+    finally:
+        C.tune = real
+    return runs
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=100)
@@ -115,6 +152,7 @@ def main(argv=None):
     suf = suffix_flops(g)
     per_image = suf[0]  # every op of the network, one image
     sec_per_elem, elems_per_image = histogram_rate(str(model), str(images))
+    tune_runs = tuner_flops(str(model), str(images), args.images)  # the job's four runs; the last is calibrate's
     t_start = start_seconds(args.rounds)
 
     jc = cache_dir() / "bench" / "floors_jax"
@@ -134,10 +172,12 @@ def main(argv=None):
         "all_int8_check_s": args.inference * per_image / rate,
         "search_candidates_s": evaluated / rate,
         "summary_mixes_s": 2 * args.inference * per_image / rate,
+        "tuner_forwards_s": sum(tune_runs) / rate,
     }
     job_floor = sum(floors.values())
     # qsens calibrate: one forward pass (v2), one histogram per activation
-    cal_floor = t_start + args.images * per_image / rate + args.images * elems_per_image * sec_per_elem / cores
+    cal_floor = (t_start + args.images * per_image / rate + args.images * elems_per_image * sec_per_elem / cores
+                 + tune_runs[-1] / rate)
     cal_runs = sorted((process_job(Path(__file__).resolve().parents[1], model, images, args.images, args.inference,
                                    work / "calibrate", jc, kind="calibrate") for _ in range(args.rounds + 1)),
                       key=lambda r: r["wall_s"])
@@ -168,7 +208,7 @@ def main(argv=None):
         "benchmark": "lower bound of the qsens search demo job (Lite0, 100/30 images) vs the job, one run",
         "images": args.images, "inference": args.inference, "float_rate_flops": rate, "float_forward_s": t_fwd,
         "flops_per_image": per_image, "histogram_s_per_element": sec_per_elem,
-        "histogram_elements_per_image": elems_per_image, "evaluated_candidates": sum(job["evaluated_per_op"]),
+        "histogram_elements_per_image": elems_per_image, "tuner_flops_per_run": tune_runs, "evaluated_candidates": sum(job["evaluated_per_op"]),
         "floors_s": floors, "job_floor_s": job_floor, "calibrate_floor_s": cal_floor, "measured": measured,
         "timings": {k: v for k, v in tm.items() if k != "compile"}, "bars": BARS, "verdict": verdict,
         "machine": machine(),

@@ -338,6 +338,30 @@ class TuneStream(Mapping):
         return len(self.prod)
 
 
+def tune_plan(graph, initial: Mapping[str, float], amax: Mapping[str, float], steps: int = calib.TUNE_STEPS
+              ) -> list[tuple[int, list[tuple[str, np.ndarray]]]]:
+    """What :func:`tune` evaluates, in its order: ``[(op index, [(tensor, candidate grid), ...]), ...]``.
+
+    SimpleTuner's walk: for each op whose inputs are not all tuned yet, every untuned input is tuned; otherwise
+    ``op.inputs[0]`` is tuned again; a tensor whose grid is empty (``--debug_cmd tune_steps``, ``amax`` at or
+    below the initial threshold: every MAX / Percentile table) is marked tuned and skipped.  The walk depends on the
+    graph, the initial thresholds and ``amax`` only, not on any distance, so it is known before the first
+    evaluation (``benchmarks/floors.py`` counts the tuner's work from it).  Ops with nothing to evaluate are left
+    out."""
+    tuned: set[str] = set()
+    plan = []
+    for i, op in enumerate(graph.ops):
+        if op.type == "Input" or not op.inputs:
+            continue
+        todo = [op.inputs[0]] if all(t in tuned for t in op.inputs) else [t for t in op.inputs if t not in tuned]
+        tuned.update(todo)
+        grids = [(t, calib.tune_candidates(initial[t], amax[t], steps)) for t in todo]  # --debug_cmd tune_steps=N
+        grids = [(t, c) for t, c in grids if c.size]
+        if grids:
+            plan.append((i, grids))
+    return plan
+
+
 def tune(model: Model, tune_acts: Mapping[str, np.ndarray], table: dict[str, float], amax: dict[str, float], *,
          batch: int = 30, stats: CompileStats | None = None, progress: bool = False,
          steps: int = calib.TUNE_STEPS) -> dict[str, float]:
@@ -360,16 +384,16 @@ def tune(model: Model, tune_acts: Mapping[str, np.ndarray], table: dict[str, flo
     g = engine.graph
     table = dict(table)
     initial = dict(table)  # TPU-MLIR 1.23 SimpleTuner: every (re)tune starts from the initial threshold
-    tuned: set[str] = set()
+    plan = dict((i, todo) for i, todo in tune_plan(g, initial, amax, steps))
     bar = _progress(len(g.ops) - 1, "tuning", progress, unit="op")
     for i, op in enumerate(g.ops):
         if op.type == "Input":
             continue
         if bar:
             bar.update(1)
-        if not op.inputs:
+        if i not in plan:  # nothing of this op is tuned (MAX / Percentile tables: the grid is empty everywhere)
             continue
-        todo = [op.inputs[0]] if all(t in tuned for t in op.inputs) else [t for t in op.inputs if t not in tuned]
+        todo = plan[i]
         ref = tune_acts[op.outputs[0]]
         n_t = ref.shape[0]
         ref_l1 = np.abs(ref.reshape(n_t, -1)).sum(axis=1, dtype=np.float64)
@@ -377,11 +401,7 @@ def tune(model: Model, tune_acts: Mapping[str, np.ndarray], table: dict[str, flo
         fn = engine.float_exe(i)
         w = engine.weights(op)
         srcs = [to_device(tune_acts[x]) for x in op.inputs]
-        for t in todo:
-            tuned.add(t)
-            cands = calib.tune_candidates(initial[t], amax[t], steps)  # steps: --debug_cmd tune_steps=N
-            if cands.size == 0:
-                continue
+        for t, cands in todo:
             # rows (candidate, sample), fake-quantized lazily one chunk at a time (memory: one chunk)
             flat = [(ci, j) for ci in range(len(cands)) for j in range(n_t)]
             per = np.empty(len(flat))

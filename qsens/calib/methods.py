@@ -123,25 +123,32 @@ def merge_tails(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Keep the ``length`` smallest (``lo``) and largest (``hi``) of ``lo ∪ hi-candidates ∪ values``, sorted ascending.
 
-    ``lo``/``hi`` are the running tails (sorted); ``values`` new signed float32 values of any shape.
+    ``lo``/``hi`` are the running tails (sorted); ``values`` new signed float32 values of any shape.  The kept
+    values do not depend on the order the values are seen in (equal values are indistinguishable once sorted), so
+    a tensor's first batch partially sorts only a head of it (1/8, at least ``2*length + 1`` values: both of its
+    tails at once) and treats the rest like any later batch: only values beyond the current tails are looked at.
+    Measured on the demo job's calibration: the first batches' full partial sorts were half of the tails' time.
     """
     v = np.asarray(values, np.float32).ravel()
+    if not (lo.size == length and hi.size == length) and v.size > 2 * length:
+        head = max(2 * length + 1, v.size // 8)
+        p = np.partition(v[:head], (length - 1, head - length))
+        lo, hi = _keep_tails(lo, hi, p[:length], p[head - length :], length)
+        v = v[head:]
     if lo.size == length and hi.size == length:  # steady state: only values beyond the current tails matter
         v_lo, v_hi = v[v < lo[-1]], v[v > hi[0]]
-    elif v.size > 2 * length:  # one partial sort of the new values gives both of their tails
-        v = np.partition(v, (length - 1, v.size - length))
-        v_lo, v_hi = v[:length], v[v.size - length :]
     else:
         v_lo = v_hi = v
+    return _keep_tails(lo, hi, v_lo, v_hi, length)
 
+
+def _keep_tails(lo, hi, v_lo, v_hi, length: int) -> tuple[np.ndarray, np.ndarray]:
     def smallest(x):
         if x.size > length:
             x = np.partition(x, length - 1)[:length]
         return np.sort(x)
 
-    new_lo = smallest(np.concatenate([lo, v_lo]))
-    new_hi = -smallest(-np.concatenate([hi, v_hi]))[::-1]
-    return new_lo, new_hi
+    return smallest(np.concatenate([lo, v_lo])), -smallest(-np.concatenate([hi, v_hi]))[::-1]
 
 
 def percentile_from_tails(lo: np.ndarray, hi: np.ndarray, n: int, per: float) -> tuple[float, float, float]:

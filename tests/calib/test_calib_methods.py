@@ -74,6 +74,26 @@ def test_merge_tails_streaming_equals_oneshot():
     np.testing.assert_array_equal(hi, s[-37:])
 
 
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 600), st.integers(1, 60), st.integers(0, 2**31 - 1), st.sampled_from(["normal", "relu", "ties"]))
+def test_merge_tails_any_batches_equal_the_sorted_ends(n, length, seed, kind):
+    """The first batch's head-only partial sort + filter keeps exactly the ``length`` smallest / largest values of
+    everything seen, whatever the batch boundaries (ReLU zeros and heavy ties included)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(n).astype(np.float32)
+    if kind == "relu":
+        x = np.maximum(x, 0)
+    elif kind == "ties":
+        x = np.round(x * 3).astype(np.float32)
+    cuts = np.sort(rng.integers(0, n, size=int(rng.integers(0, 5))))
+    lo = hi = np.zeros(0, np.float32)
+    for chunk in np.split(x, cuts):
+        lo, hi = M.merge_tails(lo, hi, chunk, length)
+    s, k = np.sort(x), min(length, n)
+    np.testing.assert_array_equal(lo, s[:k])
+    np.testing.assert_array_equal(hi, s[-k:])
+
+
 def test_tv_m1_m2_m3():
     np.testing.assert_allclose(M.mse_sample(np.array([1, 2, 3, 4, 100], np.float32)), 99.99796, rtol=1e-6)
     np.testing.assert_allclose(M.mse_sample(np.array([0, 1, 2, 3, 4, 100], np.float32)), 99.99937, rtol=1e-6)
