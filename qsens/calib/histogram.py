@@ -79,7 +79,10 @@ def histogram(a, abs_max, n_bins: int = N_BINS) -> tuple[np.ndarray, np.float32]
     return h, width
 
 
-@persistent_jit(("qsens.calib.histogram._counts", 1), static_argnames=("length",))
+_LANES = 4  #: interleaved sub-histograms of the device counter (:func:`_counts`)
+
+
+@persistent_jit(("qsens.calib.histogram._counts", 2), static_argnames=("length",))
 def _counts(flat, lo, hi, width, n_bins, *, length: int):
     """Bin counts of rows ``lo <= r < hi`` of ``flat`` (B, size): ``k = trunc(|a| / width + 0.5)`` in float32,
     zeros and ``k >= n_bins`` dropped (sent to bin ``n_bins``, sliced off by the caller)."""
@@ -96,7 +99,13 @@ def _counts(flat, lo, hi, width, n_bins, *, length: int):
     # denormals, so none reaches a histogram (tests/calib/test_calib_histogram.py checks both facts)
     keep = (t != 0) & (rows >= lo) & (rows < hi)
     k = jnp.where(keep, jnp.minimum(k, n_bins.astype(jnp.float32)), n_bins.astype(jnp.float32))
-    return jnp.bincount(k.astype(jnp.int32).ravel(), length=length)
+    # XLA's CPU scatter adds one element after the other, and a run of equal bins (every zero of a ReLU output
+    # goes to the dropped bin) is one chain of dependent increments through memory; element e counts into lane
+    # e % _LANES of its bin instead (interleaved sub-histograms, summed at the end: the same integers).  Measured on
+    # a (10, 112*112*32) ReLU batch: 3.4 -> 2.3 ns per element (signed data 1.8 -> 1.5); 8 lanes were slower.
+    k = k.astype(jnp.int32).ravel()
+    lane = jnp.arange(k.size, dtype=jnp.int32) % _LANES
+    return jnp.bincount(k * _LANES + lane, length=length * _LANES).reshape(length, _LANES).sum(axis=1)
 
 
 def histogram_rows(flat, lo: int, hi: int, abs_max, n_bins: int = N_BINS) -> tuple[np.ndarray, np.float32]:
