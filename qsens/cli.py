@@ -394,7 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out_dir", default=".")
     s.add_argument("--resume", action="store_true", help="continue from <out_dir>/search.ckpt.json")
     s.add_argument("--strategy", choices=("fast", "naive"), default="fast")
-    s.add_argument("--batch", type=int, default=10, help="images per compiled batch (memory; default 10)")
+    s.add_argument("--batch", type=int, default=None,
+                   help="images per compiled batch (default: 10 in the calibration; in the search all inference "
+                   "images in chunks of at most 32 when memory allows, else 10; --max_memory: 10)")
     s.add_argument("--method_batch", choices=("loop", "concat"), default="loop",
                    help="fast strategy: suffixes of the candidates one after another (loop) or stacked (concat)")
     s.add_argument("-q", "--quiet", action="store_true")

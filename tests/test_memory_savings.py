@@ -129,3 +129,25 @@ def test_released_model_equals_the_in_memory_one_and_notices_a_changed_file(tmp_
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
     with pytest.raises(ModelError, match=r"net.onnx' changed while qsens was using it; rerun with the new file"):
         fn.model.graph_at(5)
+
+
+def test_search_chunk_is_sized_from_the_command(monkeypatch):
+    """``--batch`` wins; under ``--max_memory`` the default 10; else the images in as few equal chunks of at most 32
+    as possible (30 -> one of 30, 100 -> four of 25, two devices -> half each, 10 or fewer -> 10), whatever the
+    free memory."""
+    from types import SimpleNamespace
+
+    from qsens.search import memory
+
+    monkeypatch.setattr(memory, "_budget", [None])
+    assert memory.search_chunk(30, 7) == 7
+    assert memory.search_chunk(30) == 30
+    assert memory.search_chunk(100) == 25
+    assert memory.search_chunk(300) == 30
+    assert memory.search_chunk(33) == 17
+    assert memory.search_chunk(5) == 10  # Problem caps a chunk at the images it has
+    assert memory.search_chunk(30, placement=SimpleNamespace(n=2)) == 15
+    monkeypatch.setattr(memory, "host_available", lambda: 1)  # no say in it
+    assert memory.search_chunk(30) == 30
+    monkeypatch.setattr(memory, "_budget", [10**12])  # --max_memory: memory first, whatever it allows
+    assert memory.search_chunk(30) == 10

@@ -136,6 +136,25 @@ def test_method_batch_loop_equals_concat(rn, tmp_path):
     assert loop.float_layers == concat.float_layers
 
 
+def test_chunk_changes_the_losses_in_the_last_bits_only(rn, tmp_path):
+    """The search chunk (``memory.search_chunk``: 10 under ``--max_memory``, up to 32 without) only changes how many
+    images one executable call takes: chunks of 2, 4 (the last one padded) and all 6 images give the same losses
+    up to float32 summation order (XLA may block a small convolution differently per batch: found here, 2e-8),
+    the same choices and the same files.  (Lite0's demo job: byte-identical at 10, 15 and 30 images.)"""
+    cfg = SearchConfig(methods=rn.methods, expected_cos=1.0)
+    runs = {}
+    for chunk in (2, 4, 6):
+        out = tmp_path / f"c{chunk}"
+        runs[chunk] = search(rn.model, rn.base, rn.cal.tuned, rn.inputs, cfg, out_dir=str(out), progress=False,
+                             echo=lambda s: None, chunk=chunk)
+    assert n_discriminating(runs[6]) >= 2
+    for chunk in (2, 4):
+        assert assert_same_search(runs[chunk], runs[6], tol=1e-6) == len(rn.g.ops)
+        assert runs[chunk].float_layers == runs[6].float_layers
+        strip = lambda p: [ln for ln in p.read_text().splitlines() if not ln.startswith("#")]  # noqa: E731
+        assert strip(tmp_path / f"c{chunk}" / "qtable") == strip(tmp_path / "c6" / "qtable")
+
+
 def test_losses_match_whole_graph_mixed_model(rn, tmp_path):
     """Independent oracle: each candidate loss equals 1 - mean similarity of qsens.quant.mixed.MixedModel
     (one jit-compiled graph with a one-hot INT8 mask), with the thresholds chosen so far (sequential table)."""

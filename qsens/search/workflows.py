@@ -83,7 +83,7 @@ class SearchOptions(DataOptions):
     out_dir: str = "."
     resume: bool = False
     strategy: str = "fast"
-    batch: int = 10
+    batch: int | None = None  # --batch: calibration 10; the search: memory.search_chunk
     method_batch: str = "loop"
     quiet: bool = False
     variant: str = "sensitive"  # sensitive (TPU-MLIR's) or one of qsens.search.variants.VARIANTS
@@ -242,7 +242,7 @@ def run_sensitive_search(o: SearchOptions, *, echo: Callable[[str], None] = prin
     """``qsens search``: returns the :class:`~qsens.search.job.SearchResult`."""
     from ..calibrate import SENSITIVE_NAMES, Calibration, calibrate_multi, write_tables
     from ..data.dataset import select_files
-    from ..engine import CompileStats, enable_compilation_cache
+    from ..engine import DEFAULT_CHUNK, CompileStats, enable_compilation_cache
     from ..pipeline import load_inputs
     from ..tables import CaliTable, cali_header_lines, check_table_matches, read_cali_table
     from .aidflow import with_aids
@@ -252,6 +252,8 @@ def run_sensitive_search(o: SearchOptions, *, echo: Callable[[str], None] = prin
     enable_compilation_cache()
     out_dir = ensure_out_dir(o.out_dir)
     o = with_aids(o, out_dir=out_dir, input_table=o.calibration_table, echo=echo)
+    requested_chunk = o.batch  # None: the search's chunk is the planner's (memory.search_chunk)
+    o = dataclasses.replace(o, batch=o.batch or DEFAULT_CHUNK)  # the calibration's batch (and the variants')
     qpath = o.quantize_table if os.path.isabs(o.quantize_table) else os.path.join(out_dir, o.quantize_table)
     ensure_out_dir(os.path.dirname(os.path.abspath(qpath)))
     post = load_post_process(o.post_process)
@@ -334,7 +336,8 @@ def run_sensitive_search(o: SearchOptions, *, echo: Callable[[str], None] = prin
     if o.variant != "sensitive":
         return _run_variant(o, fn, base, cal, grid_lo, inputs, labels, post, post_id, compare, cweights, stats,
                             extra_files, phase, echo, t0, t_cal)
-    res = search(fn.model, base, cal.tuned, inputs, cfg, out_dir=out_dir, qtable_path=o.quantize_table, chunk=o.batch,
+    chunk = memory.search_chunk(len(inf_files), requested_chunk, devices.default())
+    res = search(fn.model, base, cal.tuned, inputs, cfg, out_dir=out_dir, qtable_path=o.quantize_table, chunk=chunk,
                  labels=labels, resume=o.resume, post_process=post, progress=not o.quiet,
                  extra_files=extra_files, stats=stats, post_process_id=post_id, echo=echo,
                  pre_timings={"calibration_s": t_cal, "calibration_cores": cal_cores})
