@@ -66,6 +66,7 @@ def job(tree: Path, model, images, n_img, n_inf, out_dir: Path, cache: Path, kin
     cpu = ru.ru_utime + ru.ru_stime
     return {"wall_s": wall, "search_s": res["timings"]["search_s"], "files": files,
             "float_layers": res["float_layers"], "cpu_s": cpu, "cores_used": cpu / wall,
+            "peak_rss_mb": ru.ru_maxrss / 1024,  # the job process (Linux: KB)
             # written by trees after ce6c4a3 (None before): the calibration phase and each phase's cores
             "calibration_s": res["timings"].get("calibration_s"),
             "calibration_cores": res["timings"].get("calibration_cores"),
@@ -108,13 +109,14 @@ def main(argv=None):
         finally:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(old)], capture_output=True)
     same = all(a["files"] == b["files"] for a in runs["old"] for b in runs["new"])
-    keys = ("wall_s", "search_s", "cores_used")
+    keys = ("wall_s", "search_s", "cores_used", "peak_rss_mb")
     med = {k: {m: statistics.median(x[m] for x in v) for m in keys} for k, v in runs.items()}
     ratio = {m: med["new"][m] / med["old"][m] for m in keys}
     print(f"median whole job: old {med['old']['wall_s']:.1f} s, new {med['new']['wall_s']:.1f} s "
           f"(new/old {ratio['wall_s']:.3f}); search compute: old {med['old']['search_s']:.1f} s, new "
           f"{med['new']['search_s']:.1f} s (new/old {ratio['search_s']:.3f}); cores used old "
-          f"{med['old']['cores_used']:.2f}, new {med['new']['cores_used']:.2f}; qtable, new_cali_table.txt and "
+          f"{med['old']['cores_used']:.2f}, new {med['new']['cores_used']:.2f}; peak RSS old {med['old']['peak_rss_mb']:.0f} MB, "
+          f"new {med['new']['peak_rss_mb']:.0f} MB; qtable, new_cali_table.txt and "
           f"every cali_table* byte-identical: {same}")
     out = write(args.name, {"what": args.what, "load_average_end": os.getloadavg(),
         "benchmark": {"search": "qsens search (Lite0, demo flags)",
