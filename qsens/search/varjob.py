@@ -31,6 +31,7 @@ from .job import (
     label_accuracy,
     load_checkpoint,
     plot_safely,
+    prefetch_plotting,
     save_figure,
 )
 from .variants import Variant, Walker, all_ops
@@ -86,6 +87,7 @@ def variant_search(model, base_table, inputs: Mapping[str, np.ndarray], variant:
         bar = tqdm(total=variant.total_units(problem, state), desc=f"{variant.name} search", unit="step",
                    file=sys.stderr, dynamic_ncols=True, disable=not progress)
         t_search = time.perf_counter()
+        prefetch_plotting()
         while not variant.done(problem, state):
             state, events = variant.update(problem, state, walker)
             for e in events:
