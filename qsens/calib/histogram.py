@@ -114,6 +114,8 @@ def histogram_rows(flat, lo: int, hi: int, abs_max, n_bins: int = N_BINS) -> tup
     width = bin_width(abs_max, n_bins)
     if hi <= lo or flat.size == 0 or not width > 0:
         return np.zeros(n_bins, np.int64), width
+    if width < np.finfo(np.float32).tiny:  # a subnormal width (abs_max below ~2e-35): XLA's CPU would flush it to
+        return histogram(np.asarray(flat)[lo:hi], abs_max, n_bins)  # 0 and drop every value; NumPy bins exactly
     if hi - lo == 1 and flat.shape[0] > 1:  # one sample (a v2 range growth): its own (1, size) executable
         flat, lo, hi = flat[lo : lo + 1], 0, 1
     c = _counts(flat, np.int32(lo), np.int32(hi), np.float32(width), np.int32(n_bins), length=1 << n_bins.bit_length())

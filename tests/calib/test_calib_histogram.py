@@ -65,6 +65,20 @@ def test_device_histogram_rows_equal_numpy(values, n_bins, rows, data):
     np.testing.assert_array_equal(h, h_np)
 
 
+@pytest.mark.parametrize("n_bins", [16, 2048])
+def test_device_histogram_with_a_subnormal_bin_width_equals_numpy(n_bins):
+    """An abs-max so small that ``abs_max / (n_bins - 1)`` is a float32 subnormal (found by hypothesis: values
+    [0, 0, 0, FLT_MIN]): XLA's CPU flushes that width to 0 and would drop every value; the counts come from NumPy."""
+    tiny = np.finfo(np.float32).tiny
+    a = np.array([[0.0, 0.0, 0.0, tiny], [tiny, tiny / 2 + tiny, 0.0, 2 * tiny]], np.float32)
+    for amax in (np.float32(tiny), np.float32(2 * tiny)):
+        h, w = H.histogram_rows(a, 0, 2, amax, n_bins)
+        h_np, w_np = H.histogram(a, amax, n_bins)
+        assert w == w_np
+        np.testing.assert_array_equal(h, h_np)
+        assert h.sum() > 0
+
+
 def test_device_histogram_subnormals_count_as_zero():
     """The documented difference: NumPy counts a float32 subnormal in bin 0, the device path (XLA's CPU flushes
     denormals) drops it like a zero; and qsens's forward never hands one over (XLA flushes its results)."""
