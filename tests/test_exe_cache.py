@@ -187,3 +187,68 @@ def test_merged_1x1_filters_are_kept_and_bit_identical(cache_dir):
     assert len(list(cache_dir.glob("*.npy"))) == 2
     exe_cache.disable()
     assert canonical._merged_filter(w2f, w1m).tobytes() == want.tobytes()
+
+
+def _new_process_state(monkeypatch):
+    """exe_cache's per-process preloading state, as a new process starts it."""
+    monkeypatch.setattr(exe_cache, "_MANIFEST", [None])
+    monkeypatch.setattr(exe_cache, "_PRE", {})
+    monkeypatch.setattr(exe_cache, "_USED", {})
+    monkeypatch.setattr(exe_cache.atexit, "register", lambda fn: fn)  # the test writes the manifest itself
+
+
+def _join_preloader():
+    import threading
+
+    for t in threading.enumerate():
+        if t.name == "qsens-preload-executables":
+            t.join(30)
+
+
+def test_the_next_process_preloads_what_the_last_one_used(cache_dir, monkeypatch):
+    """A job kind's manifest lists the executables it used (first use first); the next process with the same tag
+    deserializes them on a thread before their first call, and the call takes that object: the same bits, counted
+    as loaded, nothing compiled.  A file that went bad is compiled again, a missing one is skipped."""
+    x, f = _fresh((2, 3, 4))
+    y, g = _fresh((3, 2, 2))
+    _new_process_state(monkeypatch)
+    exe_cache.preload("search /m.onnx")  # first process: no manifest yet
+    a, b = exe_cache.PersistentJit(("pre", 1), f, ("n",)), exe_cache.PersistentJit(("pre", 2), g, ("n",))
+    ra, rb = np.asarray(a(x, np.float32(0.3), n=1)), np.asarray(b(y, np.float32(0.6), n=2))
+    assert (a.written, b.written) == (1, 1)
+    exe_cache._write_manifest()
+    manifests = list(cache_dir.glob("manifest-*.txt"))
+    assert len(manifests) == 1
+    names = manifests[0].read_text().split()
+    assert len(names) == 2 and all((cache_dir / n).exists() for n in names)
+
+    _new_process_state(monkeypatch)
+    exe_cache.preload("search /m.onnx")
+    _join_preloader()
+    paths = [cache_dir / n for n in names]
+    assert all(exe_cache._PRE[p].result() is not None for p in paths)  # deserialized ahead of any call
+    from jax.experimental import serialize_executable as se
+
+    reads = []
+    orig = se.deserialize_and_load
+    monkeypatch.setattr(se, "deserialize_and_load", lambda *a, **k: reads.append(1) or orig(*a, **k))
+    a2, b2 = exe_cache.PersistentJit(("pre", 1), f, ("n",)), exe_cache.PersistentJit(("pre", 2), g, ("n",))
+    np.testing.assert_array_equal(np.asarray(a2(x, np.float32(0.3), n=1)), ra)
+    np.testing.assert_array_equal(np.asarray(b2(y, np.float32(0.6), n=2)), rb)
+    assert (a2.loaded, a2.written, b2.loaded, b2.written) == (1, 0, 1, 0)
+    assert reads == []  # the calls took the preloaded objects: no file read again
+    assert all(exe_cache._PRE[p] is exe_cache._TAKEN for p in paths)
+
+    paths[0].write_bytes(b"not an executable")  # went bad: compiled again, the same bits
+    paths[1].unlink()  # gone: compiled again
+    _new_process_state(monkeypatch)
+    exe_cache.preload("search /m.onnx")
+    _join_preloader()
+    a3, b3 = exe_cache.PersistentJit(("pre", 1), f, ("n",)), exe_cache.PersistentJit(("pre", 2), g, ("n",))
+    np.testing.assert_array_equal(np.asarray(a3(x, np.float32(0.3), n=1)), ra)
+    np.testing.assert_array_equal(np.asarray(b3(y, np.float32(0.6), n=2)), rb)
+    assert (a3.loaded, a3.written, b3.loaded, b3.written) == (0, 1, 0, 1)
+    # another tag (job kind or model) has its own manifest
+    _new_process_state(monkeypatch)
+    exe_cache.preload("calibrate /m.onnx")
+    assert not any(t.name == "qsens-preload-executables" for t in __import__("threading").enumerate())
