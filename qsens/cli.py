@@ -251,7 +251,7 @@ def cmd_calibrate(args) -> int:
     from .engine import enable_compilation_cache
     from .search.aidflow import run_aids
 
-    enable_compilation_cache(tag=f"calibrate {os.path.abspath(args.model)}")
+    enable_compilation_cache()
     for k, v in run_aids(args, out_dir=os.path.dirname(os.path.abspath(args.calibration_table)), echo=_echo).items():
         setattr(args, k, v)  # calibrate the aided model (TPU-MLIR's calibration after --we / re-calibration after --bc)
     fn, params = load_model_from_args(args)

@@ -56,9 +56,8 @@ def to_device(x):
     return jax.device_put(np.asarray(x))
 
 
-def enable_compilation_cache(path: str | None = None, tag: str | None = None) -> str:
-    """Turn on JAX's persistent compilation cache in a user cache dir (``$QSENS_HOME/jax_cache``); ``tag`` (a job
-    kind and its model) starts preloading the executables the last such job used (:func:`qsens.exe_cache.preload`)."""
+def enable_compilation_cache(path: str | None = None) -> str:
+    """Turn on JAX's persistent compilation cache in a user cache dir (``$QSENS_HOME/jax_cache``)."""
     from .paths import cache_dir
 
     path = path or os.environ.get("QSENS_JAX_CACHE") or str(cache_dir() / "jax_cache")
@@ -69,8 +68,6 @@ def enable_compilation_cache(path: str | None = None, tag: str | None = None) ->
     from . import exe_cache
 
     exe_cache.enable(path)  # and qsens's own: no tracing or lowering of known executables (qsens/exe_cache.py)
-    if tag:
-        exe_cache.preload(tag)
     return path
 
 

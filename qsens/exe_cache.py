@@ -19,18 +19,10 @@ way), so results are bit-identical.  Off (plain ``jax.jit``) when the compilatio
 whose text is not stable across processes (an object ``repr`` with an address), for arguments on several
 devices (sharded placements keep JAX's own path), or with ``QSENS_EXE_CACHE=0``.  A file that fails to load is
 deleted and compiled again.
-
-Loading is not free either (~7 ms per executable: Lite0's ``qsens calibrate`` loads ~100, its search job ~175, one
-after another on the thread that needs them).  :func:`preload` therefore remembers, per job kind and model, which
-files a process used (``manifest-*.txt``, in first-use order) and, in the next such process, deserializes them on
-a daemon thread ahead of their first call; a call that gets there first loads its file itself as before, so
-the preloader only ever saves time, and an executable is the same object either way.
 """
 
 from __future__ import annotations
 
-import atexit
-import concurrent.futures as cf
 import hashlib
 import os
 import pickle
@@ -44,12 +36,6 @@ import numpy as np
 
 _DIR: list[Path | None] = [None]
 _FP: list[str | None] = [None]
-#: preloaded executables: path -> Future of the loaded executable (None: unreadable), or _TAKEN once a call took it
-_PRE: dict[Path, Any] = {}
-_PRE_LOCK = threading.Lock()
-_TAKEN = object()
-_USED: dict[str, None] = {}  # file names this process loaded or wrote, in first-use order (an ordered set)
-_MANIFEST: list[Path | None] = [None]
 
 
 def enable(jax_cache_dir: str | os.PathLike) -> Path | None:
@@ -68,7 +54,7 @@ def prune(d: Path, max_bytes: int) -> int:
     """Delete the least recently written executables until the folder holds at most ``max_bytes`` (each source
     change of qsens makes a new set; the folder may also be deleted at any time).  Returns the files deleted."""
     try:
-        files = [(st.st_mtime, st.st_size, p) for pat in ("*.exe", "*.npy", "manifest-*.txt") for p in d.glob(pat)
+        files = [(st.st_mtime, st.st_size, p) for pat in ("*.exe", "*.npy") for p in d.glob(pat)
                  for st in (p.stat(),)]
     except OSError:
         return 0
@@ -133,56 +119,6 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 def disable() -> None:
     _DIR[0] = None
-
-
-def preload(tag: str) -> None:
-    """Deserialize, on a daemon thread, the executables the last process with this ``tag`` (a job kind and its
-    model) used, in the order it used them; this process's own list is written when it exits."""
-    if _DIR[0] is None or _MANIFEST[0] is not None:
-        return
-    m = _DIR[0] / f"manifest-{hashlib.sha256((fingerprint() + chr(10) + tag).encode()).hexdigest()[:24]}.txt"
-    _MANIFEST[0] = m
-    atexit.register(_write_manifest)
-    try:
-        names = m.read_text().split()
-    except OSError:
-        return
-    if names:
-        threading.Thread(target=_preload_files, args=([_DIR[0] / n for n in names],), daemon=True,
-                         name="qsens-preload-executables").start()
-
-
-def _preload_files(paths: list[Path]) -> None:
-    from jax.experimental import serialize_executable as se
-
-    for path in paths:
-        with _PRE_LOCK:
-            if path in _PRE:  # a call loaded it already
-                continue
-            fut = _PRE[path] = cf.Future()
-        try:
-            fut.set_result(se.deserialize_and_load(*pickle.loads(path.read_bytes())))
-        except Exception:  # noqa: BLE001 - gone or foreign: the call reads the file itself and handles it
-            fut.set_result(None)
-
-
-def _take_preloaded(path: Path):
-    """The preloaded executable of ``path`` (waiting if the preloader is loading it right now), else None; either
-    way the preloader will not load it any more."""
-    with _PRE_LOCK:
-        fut = _PRE.get(path)
-        _PRE[path] = _TAKEN
-    return None if fut is None or fut is _TAKEN else fut.result()
-
-
-def _write_manifest() -> None:
-    m = _MANIFEST[0]
-    if m is None or not _USED:
-        return
-    try:
-        _write_atomic(m, ("\n".join(_USED) + "\n").encode())
-    except OSError:
-        pass
 
 
 def _cpu_line() -> str:
@@ -282,12 +218,10 @@ class PersistentJit:
         from jax.experimental import serialize_executable as se
 
         path = self._path(tree, sigs, static)
-        _USED[path.name] = None
-        c = _take_preloaded(path)
-        if c is not None or path.exists():
+        if path.exists():
             try:
-                if c is None:
-                    c = se.deserialize_and_load(*pickle.loads(path.read_bytes()))
+                payload, in_tree, out_tree = pickle.loads(path.read_bytes())
+                c = se.deserialize_and_load(payload, in_tree, out_tree)
                 out = jax.block_until_ready(c(*args))  # a bad file fails here (on execution), not at loading
                 self.loaded += 1
                 return c, out

@@ -249,7 +249,7 @@ def run_sensitive_search(o: SearchOptions, *, echo: Callable[[str], None] = prin
     from .job import SearchConfig, search
 
     t0 = time.time()
-    enable_compilation_cache(tag=f"search {os.path.abspath(o.model)}")
+    enable_compilation_cache()
     out_dir = ensure_out_dir(o.out_dir)
     o = with_aids(o, out_dir=out_dir, input_table=o.calibration_table, echo=echo)
     requested_chunk = o.batch  # None: the search's chunk is the planner's (memory.search_chunk)
@@ -449,7 +449,7 @@ def run_qtable(o: QtableOptions, *, echo: Callable[[str], None] = print):
     from ..calib.flags import parse_debug_cmd
 
     parse_debug_cmd(o.debug_cmd, "qtable")  # logging keys only; the rest: one-line errors
-    enable_compilation_cache(tag=f"qtable {os.path.abspath(o.model)}")
+    enable_compilation_cache()
     out_dir = ensure_out_dir(o.out_dir)
     for p in (o.quantize_table, o.loss_table):
         path = p if os.path.isabs(p) else os.path.join(out_dir, p)
@@ -592,7 +592,7 @@ def run_calibration_search(o: CalibrationSearchOptions, *, echo: Callable[[str],
     if flag_kw["tune_steps"] != DEFAULT_TUNE_STEPS:
         ckw["tune_steps"] = flag_kw["tune_steps"]
     tune_num = flag_kw["tune_num"]
-    enable_compilation_cache(tag=f"calibrate-search {os.path.abspath(o.model)}")
+    enable_compilation_cache()
     fn, _ = load_model(o)
     g = fn.graph
     dataset = o.dataset if (o.dataset or o.data_list) else None
