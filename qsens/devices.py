@@ -156,7 +156,15 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
     except Exception:  # noqa: BLE001 - option absent in other jax versions: the default collectives then
         pass
     jax.distributed.initialize(coordinator, num_processes=int(num), process_id=int(pid))
+    _DISTRIBUTED[0] = True
     return True
+
+
+_DISTRIBUTED = [False]  # jax.distributed was initialized by this process (it must shut down cleanly)
+
+
+def distributed() -> bool:
+    return _DISTRIBUTED[0]
 
 
 def process_index() -> int:
