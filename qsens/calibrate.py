@@ -384,7 +384,7 @@ def tune(model: Model, tune_acts: Mapping[str, np.ndarray], table: dict[str, flo
     g = engine.graph
     table = dict(table)
     initial = dict(table)  # TPU-MLIR 1.23 SimpleTuner: every (re)tune starts from the initial threshold
-    plan = dict((i, todo) for i, todo in tune_plan(g, initial, amax, steps))
+    plan = dict(tune_plan(g, initial, amax, steps))  # op index -> [(tensor, grid)]
     bar = _progress(len(g.ops) - 1, "tuning", progress, unit="op")
     for i, op in enumerate(g.ops):
         if op.type == "Input":

@@ -395,8 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="continue from <out_dir>/search.ckpt.json")
     s.add_argument("--strategy", choices=("fast", "naive"), default="fast")
     s.add_argument("--batch", type=int, default=None,
-                   help="images per compiled batch (default: 10 in the calibration; in the search all inference "
-                   "images in chunks of at most 32 when memory allows, else 10; --max_memory: 10)")
+                   help="images per compiled batch (default: 10 in the calibration; in the search the inference images "
+                   "in as few equal chunks of at most 32 as possible, 10 under --max_memory)")
     s.add_argument("--method_batch", choices=("loop", "concat"), default="loop",
                    help="fast strategy: suffixes of the candidates one after another (loop) or stacked (concat)")
     s.add_argument("-q", "--quiet", action="store_true")
@@ -509,10 +509,6 @@ def main(argv=None) -> int:
     return rc
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def entry() -> None:
     """The ``qsens`` command and ``python -m qsens``: :func:`main`, then the process ends without tearing the
     interpreter down (JAX's backend, XLA's thread pools, every cached array freed one by one: 0.3 s of a 7 s
@@ -533,3 +529,6 @@ def entry() -> None:
             pass
     os._exit(rc if isinstance(rc, int) else 1 if rc else 0)
 
+
+if __name__ == "__main__":
+    entry()
