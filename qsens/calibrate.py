@@ -144,7 +144,16 @@ def collect_statistics_multi(model: Model, files, pp, *, specs: Sequence[tuple[S
     # order, so a tensor's batches stay in order): each thread updates its own copy of the states, whose entries
     # of the other threads' tensors it never touches, and the copies are merged tensor by tensor after each pass
     worker_of = {t: k % STAT_WORKERS for k, t in enumerate(tensors)}
+    # v1 pass 2: per v1 state, the tensors whose histograms a v2 state already holds (calib.adopt_v2_histograms)
+    adopted: dict[int, frozenset] = {}
+    need: set[str] = set()
+    stop = None  # pass 2 runs the forward up to the last op whose tensor still needs a histogram
     for p in range(passes):
+        if p == 1:
+            need = {t for k, (_, h) in enumerate(specs) if h == "v1" for t in tensors if t not in adopted[k]}
+            if not need:
+                break
+            stop = max(op_index[t] for t in need) + 1
         active = [k for k, (_, h) in enumerate(specs) if p == 0 or h == "v1"]
         bar = _progress(n, f"calibration pass {p + 1}/{passes}" if passes > 1 else "calibration", progress)
         off = 0
@@ -154,7 +163,11 @@ def collect_statistics_multi(model: Model, files, pp, *, specs: Sequence[tuple[S
                 inp, k = pad_batch(inp, batch)
 
                 def consume(t, v, k=k, off=off, take=(min(k, tune_num - off) if p == 0 else 0), active=active,  # noqa: B008
-                            boxes=boxes):
+                            boxes=boxes, p=p):
+                    if p == 1:  # only the states that still histogram t
+                        active = [j for j in active if t not in adopted[j]]
+                        if not active:
+                            return
                     a = np.asarray(v)[:k]
                     if take > 0:  # the tuner's samples: the first tune_num, whatever the batch size
                         part = a[:take].copy()
@@ -165,13 +178,14 @@ def collect_statistics_multi(model: Model, files, pp, *, specs: Sequence[tuple[S
                         sts[j] = st
                     box["states"] = sts
 
-                def submit(t, v, consume=consume, workers=workers):
-                    workers.submit(worker_of[t], consume, t, v)
+                def submit(t, v, consume=consume, workers=workers, p=p, need=need):
+                    if p == 0 or t in need:
+                        workers.submit(worker_of[t], consume, t, v)
 
                 env = engine.input_env(inp)
                 for t in engine.graph.inputs:
                     submit(t, env[t])
-                engine.run(env, on_output=submit)
+                engine.run(env, stop=stop, on_output=submit)
                 off += k
                 if bar:
                     bar.update(k)
@@ -181,6 +195,11 @@ def collect_statistics_multi(model: Model, files, pp, *, specs: Sequence[tuple[S
             bar.close()
         if p == 0:
             states = [calib.begin_histograms(st) if h == "v1" else st for st, (_, h) in zip(states, specs)]
+            v2 = next((st for st, (_, h) in zip(states, specs) if h == "v2"), None)
+            for j, (_, h) in enumerate(specs):
+                if h == "v1":
+                    states[j], adopted[j] = (calib.adopt_v2_histograms(states[j], v2) if v2 is not None
+                                             else (states[j], frozenset()))
     return [calib.finalize(st) for st in states], tune_acts
 
 

@@ -377,6 +377,55 @@ def test_streamed_tuner_activations_give_the_same_tables(tmp_path, tune_list):
         assert len(st.envs) == 2 and max(len(e) for e in st.envs) <= 4
 
 
+@pytest.mark.parametrize("loudest", ["first", "input", "last", None])
+def test_v1_beside_v2_equals_v1_alone_with_the_second_pass_cut_short(tmp_path, monkeypatch, loudest):
+    """``qsens search``'s calibration (run_sensitive_layer's v1 statistics beside run_calibration's v2 ones): the v1
+    histograms a v2 state already holds (range never grew) are adopted, pass 2 runs the forward only up to the last
+    op whose tensor still needs one, or not at all; every v1 statistic equals a v1 calibration alone, bit for bit.
+    ``loudest``: the sample scaled x10 (first: every range is set by sample 0, pass 2 is skipped; input: the same,
+    but one value of the last sample grows the input's range, so pass 2 runs the Input op only; last: every range
+    grows, pass 2 runs whole; None: the data decide)."""
+    try:
+        import search_models as sm
+    except ImportError:  # pragma: no cover
+        from tests import search_models as sm
+    from qsens import calibrate as C
+
+    fn, _ = to_jax(sm.save(sm.resnet_ish(blocks=3, seed=2), tmp_path / "rn.onnx"))
+    sm.npy_dataset(tmp_path / "data", n=9, seed=3)
+    files = sorted(str(p) for p in (tmp_path / "data").glob("*.npy"))
+    if loudest is not None:
+        f = files[-1 if loudest == "last" else 0]
+        np.save(f, np.load(f) * np.float32(10))
+    if loudest == "input":
+        x = np.load(files[-1])
+        x.flat[0] = np.abs(np.load(files[0])).max() * np.float32(1.01)
+        np.save(files[-1], x)
+    stops = []
+    run = C.Engine.run
+    monkeypatch.setattr(C.Engine, "run", lambda self, env, *a, **k: (stops.append(k.get("stop")), run(self, env, *a, **k))[1])
+    (v1, v2), _ = C.collect_statistics_multi(fn.model, files, None, specs=[(METHODS, "v1"), (("kl",), "v2")], batch=4,
+                                             progress=False)
+    pass2 = stops[3:]  # three batches in pass 1
+    stops.clear()
+    alone, _ = C.collect_statistics(fn.model, files, None, methods=METHODS, hist="v1", batch=4, progress=False)
+    n_ops = len(fn.graph.ops)
+    assert stops == [None] * 3 + [n_ops] * 3  # alone: two whole passes
+    for t in fn.graph.tensors:
+        a, b = v1[t], alone[t]
+        np.testing.assert_array_equal(a.histogram, b.histogram)
+        assert (a.min, a.max, a.abs_max, a.kl, a.p99, a.p99_min, a.p99_max, a.width) == (
+            b.min, b.max, b.abs_max, b.kl, b.p99, b.p99_min, b.p99_max, b.width), t
+    if loudest == "first":
+        assert pass2 == []
+    elif loudest == "input":
+        assert pass2 == [1] * 3
+    elif loudest == "last":
+        assert pass2 == [n_ops] * 3
+    else:
+        assert len(pass2) == 3 and all(s == pass2[0] for s in pass2)
+
+
 def test_statistics_workers_raise_the_earliest_submitted_failure():
     """Two statistics threads: a later call that fails first on the other thread does not hide an earlier one
     (the inline order's error is the one the user sees: the input tensor before what its NaN reaches)."""

@@ -32,6 +32,7 @@ from qsens.calib.methods import percentile_level as percentile_level
 from qsens.calib.methods import table_threshold as table_threshold
 from qsens.calib.methods import zero_guard as zero_guard
 from qsens.calib.stats import CalibState as CalibState
+from qsens.calib.stats import adopt_v2_histograms as adopt_v2_histograms
 from qsens.calib.stats import begin_histograms as begin_histograms
 from qsens.calib.stats import finalize as finalize
 from qsens.calib.stats import init as init

@@ -132,6 +132,10 @@ class HistState(NamedTuple):
     hist: np.ndarray  # int64 counts
     th: np.float32  # abs-max the bins were laid out for
     width: np.float32
+    #: v2: the range grew (or the history was reset) after the first non-zero sample laid the bins out.  While it
+    #: is False every sample was binned with ``width`` = ``bin_width(th, len(hist))``, exactly as v1 bins them once
+    #: ``th`` is the final abs-max (:func:`qsens.calib.stats.adopt_v2_histograms`)
+    grown: bool = False
 
 
 def empty_state() -> HistState:
@@ -166,7 +170,7 @@ def _combine(state: HistState, hist, new_th, n0: int) -> HistState:
         return HistState(h, new_th, width)
     if new_th <= old_th:
         h, _ = hist(old_th, old_h.size)
-        return HistState(old_h + h, old_th, state.width)
+        return HistState(old_h + h, old_th, state.width, state.grown)
     step = old_th / np.float32(old_h.size)
     add = int((new_th - old_th) // step + 1)
     n_new = old_h.size + add
@@ -178,11 +182,11 @@ def _combine(state: HistState, hist, new_th, n0: int) -> HistState:
             stacklevel=2,
         )
         h, width = hist(new_th, n0)
-        return HistState(h, new_th, width)
+        return HistState(h, new_th, width, True)
     th = np.float32(add * step + old_th)
     h, width = hist(th, n_new)
     h[: old_h.size] += old_h
-    return HistState(h, th, width)
+    return HistState(h, th, width, True)
 
 
 def v2_update(state: HistState, batch: np.ndarray, running_th: np.ndarray, n0: int = N_BINS) -> HistState:
@@ -199,7 +203,7 @@ def v2_update(state: HistState, batch: np.ndarray, running_th: np.ndarray, n0: i
             # running_th is non-decreasing: all samples up to the first that exceeds state.th share the width.
             stop = j + int(np.searchsorted(running_th[j:], state.th, side="right"))
             h, _ = histogram_rows(flat, j, stop, state.th, state.hist.size)
-            state = HistState(state.hist + h, state.th, state.width)
+            state = HistState(state.hist + h, state.th, state.width, state.grown)
             j = stop
         else:
             state = _combine(state, lambda th, nb, j=j: histogram_rows(flat, j, j + 1, th, nb), running_th[j], n0)

@@ -36,7 +36,8 @@ from qsens.calib import kl as K
 from qsens.calib import methods as M
 from qsens.calib.methods import CalibResult
 
-__all__ = ["CalibConfig", "CalibState", "TensorStats", "init", "update", "update_many", "begin_histograms", "finalize"]
+__all__ = ["CalibConfig", "CalibState", "TensorStats", "init", "update", "update_many", "begin_histograms",
+           "adopt_v2_histograms", "finalize"]
 
 
 class CalibConfig(NamedTuple):
@@ -252,6 +253,31 @@ def begin_histograms(state: CalibState) -> CalibState:
         for n, t in state.tensors.items()
     }
     return state._replace(phase="hist", tensors=tensors)
+
+
+def adopt_v2_histograms(v1: CalibState, v2: CalibState) -> tuple[CalibState, frozenset[str]]:
+    """v1 pass-2 histograms that a v2 state fed the same samples in pass 1 already holds: ``(v1 state, tensors)``.
+
+    ``v1`` has just begun its histograms (:func:`begin_histograms`), ``v2`` saw the same samples in the same order
+    (:func:`qsens.calibrate.collect_statistics_multi` feeds both from one forward).  A tensor's v2 histogram whose
+    range never grew (its first non-zero sample holds the abs-max of all of them: every ReLU6 output that reaches 6
+    in the first image) binned every sample with ``abs_max / (N - 1)`` into ``N`` bins -- what v1's pass 2 computes
+    -- so v1 takes a copy of those counts and the tensor needs no second pass (equal by construction; tested against
+    the second pass).  Returns the tensors adopted; the others are histogrammed in pass 2 as before."""
+    if v1.phase != "hist" or v2.phase != "single" or v1.config.n_bins != v2.config.n_bins:
+        return v1, frozenset()
+    n_bins = v1.config.n_bins
+    tensors, done = dict(v1.tensors), set()
+    for n, t in v1.tensors.items():
+        s = v2.tensors.get(n)
+        if s is None or t.n_hist or not t.n_seen or s.n_seen != t.n_seen:
+            continue
+        h = s.hist
+        if h.grown or h.hist.size != n_bins or h.th != t.hist.th or h.width != t.hist.width:
+            continue
+        tensors[n] = t._replace(hist=H.HistState(h.hist.copy(), t.hist.th, t.hist.width), n_hist=t.n_seen)
+        done.add(n)
+    return v1._replace(tensors=tensors), frozenset(done)
 
 
 def finalize(state: CalibState) -> dict[str, CalibResult]:

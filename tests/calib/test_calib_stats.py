@@ -191,3 +191,41 @@ def test_kl_threshold_clamped_to_absmax():
     res = calib.finalize(calib.update(calib.init(["t"], 1, n_samples=1), {"t": x}))["t"]
     np.testing.assert_allclose(res.abs_max, 11.948867, rtol=1e-6)
     assert res.kl == res.abs_max
+
+
+def test_v1_adopts_exactly_the_v2_histograms_that_never_grew():
+    """A v2 state fed the same samples holds v1's pass-2 histogram of every tensor whose range never grew (first
+    non-zero sample holds the abs-max); those are adopted, equal to a real pass 2, and the rest are left to it:
+    a grown range, a reset history (> RESET_BINS), a tensor whose first sample is all zeros (no growth: adopted)."""
+    rng = np.random.default_rng(3)
+    n = 6
+    peak_first = rng.uniform(-1, 1, (n, 5, 7)).astype(np.float32)
+    peak_first[0, 0, 0] = 6.0  # ReLU6-like: the first sample reaches the range
+    grows = rng.uniform(-1, 1, (n, 5, 7)).astype(np.float32)
+    grows[3, 1, 1] = 4.0
+    reset = rng.uniform(-1e-4, 1e-4, (n, 5, 7)).astype(np.float32)
+    reset[2] *= 1e5  # 8e6+ bins of the first range's step: TPU-MLIR's history reset
+    reset[0, 2, 2] = 2e-4  # the first sample holds the final maximum... of the reset history, not of sample 0
+    reset[2, 0, 0] = 10.0
+    zeros_first = rng.uniform(-1, 1, (n, 5, 7)).astype(np.float32)
+    zeros_first[0] = 0.0
+    zeros_first[1, 0, 0] = 3.0
+    data = {"peak": peak_first, "grows": grows, "reset": reset, "zeros": zeros_first}
+    names = tuple(data)
+    with pytest.warns(UserWarning, match="discarded"):
+        v2 = _feed(S.init(names, 4, n_samples=n, mode="v2"), data, 4)
+    v1 = S.begin_histograms(_feed(S.init(names, 4, n_samples=n, mode="v1"), data, 4))
+    adopted_state, adopted = S.adopt_v2_histograms(v1, v2)
+    assert adopted == {"peak", "zeros"}
+    assert v2.tensors["reset"].hist.grown and v2.tensors["grows"].hist.grown
+    assert v2.tensors["reset"].hist.hist.size == 2048  # a reset history is N bins again, yet not v1's
+    full = S.finalize(_feed(v1, data, 4))  # the real pass 2 of every tensor
+    rest = {k: v for k, v in data.items() if k not in adopted}
+    mixed = S.finalize(_feed(adopted_state, rest, 2))  # pass 2 of the others only
+    for name in names:
+        np.testing.assert_array_equal(mixed[name].histogram, full[name].histogram)
+        assert mixed[name].kl == full[name].kl and mixed[name].width == full[name].width
+    # a v1 state that has started pass 2, or another bin count, adopts nothing
+    assert S.adopt_v2_histograms(_feed(v1, data, 4), v2)[1] == frozenset()
+    other = S.begin_histograms(_feed(S.init(names, 4, n_samples=n, mode="v1", n_bins=1024), data, 4))
+    assert S.adopt_v2_histograms(other, v2)[1] == frozenset()
