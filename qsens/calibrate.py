@@ -41,6 +41,10 @@ from .exe_cache import persistent_jit
 from .onnx.convert import Model
 from .pipeline import iter_inputs
 
+#: bytes of activations ``qsens search``'s calibration keeps from pass 1 for v1's pass 2 (:class:`PassOneKeeper`; none
+#: under ``--max_memory``): Lite0 at 100 images needs 300 MiB to skip the second forward
+PASS1_KEEP_BYTES = 384 * 2**20
+
 #: threads that run the calibration statistics beside the forward (:func:`collect_statistics_multi`): with one, the
 #: statistics were the critical path of ``qsens search``'s calibration on 2 cores (the forward waited ~40 % of it)
 STAT_WORKERS = 2
@@ -123,11 +127,16 @@ def collect_statistics(model: Model, files, pp, *, methods: Sequence[str], hist:
 
 def collect_statistics_multi(model: Model, files, pp, *, specs: Sequence[tuple[Sequence[str], str]], batch: int = 30,
                              progress: bool = True, stats: CompileStats | None = None, tune_num: int = 0,
-                             n_bins: int = calib.N_BINS
+                             n_bins: int = calib.N_BINS, keep_bytes: int = 0
                              ) -> tuple[list[dict[str, calib.CalibResult]], dict[str, np.ndarray]]:
     """Several statistics (``specs``: ``(methods, hist)`` each) from the same forward passes: every state sees
     the same per-sample activations in the same order as it would alone, so each result equals
-    :func:`collect_statistics` of its spec (a v1 state takes two passes, a v2 state the first one)."""
+    :func:`collect_statistics` of its spec (a v1 state takes two passes, a v2 state the first one).
+
+    A v1 spec beside a v2 spec (``qsens search``) needs less of its second pass: the v2 histograms whose range never
+    grew are v1's (:func:`qsens.calib.adopt_v2_histograms`), and of the others, the activations pass 1 kept
+    (:class:`PassOneKeeper`, at most ``keep_bytes``) are histogrammed from memory; the forward of pass 2 runs only
+    up to the last op whose tensor still needs it, or not at all."""
     g = model.graph
     tensors = g.tensors
     op_index = {t: g.index(g.producer(t).name) for t in tensors}
@@ -139,68 +148,142 @@ def collect_statistics_multi(model: Model, files, pp, *, specs: Sequence[tuple[S
                          tails="percentile9999" in methods)
               for methods, hist in specs]
     tune_acts: dict[str, np.ndarray] = {}
-    passes = 2 if any(h == "v1" for _, h in specs) else 1
+    v1s = [k for k, (_, h) in enumerate(specs) if h == "v1"]
+    v2k = next((k for k, (_, h) in enumerate(specs) if h == "v2"), None)
+    keeper = PassOneKeeper(g, n, keep_bytes, v2k) if v1s and v2k is not None and keep_bytes > 0 else None
     # the statistics of each tensor run on one of STAT_WORKERS FIFO threads (tensors dealt round-robin in graph
     # order, so a tensor's batches stay in order): each thread updates its own copy of the states, whose entries
     # of the other threads' tensors it never touches, and the copies are merged tensor by tensor after each pass
     worker_of = {t: k % STAT_WORKERS for k, t in enumerate(tensors)}
-    # v1 pass 2: per v1 state, the tensors whose histograms a v2 state already holds (calib.adopt_v2_histograms)
-    adopted: dict[int, frozenset] = {}
-    need: set[str] = set()
-    stop = None  # pass 2 runs the forward up to the last op whose tensor still needs a histogram
-    for p in range(passes):
-        if p == 1:
-            need = {t for k, (_, h) in enumerate(specs) if h == "v1" for t in tensors if t not in adopted[k]}
-            if not need:
-                break
-            stop = max(op_index[t] for t in need) + 1
-        active = [k for k, (_, h) in enumerate(specs) if p == 0 or h == "v1"]
-        bar = _progress(n, f"calibration pass {p + 1}/{passes}" if passes > 1 else "calibration", progress)
+
+    def fold(boxes, t, a, off, active):
+        box = boxes[worker_of[t]]
+        sts = list(box["states"])
+        for j, st in zip(active, calib.update_many([sts[j] for j in active], {t: a}, off)):
+            sts[j] = st
+        box["states"] = sts
+        return sts
+
+    def merged(boxes):
+        return [st._replace(tensors={t: boxes[worker_of[t]]["states"][j].tensors[t] for t in st.tensors})
+                for j, st in enumerate(states)]
+
+    def forward(label, boxes, workers, consume, need=None, stop=None):
+        """One pass of the float forward over ``files``: every tensor made (``need``: those in it) to ``consume``."""
+        bar = _progress(n, label, progress)
         off = 0
-        boxes = [{"states": states} for _ in range(STAT_WORKERS)]
-        with Workers(STAT_WORKERS) as workers:
-            for inp in iter_inputs(files, engine.graph, pp, batch):
-                inp, k = pad_batch(inp, batch)
+        for inp in iter_inputs(files, engine.graph, pp, batch):
+            inp, k = pad_batch(inp, batch)
 
-                def consume(t, v, k=k, off=off, take=(min(k, tune_num - off) if p == 0 else 0), active=active,  # noqa: B008
-                            boxes=boxes, p=p):
-                    if p == 1:  # only the states that still histogram t
-                        active = [j for j in active if t not in adopted[j]]
-                        if not active:
-                            return
-                    a = np.asarray(v)[:k]
-                    if take > 0:  # the tuner's samples: the first tune_num, whatever the batch size
-                        part = a[:take].copy()
-                        tune_acts[t] = part if t not in tune_acts else np.concatenate([tune_acts[t], part])
-                    box = boxes[worker_of[t]]
-                    sts = list(box["states"])
-                    for j, st in zip(active, calib.update_many([sts[j] for j in active], {t: a}, off)):
-                        sts[j] = st
-                    box["states"] = sts
+            def submit(t, v, k=k, off=off):
+                if need is None or t in need:
+                    workers.submit(worker_of[t], consume, boxes, t, v, k, off)
 
-                def submit(t, v, consume=consume, workers=workers, p=p, need=need):
-                    if p == 0 or t in need:
-                        workers.submit(worker_of[t], consume, t, v)
-
-                env = engine.input_env(inp)
-                for t in engine.graph.inputs:
-                    submit(t, env[t])
-                engine.run(env, stop=stop, on_output=submit)
-                off += k
-                if bar:
-                    bar.update(k)
-        states = [st._replace(tensors={t: boxes[worker_of[t]]["states"][j].tensors[t] for t in st.tensors})
-                  for j, st in enumerate(states)]
+            env = engine.input_env(inp)
+            for t in engine.graph.inputs:
+                submit(t, env[t])
+            engine.run(env, stop=stop, on_output=submit)
+            off += k
+            if bar:
+                bar.update(k)
         if bar:
             bar.close()
-        if p == 0:
-            states = [calib.begin_histograms(st) if h == "v1" else st for st, (_, h) in zip(states, specs)]
-            v2 = next((st for st, (_, h) in zip(states, specs) if h == "v2"), None)
-            for j, (_, h) in enumerate(specs):
-                if h == "v1":
-                    states[j], adopted[j] = (calib.adopt_v2_histograms(states[j], v2) if v2 is not None
-                                             else (states[j], frozenset()))
+
+    # pass 1: every state (v1's ranges, percentile tails, MSE; v2's histograms)
+    every = list(range(len(specs)))
+
+    def consume1(boxes, t, v, k, off):
+        a = np.asarray(v)[:k]
+        take = min(k, tune_num - off)
+        if take > 0:  # the tuner's samples: the first tune_num, whatever the batch size
+            part = a[:take].copy()
+            tune_acts[t] = part if t not in tune_acts else np.concatenate([tune_acts[t], part])
+        sts = fold(boxes, t, a, off, every)
+        if keeper is not None:
+            keeper.offer(t, a, off, sts[v2k].tensors[t].hist)
+
+    boxes = [{"states": states} for _ in range(STAT_WORKERS)]
+    with Workers(STAT_WORKERS) as workers:
+        forward("calibration pass 1/2" if v1s else "calibration", boxes, workers, consume1)
+    states = merged(boxes)
+    if not v1s:
+        return [calib.finalize(st) for st in states], tune_acts
+    # pass 2: v1's histograms at the final ranges, of the tensors no v2 state holds already
+    states = [calib.begin_histograms(st) if h == "v1" else st for st, (_, h) in zip(states, specs)]
+    adopted = {j: frozenset() for j in v1s}
+    if v2k is not None:
+        for j in v1s:
+            states[j], adopted[j] = calib.adopt_v2_histograms(states[j], states[v2k])
+    todo = {t: [j for j in v1s if t not in adopted[j]] for t in tensors}
+    todo = {t: js for t, js in todo.items() if js}
+    replay = keeper.take(todo) if keeper is not None else {}
+    need = {t for t in todo if t not in replay}
+    boxes = [{"states": states} for _ in range(STAT_WORKERS)]
+    with Workers(STAT_WORKERS) as workers:
+        for t, parts in replay.items():  # kept in pass 1: histogrammed from memory
+            for off, a in parts:
+                workers.submit(worker_of[t], fold, boxes, t, a, off, todo[t])
+        if need:  # the forward again, up to the last op whose tensor still needs a histogram
+
+            def consume2(boxes, t, v, k, off):
+                fold(boxes, t, np.asarray(v)[:k], off, todo[t])
+
+            forward("calibration pass 2/2", boxes, workers, consume2, need, max(op_index[t] for t in need) + 1)
+    states = merged(boxes)
     return [calib.finalize(st) for st in states], tune_acts
+
+
+class PassOneKeeper:
+    """Activations pass 1 keeps for v1's pass 2 (:func:`collect_statistics_multi`), at most ``cap`` bytes.
+
+    Which tensors: those a v2 state may not hold v1's histogram of at the end.  Decided from the graph before the
+    pass for tensors without a static bound (the last ones first: pass 2's forward stops after the last tensor it
+    still needs), and at a bounded tensor's first batch for the rest: a ReLU6 output whose v2 range already is its
+    bound (6) can never grow, so v2 will hold its histogram; one that is not there yet is kept while the cap allows.
+    Only speed depends on these choices: :func:`qsens.calib.adopt_v2_histograms` decides, exactly, at the end, and a
+    tensor that was not kept is histogrammed by a second forward as before.  Thread-safe (the statistics workers)."""
+
+    def __init__(self, graph, n_samples: int, cap: int, v2_index: int):
+        import threading
+
+        self.n = n_samples
+        self.bound: dict[str, np.float32 | None] = {}
+        for t in graph.tensors:
+            op = graph.producer(t)
+            lim = float(op.attr("relu_limit", -1.0)) if op.attr("do_relu", False) else -1.0
+            self.bound[t] = np.float32(lim) if lim > 0 else None
+        self.nbytes = {t: n_samples * int(np.prod(graph.tensor_shape(t)[1:], dtype=np.int64)) * 4 for t in graph.tensors}
+        self.kept: dict[str, list] = {}
+        left = cap
+        for t in sorted((t for t in graph.tensors if self.bound[t] is None),
+                        key=lambda t: -graph.index(graph.producer(t).name)):
+            if self.nbytes[t] <= left:
+                self.kept[t] = []
+                left -= self.nbytes[t]
+        self.left = left
+        self.decided = set(self.kept)
+        self._lock = threading.Lock()
+
+    def offer(self, t: str, a: np.ndarray, off: int, v2_hist) -> None:
+        """Batch ``a`` (samples ``off``...) of tensor ``t``, with ``t``'s v2 histogram state after it."""
+        if t not in self.decided:
+            self.decided.add(t)
+            b = self.bound[t]
+            if b is not None and v2_hist.th == b and not v2_hist.grown:  # at its bound: v2 will hold it
+                return
+            with self._lock:
+                if self.nbytes[t] > self.left:
+                    return
+                self.left -= self.nbytes[t]
+            self.kept[t] = []
+        if t in self.kept:
+            self.kept[t].append((off, a))
+
+    def take(self, needed) -> dict[str, list]:
+        """The kept batches of the ``needed`` tensors (every sample seen); the rest are let go."""
+        out = {t: v for t, v in self.kept.items() if t in needed and sum(len(a) for _, a in v) == self.n}
+        self.kept = {}
+        return out
 
 
 class Workers:
@@ -468,7 +551,8 @@ def calibrate(model: Model, files: Sequence[str], pp, *, methods: Sequence[str] 
 def calibrate_multi(model: Model, files: Sequence[str], pp, *, specs: Sequence[tuple], tune_num: int = 5,
                     batch: int | None = None, progress: bool = True, stats: CompileStats | None = None,
                     n_bins: int = calib.N_BINS, tune_files: Sequence[str] | None = None,
-                    tune_steps: int = calib.TUNE_STEPS, stream_tune: bool = False) -> list[Calibration]:
+                    tune_steps: int = calib.TUNE_STEPS, stream_tune: bool = False, keep_bytes: int = 0
+                    ) -> list[Calibration]:
     """:func:`calibrate` for several ``(methods, hist, tune_methods)`` specs from the same forward passes (one
     image decode and one forward per pass for all of them); each result equals its own :func:`calibrate`.
     ``qsens search`` uses it for run_sensitive_layer's v1 method tables and run_calibration's v2 base table.
@@ -478,7 +562,8 @@ def calibrate_multi(model: Model, files: Sequence[str], pp, *, specs: Sequence[t
     1.23 ``run_calibration.py`` builds ``tune_ds`` from the list, ``tune_num`` = its length); ``tune_steps`` =
     ``--debug_cmd tune_steps=N`` (the tuner's grid, default 21 steps).  ``stream_tune``: the tuner's activations
     are recomputed op by op (:class:`TuneStream`) instead of kept for every tensor: the same tables, less memory,
-    one more forward of the tune batches per tuned method (``qsens search`` does this under ``--max_memory``)."""
+    one more forward of the tune batches per tuned method (``qsens search`` does this under ``--max_memory``).
+    ``keep_bytes``: activations pass 1 may keep for a v1 spec's pass 2 (:func:`collect_statistics_multi`)."""
     if not files:
         raise QsensError("no calibration samples")
     specs = [([parse_method(m) for m in ms], h, ["kl"] if tm is None else [parse_method(m) for m in tm])
@@ -493,7 +578,8 @@ def calibrate_multi(model: Model, files: Sequence[str], pp, *, specs: Sequence[t
         n_tune = len(tune_files) if any(m in tm for ms, _, tm in specs for m in ms) else 0
     results, tune_acts = collect_statistics_multi(model, files, pp, specs=[(ms, h) for ms, h, _ in specs],
                                                   batch=batch, progress=progress, stats=stats,
-                                                  tune_num=0 if (tune_files or stream_tune) else n_tune, n_bins=n_bins)
+                                                  tune_num=0 if (tune_files or stream_tune) else n_tune, n_bins=n_bins,
+                                                  keep_bytes=keep_bytes)
     if tune_files and n_tune and not stream_tune:  # the tuner's own samples (--tune_list): one more float pass
         _, tune_acts = collect_statistics_multi(model, list(tune_files), pp, specs=[(["max"], "v2")], batch=batch,
                                                 progress=False, stats=stats, tune_num=n_tune)

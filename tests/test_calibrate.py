@@ -381,8 +381,8 @@ def test_streamed_tuner_activations_give_the_same_tables(tmp_path, tune_list):
 def test_v1_beside_v2_equals_v1_alone_with_the_second_pass_cut_short(tmp_path, monkeypatch, loudest):
     """``qsens search``'s calibration (run_sensitive_layer's v1 statistics beside run_calibration's v2 ones): the v1
     histograms a v2 state already holds (range never grew) are adopted, pass 2 runs the forward only up to the last
-    op whose tensor still needs one, or not at all; every v1 statistic equals a v1 calibration alone, bit for bit.
-    ``loudest``: the sample scaled x10 (first: every range is set by sample 0, pass 2 is skipped; input: the same,
+    op whose tensor still needs one, or not at all, and the activations pass 1 kept (``keep_bytes``) are histogrammed
+    from memory; every v1 statistic equals a v1 calibration alone, bit for bit.  ``loudest``: the sample scaled x10 (first: every range is set by sample 0, pass 2 is skipped; input: the same,
     but one value of the last sample grows the input's range, so pass 2 runs the Input op only; last: every range
     grows, pass 2 runs whole; None: the data decide)."""
     try:
@@ -404,26 +404,64 @@ def test_v1_beside_v2_equals_v1_alone_with_the_second_pass_cut_short(tmp_path, m
     stops = []
     run = C.Engine.run
     monkeypatch.setattr(C.Engine, "run", lambda self, env, *a, **k: (stops.append(k.get("stop")), run(self, env, *a, **k))[1])
-    (v1, v2), _ = C.collect_statistics_multi(fn.model, files, None, specs=[(METHODS, "v1"), (("kl",), "v2")], batch=4,
-                                             progress=False)
-    pass2 = stops[3:]  # three batches in pass 1
-    stops.clear()
     alone, _ = C.collect_statistics(fn.model, files, None, methods=METHODS, hist="v1", batch=4, progress=False)
     n_ops = len(fn.graph.ops)
     assert stops == [None] * 3 + [n_ops] * 3  # alone: two whole passes
-    for t in fn.graph.tensors:
-        a, b = v1[t], alone[t]
-        np.testing.assert_array_equal(a.histogram, b.histogram)
-        assert (a.min, a.max, a.abs_max, a.kl, a.p99, a.p99_min, a.p99_max, a.width) == (
-            b.min, b.max, b.abs_max, b.kl, b.p99, b.p99_min, b.p99_max, b.width), t
-    if loudest == "first":
-        assert pass2 == []
-    elif loudest == "input":
-        assert pass2 == [1] * 3
-    elif loudest == "last":
-        assert pass2 == [n_ops] * 3
-    else:
-        assert len(pass2) == 3 and all(s == pass2[0] for s in pass2)
+    # keep_bytes: nothing; the last three tensors (Gemm 7, Flatten 6, GAP 6 floats per sample); everything
+    for keep, cap in (("none", 0), ("tail", len(files) * 4 * (7 + 6 + 6)), ("all", 2**20)):
+        stops.clear()
+        (v1, v2), _ = C.collect_statistics_multi(fn.model, files, None, specs=[(METHODS, "v1"), (("kl",), "v2")],
+                                                 batch=4, progress=False, keep_bytes=cap)
+        assert stops[:3] == [None] * 3
+        pass2 = stops[3:]  # three batches in pass 1
+        for t in fn.graph.tensors:
+            a, b = v1[t], alone[t]
+            np.testing.assert_array_equal(a.histogram, b.histogram)
+            assert (a.min, a.max, a.abs_max, a.kl, a.p99, a.p99_min, a.p99_max, a.width) == (
+                b.min, b.max, b.abs_max, b.kl, b.p99, b.p99_min, b.p99_max, b.width), (keep, t)
+        if loudest == "first" or keep == "all":
+            assert pass2 == [], keep
+        elif loudest == "input":
+            assert pass2 == [1] * 3, keep
+        elif loudest == "last":
+            assert pass2 == [n_ops - 3 if keep == "tail" else n_ops] * 3, keep
+        else:
+            assert len(pass2) == 3 and all(s == pass2[0] for s in pass2), keep
+
+
+def test_pass_one_keeper_keeps_what_v2_may_not_hold(tmp_path):
+    """The keeper's choices (speed only; the tables never depend on them): tensors without a static bound are planned
+    last first within the cap; a ReLU6 output is let go at its first batch when its v2 range is already 6 (it can
+    never grow), kept otherwise while the cap allows; ``take`` hands back only needed tensors seen whole."""
+    import onnx
+
+    from qsens.calib.histogram import HistState
+    from qsens.calibrate import PassOneKeeper
+
+    path = tmp_path / "m.onnx"
+    onnx.save(conv_bn_relu_model(relu="Clip"), str(path))
+    g = to_jax(str(path))[0].graph
+    clip = next(op.outputs[0] for op in g.ops if op.attr("relu_limit", -1.0) == 6.0)
+    per = {t: int(np.prod(g.tensor_shape(t)[1:])) * 4 * 2 for t in g.tensors}  # bytes of 2 samples
+    unbounded = [t for t in g.tensors if t != clip]
+    hist = lambda th, grown=False: HistState(np.zeros(2048, np.int64), np.float32(th), np.float32(th) / 2047, grown)  # noqa: E731
+    k = PassOneKeeper(g, 2, sum(per[t] for t in unbounded), 1)
+    assert set(k.kept) == set(unbounded) and k.left == 0
+    for t in g.tensors:
+        k.offer(t, np.ones((2, 3), np.float32), 0, hist(6.0))
+    assert clip not in k.kept  # at its bound in the first batch
+    assert set(k.take(set(g.tensors) - {"x"})) == set(unbounded) - {"x"}
+    for th, grown in ((5.0, False), (6.0, True)):  # below its bound, or grown on the way to it: kept
+        k = PassOneKeeper(g, 2, sum(per.values()), 1)
+        k.offer(clip, np.ones((1, 3), np.float32), 0, hist(th, grown))
+        assert set(k.take({clip})) == set()  # one sample of two: not whole
+        k = PassOneKeeper(g, 2, sum(per.values()), 1)
+        k.offer(clip, np.ones((2, 3), np.float32), 0, hist(th, grown))
+        assert list(k.take({clip})) == [clip]
+    k = PassOneKeeper(g, 2, per[g.tensors[-1]] + per[g.tensors[-2]], 1)  # room for the last two only
+    assert set(k.kept) == set(g.tensors[-2:])
+    k.offer(clip, np.ones((2, 3), np.float32), 0, hist(5.0))
+    assert clip not in k.kept  # no room left
 
 
 def test_statistics_workers_raise_the_earliest_submitted_failure():

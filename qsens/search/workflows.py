@@ -240,7 +240,7 @@ class PhaseCheckpoint:
 # ------------------------------------------------------------------------------------------------ the job
 def run_sensitive_search(o: SearchOptions, *, echo: Callable[[str], None] = print):
     """``qsens search``: returns the :class:`~qsens.search.job.SearchResult`."""
-    from ..calibrate import SENSITIVE_NAMES, Calibration, calibrate_multi, write_tables
+    from ..calibrate import PASS1_KEEP_BYTES, SENSITIVE_NAMES, Calibration, calibrate_multi, write_tables
     from ..data.dataset import select_files
     from ..engine import DEFAULT_CHUNK, CompileStats, enable_compilation_cache
     from ..pipeline import load_inputs
@@ -307,7 +307,8 @@ def run_sensitive_search(o: SearchOptions, *, echo: Callable[[str], None] = prin
         # --calibration_table, run_calibration's base table (v2, KL tuned); the search's chunk shares executables
         specs = [(cfg.methods, o.hist, cfg.methods)] + ([(("kl",), "v2", ("kl",))] if base is None else [])
         cals = calibrate_multi(fn.model, cal_files, pp, specs=specs, progress=not o.quiet, stats=stats, batch=o.batch,
-                               stream_tune=memory.budget_set(), **flag_kw)  # --max_memory: the tuner's activations streamed
+                               stream_tune=memory.budget_set(),  # --max_memory: the tuner's activations streamed
+                               keep_bytes=0 if memory.budget_set() else PASS1_KEEP_BYTES, **flag_kw)
         cal, base_cal = cals[0], (cals[1] if base is None else None)
         from ..calib.methods import histogram_abs_percentile
 
