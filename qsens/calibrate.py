@@ -9,7 +9,9 @@ What runs where (measured on the 2-core CPU, README "Performance"):
   -- min/max, percentile tails, MSE (only when asked for) -- except the histograms' bin counts, which are one
   jit-compiled scatter-add per call on the device (:func:`qsens.calib.histogram.histogram_rows`, bit-identical
   to NumPy; ``v1``: an exact abs-max pass, then histograms of one width, order-independent; ``v2``: TPU-MLIR's
-  per-sample streaming merge, its rules on the host) -- memory does not grow with ``input_num``;
+  per-sample streaming merge, its rules on the host) -- memory does not grow with ``input_num``; beside a v2
+  state (``qsens search``) v1's second pass takes the v2 histograms whose range never grew and histograms
+  activations kept from the first pass (:class:`PassOneKeeper`), so it often needs no second forward;
   activations are consumed in the engine's layout (NHWC for channel-last tensors): every statistic is
   invariant to the element order within a sample;
 * the SimpleTuner (:func:`tune`) evaluates each op alone, in float, on its inputs fake-quantized on the device
@@ -466,7 +468,7 @@ def tune_plan(graph, initial: Mapping[str, float], amax: Mapping[str, float], st
 
 def tune(model: Model, tune_acts: Mapping[str, np.ndarray], table: dict[str, float], amax: dict[str, float], *,
          batch: int = 30, stats: CompileStats | None = None, progress: bool = False,
-         steps: int = calib.TUNE_STEPS) -> dict[str, float]:
+         steps: int = calib.TUNE_STEPS, memo: dict | None = None) -> dict[str, float]:
     """SimpleTuner (spec §2.6) over the canonical op list; returns the tuned table (thresholds only grow).
 
     ``table``: the thresholds to tune (every evaluation starts its grid from these initial values, as TPU-MLIR
@@ -481,6 +483,11 @@ def tune(model: Model, tune_acts: Mapping[str, np.ndarray], table: dict[str, flo
     Distance per sample ``||ref - out||_2 / ||ref||_1`` in
     float64 on the host (TPU-MLIR's norms are float32: this can only matter for near-ties), mean over the
     samples; the choice and the upward-only update are :func:`qsens.calib.select`.
+
+    ``memo`` (one dict shared by several calls on the same ``tune_acts`` and ``batch``, as :func:`calibrate_multi`
+    does for its tables): an op's distances depend only on the op and the candidate grid, not on the table they
+    update, so a grid evaluated for another table is read back, not run again (the same numbers: same rows,
+    same executables).
     """
     engine = Engine(model, batch, stats=stats)
     g = engine.graph
@@ -495,15 +502,19 @@ def tune(model: Model, tune_acts: Mapping[str, np.ndarray], table: dict[str, flo
             bar.update(1)
         if i not in plan:  # nothing of this op is tuned (MAX / Percentile tables: the grid is empty everywhere)
             continue
-        todo = plan[i]
-        ref = tune_acts[op.outputs[0]]
-        n_t = ref.shape[0]
-        ref_l1 = np.abs(ref.reshape(n_t, -1)).sum(axis=1, dtype=np.float64)
-        ref64 = [ref[j].astype(np.float64).ravel() for j in range(n_t)]  # once per op, not per (candidate, sample)
-        fn = engine.float_exe(i)
-        w = engine.weights(op)
-        srcs = [to_device(tune_acts[x]) for x in op.inputs]
-        for t, cands in todo:
+        prep = None
+        for t, cands in plan[i]:
+            key = (i, cands.tobytes())
+            if memo is not None and key in memo:  # the same op and grid in another table's tuner run
+                table[t] = float(calib.select(initial[t], cands, memo[key], current=table[t]))
+                continue
+            if prep is None:  # once per op, not per (candidate, sample)
+                ref = tune_acts[op.outputs[0]]
+                n_t = ref.shape[0]
+                ref_l1 = np.abs(ref.reshape(n_t, -1)).sum(axis=1, dtype=np.float64)
+                ref64 = [ref[j].astype(np.float64).ravel() for j in range(n_t)]
+                prep = (engine.float_exe(i), engine.weights(op), [to_device(tune_acts[x]) for x in op.inputs])
+            fn, w, srcs = prep
             # rows (candidate, sample), fake-quantized lazily one chunk at a time (memory: one chunk)
             flat = [(ci, j) for ci in range(len(cands)) for j in range(n_t)]
             per = np.empty(len(flat))
@@ -527,6 +538,8 @@ def tune(model: Model, tune_acts: Mapping[str, np.ndarray], table: dict[str, flo
                     acts = [fake_quant_rows(src, idx, sc) for src in srcs]
                     bg.submit(finish, s0, chunk, engine.call(fn, w, acts)[0])
             dists = per.reshape(len(cands), n_t).mean(axis=1)
+            if memo is not None:
+                memo[key] = dists
             table[t] = float(calib.select(initial[t], cands, dists, current=table[t]))  # thresholds only grow
     if bar:
         bar.close()
@@ -586,6 +599,7 @@ def calibrate_multi(model: Model, files: Sequence[str], pp, *, specs: Sequence[t
     t1 = time.perf_counter()
     g = model.graph
     out = []
+    memo: dict = {}  # the tuner's distances per (op, grid): shared by every table's run (same samples, same batch)
     for (methods, hist, tune_methods), res in zip(specs, results):
         t2 = time.perf_counter()
         untuned = {m: {t: calib.table_threshold(res[t].threshold(m)) for t in g.tensors} for m in methods}
@@ -601,7 +615,7 @@ def calibrate_multi(model: Model, files: Sequence[str], pp, *, specs: Sequence[t
                 acts = (TuneStream(model, list(tune_files or files), pp, n_t, batch=batch, stats=stats) if stream_tune
                         else {t: v[:n_t] for t, v in tune_acts.items()})
                 tuned[m] = tune(model, acts, start, amax, batch=batch, stats=stats, progress=progress,
-                                steps=tune_steps)
+                                steps=tune_steps, memo=memo)
         out.append(Calibration(tuple(g.tensors), res, untuned, tuned, len(files), n_t, hist,
                                {"statistics_s": t1 - t0, "tune_s": time.perf_counter() - t2}))
     return out

@@ -429,6 +429,54 @@ def test_v1_beside_v2_equals_v1_alone_with_the_second_pass_cut_short(tmp_path, m
             assert len(pass2) == 3 and all(s == pass2[0] for s in pass2), keep
 
 
+@pytest.mark.parametrize("loudest_first", [False, True])
+def test_tuner_runs_share_their_distances_and_change_no_table(tmp_path, monkeypatch, loudest_first):
+    """``calibrate_multi``'s tuner runs (every method of the v1 tables, KL of the v2 base table) share one memo of
+    distances per (op, grid): each table equals its spec calibrated alone, bit for bit, and a grid another run
+    evaluated is not run again (with the loudest sample first, v1's and v2's KL histograms are equal, so are
+    their grids: the v2 run evaluates nothing)."""
+    try:
+        import search_models as sm
+    except ImportError:  # pragma: no cover
+        from tests import search_models as sm
+    from qsens import calibrate as C
+
+    fn, _ = to_jax(sm.save(sm.resnet_ish(blocks=3, seed=2), tmp_path / "rn.onnx"))
+    sm.npy_dataset(tmp_path / "data", n=9, seed=3)
+    files = sorted(str(p) for p in (tmp_path / "data").glob("*.npy"))
+    if loudest_first:
+        np.save(files[0], np.load(files[0]) * np.float32(10))
+    calls = [0]
+    fq = C.fake_quant_rows
+    monkeypatch.setattr(C, "fake_quant_rows", lambda *a: (calls.__setitem__(0, calls[0] + 1), fq(*a))[1])
+    specs = [(METHODS, "v1", METHODS), (("kl",), "v2", ("kl",))]
+    kw = {"tune_num": 5, "batch": 4, "progress": False}
+    multi = C.calibrate_multi(fn.model, files, None, specs=specs, **kw)
+    n_multi, calls[0] = calls[0], 0
+    alone = [C.calibrate_multi(fn.model, files, None, specs=[sp], **kw)[0] for sp in specs]
+    n_alone = calls[0]
+    for a, b in zip(multi, alone):
+        assert a.tuned == b.tuned and a.untuned == b.untuned
+    assert any(multi[1].tuned["kl"][t] != multi[1].untuned["kl"][t] for t in multi[1].tensors)  # the tuner moved some
+    assert 0 < n_multi <= n_alone
+    # the memo is keyed by the grid: a table with other grids (half the thresholds) reads none of another's
+    acts = C.collect_statistics(fn.model, files, None, methods=("max",), hist="v2", batch=4, progress=False,
+                                tune_num=5)[1]
+    amax = {t: multi[0].stats[t].abs_max for t in multi[0].tensors}
+    kl = multi[0].tuned["kl"]
+    half = {t: C.round_table(v / 2) for t, v in kl.items()}
+    memo: dict = {}
+    pair = [C.tune(fn.model, acts, tab, amax, batch=4, memo=memo) for tab in (kl, half)]
+    assert pair == [C.tune(fn.model, acts, tab, amax, batch=4) for tab in (kl, half)]
+    assert pair[1] != half  # the tuner moved some
+    if loudest_first:
+        assert n_multi < n_alone
+        assert multi[0].untuned["kl"] == multi[1].untuned["kl"]
+        calls[0] = 0
+        C.calibrate_multi(fn.model, files, None, specs=specs[:1], **kw)
+        assert calls[0] == n_multi  # the v2 run added nothing
+
+
 def test_pass_one_keeper_keeps_what_v2_may_not_hold(tmp_path):
     """The keeper's choices (speed only; the tables never depend on them): tensors without a static bound are planned
     last first within the cap; a ReLU6 output is let go at its first batch when its v2 range is already 6 (it can
