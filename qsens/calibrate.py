@@ -51,6 +51,9 @@ PASS1_KEEP_BYTES = 384 * 2**20
 #: statistics were the critical path of ``qsens search``'s calibration on 2 cores (the forward waited ~40 % of it)
 STAT_WORKERS = 2
 
+#: threads that score the tuner's rows (float64 on the host) while the main thread dispatches the next chunk
+TUNE_WORKERS = 2
+
 METHODS = ("max", "percentile9999", "kl", "mse")
 #: Method spelling of the docs-era sensitive-layer search (SL-old) and its log lines.
 SL_NAMES = {"max": "MAX", "percentile9999": "Percentile9999", "kl": "KL", "mse": "MSE"}
@@ -522,21 +525,20 @@ def tune(model: Model, tune_acts: Mapping[str, np.ndarray], table: dict[str, flo
             def finish(s0, chunk, out_dev, ref64=ref64, ref_l1=ref_l1, per=per):
                 out = np.asarray(out_dev)
                 for r, (_, j) in enumerate(chunk):  # ||ref - out||_2 / ||ref||_1, per sample, float64
-                    d = ref64[j] - out[r].ravel()  # float64 - float32: the float32 values widened exactly
-                    per[s0 + r] = np.sqrt(d @ d) / ref_l1[j]
+                    per[s0 + r] = calib.host_distance(ref64[j], ref_l1[j], out[r])
 
             # host float64 -> float32 scales, as fake_quant_np computes them
             scales = np.array([np.float32(127.0 / float(c)) for c in cands], np.float32)
             # pipeline: the worker thread scores chunk s-1 (NumPy float64, GIL released) while this thread
             # dispatches chunk s; every row writes its own slot of ``per``, so the values are the same as in order
-            with Background() as bg:
+            with Workers(TUNE_WORKERS) as bg:
                 for s0 in range(0, len(flat), batch):
                     chunk = flat[s0 : s0 + batch]
                     rows = chunk + [chunk[-1]] * (batch - len(chunk))  # a short chunk repeats its last row
                     idx = np.array([j for _, j in rows], np.int32)
                     sc = scales[[ci for ci, _ in rows]]
                     acts = [fake_quant_rows(src, idx, sc) for src in srcs]
-                    bg.submit(finish, s0, chunk, engine.call(fn, w, acts)[0])
+                    bg.submit((s0 // batch) % TUNE_WORKERS, finish, s0, chunk, engine.call(fn, w, acts)[0])
             dists = per.reshape(len(cands), n_t).mean(axis=1)
             if memo is not None:
                 memo[key] = dists

@@ -41,6 +41,7 @@ from qsens.calib.stats import update_many as update_many
 from qsens.calib.tuner_math import TUNE_STEPS as TUNE_STEPS
 from qsens.calib.tuner_math import distance as distance
 from qsens.calib.tuner_math import fake_quant as fake_quant
+from qsens.calib.tuner_math import host_distance as host_distance
 from qsens.calib.tuner_math import mean_distance as mean_distance
 from qsens.calib.tuner_math import select as select
 from qsens.calib.tuner_math import tune_candidates as tune_candidates

@@ -9,7 +9,8 @@ unlike the C++ INT8 path which rounds half away from zero):
 ``tune_candidates`` / ``select`` are tiny host functions, and they are what the production tuner
 (:func:`qsens.calibrate.tune`) calls.  ``fake_quant``, ``distance`` and ``mean_distance`` are jnp versions
 (traceable, vmappable over a stacked threshold axis) that nothing in ``qsens`` calls: production fake-quantizes
-on the host with :func:`qsens.calibrate.fake_quant_np` and computes the distance inline in float64.  The
+with :func:`qsens.calibrate.fake_quant_rows` (bit-identical to :func:`qsens.calibrate.fake_quant_np`) and computes
+the distance on the host in float64 (:func:`host_distance`).  The
 rounding rule is the same, the scale is not always: ``fake_quant`` divides ``127/th`` in float32, production
 (like TPU-MLIR's NumPy) rounds the float64 quotient to float32, which differs by one ulp for about a quarter
 of the thresholds, so the two can differ in the last bit of the output.  They are kept for the tests of
@@ -36,6 +37,18 @@ def distance(ref, out):
     ref = jnp.ravel(jnp.asarray(ref))
     out = jnp.ravel(jnp.asarray(out))
     return jnp.linalg.norm(ref - out) / jnp.sum(jnp.abs(ref))
+
+
+def host_distance(ref64: np.ndarray, ref_l1: float, out: np.ndarray) -> float:
+    """The production tuner's distance of one sample: ``||ref - out||_2 / ||ref||_1`` on the host in float64.
+
+    ``ref64``: the reference flattened to float64 (once per op); ``ref_l1``: its L1 norm; ``out``: the op's float32
+    output (any shape), widened exactly.  The squares are summed by NumPy's own einsum loop, in one fixed order:
+    a BLAS dot (``d @ d``) splits the sum over its threads, so its last bits depend on the machine's cores (measured
+    with OpenBLAS 0.3.31 on 451,584 elements: 1 thread and 2 threads differ), and a near-tie between two candidates
+    could then go either way from one machine to another (``tests/calib/test_calib_tuner.py``)."""
+    d = ref64 - out.ravel()  # float64 - float32: the float32 values widened exactly
+    return float(np.sqrt(np.einsum("i,i->", d, d)) / ref_l1)
 
 
 def mean_distance(ref, out):

@@ -53,3 +53,21 @@ def test_select_semantics():
     assert T.select(1.0, c, d, current=1.1) == pytest.approx(c[4])
     with pytest.raises(ValueError, match="differ in shape"):
         T.select(1.0, c, d[:3])
+
+
+def test_host_distance_does_not_depend_on_blas_threads():
+    """The production tuner's float64 distance sums in one fixed order: the same bits with 1 and 2 BLAS threads (a
+    BLAS dot splits its sum over threads: with OpenBLAS 0.3.31, 1 and 2 threads differ in the last bits here), and
+    the value is ``||ref - out||_2 / ||ref||_1`` (TV-D)."""
+    import os
+    import subprocess
+    import sys
+
+    assert T.host_distance(np.array([1, -2, 3.0]), 6.0, np.array([1, -2, 2.5], np.float32)) == pytest.approx(0.5 / 6)
+    code = ("import numpy as np; from qsens.calib.tuner_math import host_distance; rng = np.random.default_rng(0);"
+            "r = rng.standard_normal(451584); o = rng.standard_normal(451584).astype(np.float32);"
+            "print(repr(host_distance(r, float(np.abs(r).sum()), o)))")
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "OPENBLAS_NUM_THREADS": str(n), "OMP_NUM_THREADS": str(n)}).stdout
+            for n in (1, 2)}
+    assert len(outs) == 1, outs
