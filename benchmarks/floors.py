@@ -11,11 +11,13 @@ from work the job cannot skip, each at the best rate measured here:
 * process start: a fresh interpreter importing JAX and the qsens modules the job imports, and initialising JAX's
   backend;
 * every float forward the job must run at the *whole-graph* float rate (one jit, XLA fusing across ops, batch 10:
-  faster than the per-op executables the job uses): two calibration passes over the calibration images (v1's
-  range pass and histogram pass; v2 shares the first), the 30-image float reference, the all-INT8 check, the
-  search's evaluated candidates (each one suffix of the network on the inference images), and the summary's two
-  mixed models (INT8 counted at the float rate: optimistic);
-* counting every activation into a 2048-bin histogram twice (v1 and v2) at the rate of qsens's device counter on
+  faster than the per-op executables the job uses): one calibration pass over the calibration images (v1's
+  histogram pass needs no second forward when v2's histograms and the activations kept from the first pass cover
+  it, as they do on Lite0 since 2026-12-01; until then two passes were counted), the 30-image float reference,
+  the all-INT8 check, the search's evaluated candidates (each one suffix of the network on the inference images),
+  and the summary's two mixed models (INT8 counted at the float rate: optimistic);
+* counting every activation into a 2048-bin histogram once (v2's; v1 adopts most of them, and the rest, ~11 % of
+  Lite0's elements, count as zero: optimistic; until 2026-12-01 twice) at the rate of qsens's device counter on
   real activations (a scatter-add: ~2 ns per element, the same as ``np.bincount``), spread over both cores;
 * the SimpleTuner's evaluations at the same whole-graph rate: every (candidate threshold, tune sample) row of every
   tuned tensor through the op that consumes it (:func:`qsens.calibrate.tune_plan`, the walk TPU-MLIR's tuner
@@ -107,7 +109,9 @@ def tuner_flops(model_path: str, images: str, n_images: int) -> list[float]:
     """FLOPs of each SimpleTuner run of the demo job's calibration (its specs: run_sensitive_layer's three v1
     method tables, then run_calibration's v2 KL base table, whose run is ``qsens calibrate``'s), from
     :func:`qsens.calibrate.tune_plan` on the thresholds the job's statistics give: rows (candidate x tune sample)
-    times the FLOPs of the op evaluated.  The statistics run in this process; the tuner itself does not."""
+    times the FLOPs of the op evaluated, less the grids an earlier run of the job evaluated (the memo of
+    :func:`qsens.calibrate.tune`); the last entry is the v2 run alone (``qsens calibrate``'s, no memo hits).  The
+    statistics run in this process; the tuner itself does not."""
     import qsens.calibrate as C
     from qsens.data.dataset import select_files
     from qsens.onnx import to_jax
@@ -120,10 +124,19 @@ def tuner_flops(model_path: str, images: str, n_images: int) -> list[float]:
     files = select_files(dataset=images, input_num=n_images, seed=0)
     runs = []
 
-    def plan_only(model, tune_acts, table, amax, *, steps=C.calib.TUNE_STEPS, **kw):
+    def plan_only(model, tune_acts, table, amax, *, steps=C.calib.TUNE_STEPS, memo=None, **kw):
         n_t = len(next(iter(tune_acts.values())))
-        runs.append(sum(len(c) * n_t * op_flops(g, g.ops[i]) for i, todo in C.tune_plan(g, table, amax, steps)
-                        for _, c in todo))
+        alone = shared = 0.0
+        for i, todo in C.tune_plan(g, table, amax, steps):
+            for _, c in todo:
+                f = len(c) * n_t * op_flops(g, g.ops[i])
+                alone += f
+                key = (i, c.tobytes())  # the job's runs share a memo of (op, grid) distances (calibrate.tune)
+                if memo is None or key not in memo:
+                    shared += f
+                    if memo is not None:
+                        memo[key] = None
+        runs.append((shared, alone))
         return dict(table)
 
     real, C.tune = C.tune, plan_only
@@ -133,7 +146,7 @@ def tuner_flops(model_path: str, images: str, n_images: int) -> list[float]:
                           progress=False)
     finally:
         C.tune = real
-    return runs
+    return [shared for shared, _ in runs] + [runs[-1][1]]  # the job's runs, then the last one alone (calibrate's)
 
 
 def main(argv=None):
@@ -152,7 +165,7 @@ def main(argv=None):
     suf = suffix_flops(g)
     per_image = suf[0]  # every op of the network, one image
     sec_per_elem, elems_per_image = histogram_rate(str(model), str(images))
-    tune_runs = tuner_flops(str(model), str(images), args.images)  # the job's four runs; the last is calibrate's
+    *tune_runs, tune_calibrate = tuner_flops(str(model), str(images), args.images)  # the job's runs; calibrate's
     t_start = start_seconds(args.rounds)
 
     jc = cache_dir() / "bench" / "floors_jax"
@@ -166,8 +179,8 @@ def main(argv=None):
 
     floors = {
         "process_start_s": t_start,
-        "calibration_forwards_s": 2 * args.images * per_image / rate,
-        "histogram_counts_s": 2 * args.images * elems_per_image * sec_per_elem / cores,
+        "calibration_forwards_s": args.images * per_image / rate,
+        "histogram_counts_s": args.images * elems_per_image * sec_per_elem / cores,
         "float_reference_s": args.inference * per_image / rate,
         "all_int8_check_s": args.inference * per_image / rate,
         "search_candidates_s": evaluated / rate,
@@ -177,7 +190,7 @@ def main(argv=None):
     job_floor = sum(floors.values())
     # qsens calibrate: one forward pass (v2), one histogram per activation
     cal_floor = (t_start + args.images * per_image / rate + args.images * elems_per_image * sec_per_elem / cores
-                 + tune_runs[-1] / rate)
+                 + tune_calibrate / rate)
     cal_runs = sorted((process_job(Path(__file__).resolve().parents[1], model, images, args.images, args.inference,
                                    work / "calibrate", jc, kind="calibrate") for _ in range(args.rounds + 1)),
                       key=lambda r: r["wall_s"])
