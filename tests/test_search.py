@@ -521,6 +521,36 @@ def test_new_cali_table_headers_when_qsens_calibrates(full_run):
     assert h_new == h_base
 
 
+def test_plot_is_drawn_beside_the_summary_and_a_failing_plot_loses_nothing(rn, tmp_path, monkeypatch):
+    """The plot runs on a thread while the summary's second mix runs: its title has the new table's similarity, the
+    file is recorded before search.json; a plot that raises is a one-line warning and every other file is written."""
+    from qsens.search import job as J
+
+    seen = {}
+    real = J.plot_losses
+
+    def spy(result, path, methods):
+        seen["title"] = (result.summary["int8"]["similarity"], result.summary["mix_new_table"]["similarity"])
+        return real(result, path, methods)
+
+    monkeypatch.setattr(J, "plot_losses", spy)
+    res = rn.run(tmp_path, tag="plotted")
+    assert seen["title"] == (res.int8_similarity, res.summary["mix_new_table"]["similarity"])
+    assert os.path.getsize(res.files["plot"]) > 1000
+    assert list(json.load(open(res.files["search_json"]))["files"])[-2:] == ["plot", "search_json"]
+
+    def broken(result, path, methods):
+        raise RuntimeError("no fonts")
+
+    monkeypatch.setattr(J, "plot_losses", broken)
+    said = []
+    cfg = J.SearchConfig(methods=rn.methods, expected_cos=1.0)
+    res = J.search(rn.model, rn.base, rn.cal.tuned, rn.inputs, cfg, out_dir=str(tmp_path / "broken"), progress=False,
+                   echo=said.append)
+    assert said == ["warning: plot not written (RuntimeError: no fonts)"]
+    assert "plot" not in res.files and os.path.exists(res.files["qtable"]) and os.path.exists(res.files["search_json"])
+
+
 def test_absolute_qtable_path(clidata, tmp_path, capsys):
     """-o with an absolute path writes the qtable there (TPU-MLIR -o), the other files into --out_dir."""
     out = tmp_path / "out"

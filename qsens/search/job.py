@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -318,6 +319,14 @@ def _finish(problem: Problem, io: JobIO, cfg, done: list[OpResult], selector: To
     th_new = thresholds_from_table(g, new_table)
     int8_set = frozenset(op.name for op in g.ops) - set(float_layers)
     mix_new = mixed_similarity(problem, Config(int8_set, th_new))
+    # the plot reads the losses, the float layers and the two similarities of its title: it is drawn on a thread
+    # while the original table's mix runs (XLA computes without the GIL) and the files are written
+    draft = SearchResult(False, int8_sim, int8_cos, done, float_layers, new_th, {
+        "int8": {"similarity": int8_sim}, "mix_new_table": {"similarity": mix_new[0]}}, {}, {}, evaluated)
+    plot_files: dict = {}
+    plotter = threading.Thread(target=plot_safely, name="qsens-plot", daemon=True, args=(
+        lambda p: plot_losses(draft, p, method_labels), os.path.join(out_dir, "sensitivity.png"), echo, plot_files))
+    plotter.start()
     mix_old = mixed_similarity(problem, Config(int8_set, problem.th0))
     summary = {
         "int8": {"similarity": int8_sim, "cosine": int8_cos},
@@ -355,7 +364,8 @@ def _finish(problem: Problem, io: JobIO, cfg, done: list[OpResult], selector: To
                     "compile": stats.as_dict()})
     log.info(f"total time:{timings['total_s']}")
     result = SearchResult(False, int8_sim, int8_cos, done, float_layers, new_th, summary, timings, files, evaluated)
-    plot_safely(lambda p: plot_losses(result, p, method_labels), os.path.join(out_dir, "sensitivity.png"), echo, files)
+    plotter.join()
+    files.update(plot_files)
     files["search_json"] = os.path.join(out_dir, "search.json")
     atomic_write(files["search_json"], json.dumps(result.to_json(), indent=1) + "\n")
     if os.path.exists(ckpt_path):
