@@ -155,7 +155,7 @@ def collect_statistics_multi(model: Model, files, pp, *, specs: Sequence[tuple[S
     tune_acts: dict[str, np.ndarray] = {}
     v1s = [k for k, (_, h) in enumerate(specs) if h == "v1"]
     v2k = next((k for k, (_, h) in enumerate(specs) if h == "v2"), None)
-    keeper = PassOneKeeper(g, n, keep_bytes, v2k) if v1s and v2k is not None and keep_bytes > 0 else None
+    keeper = PassOneKeeper(g, n, keep_bytes) if v1s and v2k is not None and keep_bytes > 0 else None
     # the statistics of each tensor run on one of STAT_WORKERS FIFO threads (tensors dealt round-robin in graph
     # order, so a tensor's batches stay in order): each thread updates its own copy of the states, whose entries
     # of the other threads' tensors it never touches, and the copies are merged tensor by tensor after each pass
@@ -248,7 +248,7 @@ class PassOneKeeper:
     Only speed depends on these choices: :func:`qsens.calib.adopt_v2_histograms` decides, exactly, at the end, and a
     tensor that was not kept is histogrammed by a second forward as before.  Thread-safe (the statistics workers)."""
 
-    def __init__(self, graph, n_samples: int, cap: int, v2_index: int):
+    def __init__(self, graph, n_samples: int, cap: int):
         import threading
 
         self.n = n_samples

@@ -493,20 +493,20 @@ def test_pass_one_keeper_keeps_what_v2_may_not_hold(tmp_path):
     per = {t: int(np.prod(g.tensor_shape(t)[1:])) * 4 * 2 for t in g.tensors}  # bytes of 2 samples
     unbounded = [t for t in g.tensors if t != clip]
     hist = lambda th, grown=False: HistState(np.zeros(2048, np.int64), np.float32(th), np.float32(th) / 2047, grown)  # noqa: E731
-    k = PassOneKeeper(g, 2, sum(per[t] for t in unbounded), 1)
+    k = PassOneKeeper(g, 2, sum(per[t] for t in unbounded))
     assert set(k.kept) == set(unbounded) and k.left == 0
     for t in g.tensors:
         k.offer(t, np.ones((2, 3), np.float32), 0, hist(6.0))
     assert clip not in k.kept  # at its bound in the first batch
     assert set(k.take(set(g.tensors) - {"x"})) == set(unbounded) - {"x"}
     for th, grown in ((5.0, False), (6.0, True)):  # below its bound, or grown on the way to it: kept
-        k = PassOneKeeper(g, 2, sum(per.values()), 1)
+        k = PassOneKeeper(g, 2, sum(per.values()))
         k.offer(clip, np.ones((1, 3), np.float32), 0, hist(th, grown))
         assert set(k.take({clip})) == set()  # one sample of two: not whole
-        k = PassOneKeeper(g, 2, sum(per.values()), 1)
+        k = PassOneKeeper(g, 2, sum(per.values()))
         k.offer(clip, np.ones((2, 3), np.float32), 0, hist(th, grown))
         assert list(k.take({clip})) == [clip]
-    k = PassOneKeeper(g, 2, per[g.tensors[-1]] + per[g.tensors[-2]], 1)  # room for the last two only
+    k = PassOneKeeper(g, 2, per[g.tensors[-1]] + per[g.tensors[-2]])  # room for the last two only
     assert set(k.kept) == set(g.tensors[-2:])
     k.offer(clip, np.ones((2, 3), np.float32), 0, hist(5.0))
     assert clip not in k.kept  # no room left
