@@ -149,7 +149,7 @@ def _update_stats(cfg: CalibConfig, name: str, t: TensorStats, batch: np.ndarray
     if cfg.tails or (cfg.mse and any(name == n for n, _ in cfg.mse_tail)):
         key = ("tails", id(t.lo), id(t.hi), tail_len)
         if key not in memo:
-            memo[key] = M.merge_tails(t.lo, t.hi, flat, tail_len)
+            memo[key] = M.merge_tails(t.lo, t.hi, flat, tail_len, mins, maxs)
         lo, hi = memo[key]
     else:
         lo, hi = t.lo, t.hi

@@ -94,6 +94,49 @@ def test_merge_tails_any_batches_equal_the_sorted_ends(n, length, seed, kind):
     np.testing.assert_array_equal(hi, s[-k:])
 
 
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 8), st.integers(1, 80), st.integers(1, 60), st.integers(0, 2**31 - 1),
+       st.sampled_from(["normal", "relu6", "ties", "one_row_beyond"]))
+def test_merge_tails_with_row_bounds_keeps_the_same_values(rows, size, length, seed, kind):
+    """With each row's min and max (what the statistics pass), rows that cannot reach a full tail are skipped:
+    the kept values are still exactly the ``length`` smallest / largest of everything seen (ReLU6 rows, whose
+    tails are all 0 and all 6, skip every later comparison)."""
+    rng = np.random.default_rng(seed)
+    batches = []
+    for _ in range(int(rng.integers(1, 5))):
+        x = rng.standard_normal((rows, size)).astype(np.float32)
+        if kind == "relu6":
+            x = np.clip(x * 8, 0, 6)
+        elif kind == "ties":
+            x = np.round(x * 3).astype(np.float32)
+        elif kind == "one_row_beyond":
+            x[int(rng.integers(0, rows))] *= 5
+        batches.append(x)
+    lo = hi = np.zeros(0, np.float32)
+    for b in batches:
+        lo, hi = M.merge_tails(lo, hi, b, length, b.min(axis=1), b.max(axis=1))
+    s = np.sort(np.concatenate([b.ravel() for b in batches]))
+    k = min(length, s.size)
+    np.testing.assert_array_equal(lo, s[:k])
+    np.testing.assert_array_equal(hi, s[-k:])
+
+
+def test_merge_tails_row_bounds_skip_rows_that_cannot_enter(monkeypatch):
+    """Once the tails are full, only rows whose min (max) lies beyond them are compared."""
+    full = np.arange(100, dtype=np.float32).reshape(4, 25)
+    lo, hi = M.merge_tails(np.zeros(0, np.float32), np.zeros(0, np.float32), full, 5)
+    batch = np.full((3, 25), 50, np.float32)
+    batch[1, 7] = -1  # only row 1 can enter lo, nothing can enter hi
+    compared = []
+    beyond = M._beyond
+    monkeypatch.setattr(M, "_beyond", lambda rows, look, *a: compared.append(np.flatnonzero(look).tolist())
+                        or beyond(rows, look, *a))
+    got_lo, got_hi = M.merge_tails(lo, hi, batch, 5, batch.min(axis=1), batch.max(axis=1))
+    assert compared == [[1], []]
+    np.testing.assert_array_equal(got_lo, [-1, 0, 1, 2, 3])
+    np.testing.assert_array_equal(got_hi, hi)
+
+
 def test_tv_m1_m2_m3():
     np.testing.assert_allclose(M.mse_sample(np.array([1, 2, 3, 4, 100], np.float32)), 99.99796, rtol=1e-6)
     np.testing.assert_allclose(M.mse_sample(np.array([0, 1, 2, 3, 4, 100], np.float32)), 99.99937, rtol=1e-6)
