@@ -54,7 +54,7 @@ def prune(d: Path, max_bytes: int) -> int:
     """Delete the least recently written executables until the folder holds at most ``max_bytes`` (each source
     change of qsens makes a new set; the folder may also be deleted at any time).  Returns the files deleted."""
     try:
-        files = [(st.st_mtime, st.st_size, p) for pat in ("*.exe", "*.npy") for p in d.glob(pat)
+        files = [(st.st_mtime, st.st_size, p) for pat in ("*.exe", "*.npy", "*.json") for p in d.glob(pat)
                  for st in (p.stat(),)]
     except OSError:
         return 0
@@ -103,6 +103,39 @@ def write_blob(path: Path | None, a: np.ndarray) -> None:
     np.save(buf, a, allow_pickle=False)
     try:
         _write_atomic(path, buf.getvalue())
+    except OSError:
+        pass  # not kept: computed again next time
+
+
+def note_path(tag: str, text: str) -> Path | None:
+    """Where a small JSON value computed from ``text`` alone is kept (``<hash>.json``: ``tag``, :func:`fingerprint`
+    and ``text``, a :func:`stable_text`), or None when the cache is off.  For the canonicalizer's shape inferences
+    (one ``jax.eval_shape`` trace per distinct op signature: ~0.3 s of every Lite0 process)."""
+    if _DIR[0] is None:
+        return None
+    h = hashlib.sha256("\n".join([tag, fingerprint(), text]).encode())
+    return _DIR[0] / f"{h.hexdigest()}.json"
+
+
+def load_note(path: Path | None):
+    """The JSON value kept at ``path``, or None (absent, unreadable or not JSON: compute it)."""
+    if path is None:
+        return None
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_note(path: Path | None, value) -> None:
+    if path is None:
+        return
+    import json
+
+    try:
+        _write_atomic(path, json.dumps(value).encode())
     except OSError:
         pass  # not kept: computed again next time
 

@@ -187,3 +187,53 @@ def test_merged_1x1_filters_are_kept_and_bit_identical(cache_dir):
     assert len(list(cache_dir.glob("*.npy"))) == 2
     exe_cache.disable()
     assert canonical._merged_filter(w2f, w1m).tobytes() == want.tobytes()
+
+
+def _conv_model(path, shape_const):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+    w = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    shape = numpy_helper.from_array(np.asarray(shape_const, np.int64), "shape")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Reshape", ["r", "shape"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w, shape])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), path)
+    return str(path)
+
+
+def test_shape_inferences_are_kept_and_give_the_same_graph(cache_dir, tmp_path, monkeypatch):
+    """The canonicalizer's shape inferences (one jax.eval_shape trace per op signature) are kept beside the
+    executables: a second process's build (here: the in-process memo emptied) traces none and builds the same
+    graph; a bad note is traced again; another constant is another key; nothing is kept with the cache off."""
+    from qsens.onnx import canonical, to_jax
+
+    traced = []
+    eval_shape = canonical.Canonicalizer._eval_shape
+    monkeypatch.setattr(canonical.Canonicalizer, "_eval_shape",
+                        staticmethod(lambda *a: traced.append(a[-1]) or eval_shape(*a)))
+
+    def build(path):
+        canonical._INFER_MEMO.clear()
+        traced.clear()
+        fn, _ = to_jax(path)
+        return fn.model.graph
+
+    m = _conv_model(tmp_path / "m.onnx", [1, -1])
+    g1 = build(m)
+    assert traced and len(list(cache_dir.glob("*.json"))) == len(traced)
+    assert [op.out_shapes for op in g1.ops if op.type != "Input"][-1] == ((1, 256),)
+    g2 = build(m)
+    assert traced == [] and g2.ops == g1.ops
+    for note in cache_dir.glob("*.json"):
+        note.write_text("not json")
+    assert build(m).ops == g1.ops and traced  # traced again, and kept again
+    assert build(m).ops == g1.ops and traced == []
+    g3 = build(_conv_model(tmp_path / "m2.onnx", [4, -1]))  # the Reshape's constant differs: its own note
+    assert traced == ["Reshape"] and [op.out_shapes for op in g3.ops][-1] == ((4, 64),)
+    exe_cache.disable()
+    n = len(list(cache_dir.glob("*.json")))
+    assert build(m).ops == g1.ops and traced and len(list(cache_dir.glob("*.json"))) == n

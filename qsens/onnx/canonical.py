@@ -42,6 +42,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .. import exe_cache
 from ..errors import ModelError
 from . import patterns, registry
 from .ir import Graph, Op, freeze_attrs, value_fingerprint
@@ -173,6 +174,33 @@ def _infer_key(d, attrs, slots, avals, params) -> tuple | None:
     except TypeError:
         return None
     return key
+
+
+def _infer_note(d, key: tuple | None):
+    """Where :meth:`Canonicalizer._infer`'s result for ``key`` persists across processes (None: not kept).  The
+    registry entry stands in by its op type and implementation's name: its code is in the cache fingerprint (a
+    hash of qsens's sources), the rest of the key is exact values (constants by digest)."""
+    if key is None:
+        return None
+    text = exe_cache.stable_text((d.op_type, d.impl.__module__, d.impl.__qualname__) + key[1:])
+    return None if text is None else exe_cache.note_path("shape inference", text)
+
+
+def _avals_to_note(out) -> list | None:
+    """``jax.eval_shape``'s outputs as JSON (None when one is not a plain shape/dtype: not kept)."""
+    if not all(isinstance(a, jax.ShapeDtypeStruct) and a.sharding is None for a in out):
+        return None
+    return [[list(a.shape), np.dtype(a.dtype).str, bool(a.weak_type)] for a in out]
+
+
+def _avals_from_note(note) -> list | None:
+    if not isinstance(note, list):
+        return None
+    try:
+        return [jax.ShapeDtypeStruct(tuple(int(n) for n in shape), np.dtype(dt), weak_type=bool(weak))
+                for shape, dt, weak in note]
+    except (TypeError, ValueError):
+        return None
 
 
 class Canonicalizer:
@@ -413,7 +441,12 @@ class Canonicalizer:
         hit = _INFER_MEMO.get(key) if key is not None else None
         if hit is not None:
             return list(hit)
-        out = Canonicalizer._eval_shape(d, attrs, slots, avals, params, nname, op_type)
+        note = _infer_note(d, key)
+        out = _avals_from_note(exe_cache.load_note(note))
+        if out is None:
+            out = Canonicalizer._eval_shape(d, attrs, slots, avals, params, nname, op_type)
+            if note is not None and (kept := _avals_to_note(out)) is not None:
+                exe_cache.write_note(note, kept)
         if key is not None:
             if len(_INFER_MEMO) >= _INFER_MEMO_MAX:
                 _INFER_MEMO.clear()
@@ -900,8 +933,6 @@ def _merged_filter(w2f: np.ndarray, w1m: np.ndarray) -> np.ndarray:
     add (no FMA), as TPU-MLIR.  Memory-bound NumPy (Lite0's two merges: ~0.5 s), so the result is kept beside
     qsens's executables, keyed by the exact operands (:func:`qsens.exe_cache.blob_path`; recomputed when the cache
     is off or the file is bad)."""
-    from .. import exe_cache
-
     (E, D, kk), C = w2f.shape, w1m.shape[1]
     path = exe_cache.blob_path("conv1x1-merge: float32 sum over d ascending", w2f, w1m)
     w = exe_cache.load_blob(path, (E, C, kk), np.float32)
