@@ -15,7 +15,12 @@ from tests.onnx_builders import conv_bn_relu_model, init, make_model, vi
 
 @pytest.fixture()
 def counted(monkeypatch):
-    """Counts the real shape inferences (``_eval_shape`` calls) and starts from an empty memo."""
+    """Counts the real shape inferences (``_eval_shape`` calls) and starts from an empty memo, with the notes kept
+    across processes off (another test of the same worker may have enabled the cache and left notes of these
+    signatures; ``tests/test_exe_cache.py`` tests the notes)."""
+    from qsens import exe_cache
+
+    monkeypatch.setattr(exe_cache, "_DIR", [None])
     monkeypatch.setattr(C, "_INFER_MEMO", {})
     calls = []
     orig = C.Canonicalizer._eval_shape
