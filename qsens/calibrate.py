@@ -254,9 +254,8 @@ class PassOneKeeper:
         self.n = n_samples
         self.bound: dict[str, np.float32 | None] = {}
         for t in graph.tensors:
-            op = graph.producer(t)
-            lim = float(op.attr("relu_limit", -1.0)) if op.attr("do_relu", False) else -1.0
-            self.bound[t] = np.float32(lim) if lim > 0 else None
+            lim = graph.producer(t).relu_bound()
+            self.bound[t] = None if lim is None else np.float32(lim)
         self.nbytes = {t: n_samples * int(np.prod(graph.tensor_shape(t)[1:], dtype=np.int64)) * 4 for t in graph.tensors}
         self.kept: dict[str, list] = {}
         left = cap
@@ -529,8 +528,9 @@ def tune(model: Model, tune_acts: Mapping[str, np.ndarray], table: dict[str, flo
 
             # host float64 -> float32 scales, as fake_quant_np computes them
             scales = np.array([np.float32(127.0 / float(c)) for c in cands], np.float32)
-            # pipeline: the worker thread scores chunk s-1 (NumPy float64, GIL released) while this thread
-            # dispatches chunk s; every row writes its own slot of ``per``, so the values are the same as in order
+            # pipeline: TUNE_WORKERS threads score the earlier chunks (NumPy float64, GIL released; chunks dealt
+            # round-robin) while this thread dispatches chunk s; every row writes its own slot of ``per``, so the
+            # values are the same as in order
             with Workers(TUNE_WORKERS) as bg:
                 for s0 in range(0, len(flat), batch):
                     chunk = flat[s0 : s0 + batch]

@@ -512,6 +512,22 @@ def test_pass_one_keeper_keeps_what_v2_may_not_hold(tmp_path):
     assert clip not in k.kept  # no room left
 
 
+def test_relu_bound_of_fused_and_standalone_relus():
+    """``Op.relu_bound``, shared by the pass-1 keeper and the accuracy aids: a fused or standalone bounded ReLU
+    gives its limit, an unbounded or absent one None."""
+    from qsens.onnx.ir import Op
+
+    def op(t, **attrs):
+        return Op("y", t, ("x",), ("y",), attrs=tuple(sorted(attrs.items())))
+
+    assert op("Conv", do_relu=True, relu_limit=6.0).relu_bound() == 6.0
+    assert op("Relu", relu_limit=6.0).relu_bound() == 6.0
+    assert op("Conv", do_relu=True, relu_limit=-1.0).relu_bound() is None
+    assert op("Conv", do_relu=False, relu_limit=6.0).relu_bound() is None
+    assert op("Relu", relu_limit=-1.0).relu_bound() is None
+    assert op("Add").relu_bound() is None
+
+
 def test_statistics_workers_raise_the_earliest_submitted_failure():
     """Two statistics threads: a later call that fails first on the other thread does not hide an earlier one
     (the inline order's error is the one the user sees: the input tensor before what its NaN reaches)."""

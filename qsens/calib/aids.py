@@ -50,8 +50,7 @@ def find_successor(graph: Graph, op: Op) -> list[str]:
 
 def _bounded(op: Op) -> bool:
     """A ReLU with a finite upper bound (ReLU6 / Clip(0, 6)): not positively homogeneous."""
-    lim = op.attr("relu_limit", -1.0)
-    return lim is not None and float(lim) > 0 and (op.type == "Relu" or bool(op.attr("do_relu")))
+    return op.relu_bound() is not None
 
 
 def equalization_pairs(graph: Graph, relu6: str = "tpu_mlir") -> list[dict]:

@@ -92,6 +92,14 @@ class Op:
                 return v
         return default
 
+    def relu_bound(self) -> float | None:
+        """The finite upper bound of this op's output when it ends in a bounded ReLU (ReLU6 / Clip(0, x): a fused
+        ``do_relu`` with ``relu_limit`` > 0, or a standalone ``Relu`` with one), else None."""
+        lim = self.attr("relu_limit", -1.0)
+        if lim is None or not float(lim) > 0 or not (self.type == "Relu" or bool(self.attr("do_relu"))):
+            return None
+        return float(lim)
+
     @property
     def weight_roles(self) -> dict[str, str]:
         return dict(self.weights)
