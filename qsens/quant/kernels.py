@@ -19,7 +19,12 @@ Exact integer accumulation (Conv / MatMul): with ``K`` = reduction length (``Cin
   sums stay below ``K*15*15 < 2^24``, combined in int32 -- exact for ``K*255*128 < 2^31`` (``K <= 65793``,
   beyond which int32 itself would overflow).
 
-``ACCUMULATE`` (module global: "auto" | "f32" | "split" | "split4" | "int32") forces a path (tests).
+Those bounds are static (``K`` alone).  Conv and MatMul also pass their weights' per-output axes: when a layer's
+own int8 weights keep ``255 * sum |w8|`` of every output below 2^24 (true of typical layers far beyond K = 514),
+one float32 contraction is taken at run time instead (``lax.cond``; see ``_exact``).
+
+``ACCUMULATE`` (module global: "auto" | "f32" | "split" | "split4" | "int32") forces a path (tests); a forced path
+is taken whatever the weights.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from .qparams import LUT_OPS, op_kind
 I32, F32 = jnp.int32, jnp.float32
 ACCUMULATE = "auto"
 _F32_EXACT = 2**24
+_F32_FIT = (_F32_EXACT - 1) // 255  # the largest per-output sum |w8| for which float32 is exact (see _exact)
 
 
 def _acc_mode(K: int, backend: str | None = None, op_name: str = "") -> str:
@@ -64,9 +70,29 @@ def _acc_mode(K: int, backend: str | None = None, op_name: str = "") -> str:
                      f"(K*255*128 >= 2^31); keep it in float (qtable) or split the layer")
 
 
-def _exact(fn, x, w, K: int, op_name: str = ""):
-    """``fn(x, w)`` (a linear integer contraction) computed exactly; int32 result."""
+def _exact(fn, x, w, K: int, op_name: str = "", per_output: tuple[int, ...] | None = None):
+    """``fn(x, w)`` (a linear integer contraction) computed exactly; int32 result.
+
+    ``per_output``: the axes of ``w`` one output sums over (OIHW Conv: ``(1, 2, 3)``; a (K, N) dot: ``(0,)``).
+    Given, a contraction whose static mode is not plain float32 takes one float32 contraction at run time when
+    this layer's weights allow it: with ``|x| <= 255``, every partial sum of an output is at most
+    ``255 * sum |w|`` of that output, so ``max_o sum |w| <= (2^24 - 1) // 255`` keeps every partial sum an
+    integer below 2^24, exact in any order.  Typical int8 weights are far below the ``K * 128`` the static
+    bound assumes (Lite0's K = 672..1280 layers), so their two- or four-part contractions become one."""
     mode = _acc_mode(K, op_name=op_name)
+    if mode != "f32" and ACCUMULATE == "auto" and per_output is not None:
+        return lax.cond(fits_float32(w, per_output), lambda: _exact_mode("f32", fn, x, w),
+                        lambda: _exact_mode(mode, fn, x, w))
+    return _exact_mode(mode, fn, x, w)
+
+
+def fits_float32(w, per_output: tuple[int, ...]):
+    """True (a traced bool) when one float32 contraction of codes ``|x| <= 255`` with the integer weights ``w``
+    is exact: ``max_o sum |w| <= (2^24 - 1) // 255`` over the axes ``per_output`` (see ``_exact``)."""
+    return jnp.max(jnp.sum(jnp.abs(w.astype(I32)), axis=per_output)) <= _F32_FIT
+
+
+def _exact_mode(mode: str, fn, x, w):
     if mode == "int32":
         return fn(x.astype(I32), w.astype(I32), I32)
     wf = w.astype(F32)
@@ -106,13 +132,25 @@ def _conv_as_dots(x, w, strides, pads, dil, g):
     return tree_sum(terms)
 
 
-def _conv_fn(op):
+def _conv_fn(op, nhwc: bool = False):
+    """``fn(x, w, dt)``: the conv of ``op`` on NCHW operands, or NHWC ones with ``nhwc`` (the same numbers)."""
     strides = tuple(op.attr("strides", (1, 1)))
     pads = tuple(op.attr("pads", (0, 0, 0, 0)))
     dil = tuple(op.attr("dilations", (1, 1)))
     g = int(op.attr("group", 1))
 
     def fn(x, w, dt):
+        if nhwc:
+            if dt == F32 and jax.default_backend() == "cpu":
+                from ..onnx.layout import conv2d_nhwc
+
+                return conv2d_nhwc(x, w, None, strides=strides, pads=pads, dilations=dil, group=g)
+            from ..onnx.layout import TO_NCHW, TO_NHWC
+
+            return jnp.transpose(nchw(jnp.transpose(x, TO_NCHW), w, dt), TO_NHWC)
+        return nchw(x, w, dt)
+
+    def nchw(x, w, dt):
         if dt == F32 and jax.default_backend() == "cpu" and x.ndim == 4:
             # the float fast path (depthwise as shifted multiply-adds, 1x1 as a channel-last dot): every partial
             # sum is an integer below 2^24 here (see _acc_mode), so any summation order is exact
@@ -172,21 +210,25 @@ def _pool_pads(op):
     return ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3]))
 
 
-def int8_op(op, weights, q_inputs: Sequence, qp: dict, chip: ChipSpec = BM1684):
-    """Run ``op`` in BM1684 INT8 on integer codes.  See the module docstring."""
+def int8_op(op, weights, q_inputs: Sequence, qp: dict, chip: ChipSpec = BM1684, nhwc: bool = False):
+    """Run ``op`` in BM1684 INT8 on integer codes.  See the module docstring.  ``nhwc``: a Conv's codes are
+    channel-last (input and output; the search's executables, which hold activations NHWC on CPU): the same
+    integers, without the two transposes around the kernel.  Only a Conv takes it."""
     del weights, chip
     kind = op_kind(op)
+    if nhwc and kind != "Conv":
+        raise ValueError(f"op {op.name!r}: only a Conv runs on NHWC codes, not a {kind}")
     xs = [jnp.asarray(q).astype(I32) for q in q_inputs]
     hu = Round.HALF_UP
+    shp = (1, 1, 1, -1) if nhwc else (1, -1, 1, 1)  # a Conv's per-output-channel parameters
     if kind == "Conv" and "b32" in qp:  # BM1684X: per-channel multiplier + rshift (Tpu/Interfaces/Common/Conv2D.cpp)
         K = int(np.prod(qp["w8"].shape[1:]))
-        acc = _exact(_conv_fn(op), xs[0], qp["w8"], K, op.name)
-        shp = (1, -1, 1, 1)
+        acc = _exact(_conv_fn(op, nhwc), xs[0], qp["w8"], K, op.name, (1, 2, 3))
         y = requant_multiplier(acc, qp["b32"].reshape(shp), qp["m"].reshape(shp), qp["r"].reshape(shp))
         return _finish(y, op, qp)
     if kind == "MatMul" and "b32" in qp:  # BM1684X: per-tensor multiplier + rshift (Tpu/Interfaces/Common/MatMul.cpp)
         w8 = qp["w8"]
-        acc = _exact(_dot_fn, xs[0], w8, int(w8.shape[0]), op.name)
+        acc = _exact(_dot_fn, xs[0], w8, int(w8.shape[0]), op.name, (0,))
         if op.attr("do_relu", False):  # the interpreter's matmul applies the ReLU before the requant (m > 0: same)
             acc = jnp.maximum(acc + qp["b32"], 0) - qp["b32"]
         return _finish(requant_multiplier(acc, qp["b32"], qp["m"], qp["r"]), op, qp)
@@ -194,7 +236,7 @@ def int8_op(op, weights, q_inputs: Sequence, qp: dict, chip: ChipSpec = BM1684):
         x = xs[0]
         w8 = qp["w8"]
         K = int(np.prod(w8.shape[1:]))
-        acc = _exact(_conv_fn(op), x, w8, K, op.name) + qp["b16"].reshape(1, -1, 1, 1)
+        acc = _exact(_conv_fn(op, nhwc), x, w8, K, op.name, (1, 2, 3)) + qp["b16"].reshape(shp)
         return _finish(rshift_round(acc, qp["r"], hu), op, qp)
     if kind == "Deconv" and "b32" in qp:
         # BM1684X (TPU-MLIR 1.23, gen_const's relu42_Relu): an int32 tpu.Deconv (per-output-channel int8 weights, int32
@@ -233,7 +275,7 @@ def int8_op(op, weights, q_inputs: Sequence, qp: dict, chip: ChipSpec = BM1684):
         w8 = qp["w8"]
         if op.attr("transB", False) and w8.shape[0] != x.shape[-1]:
             w8 = w8.T
-        acc = _exact(_dot_fn, x, w8, int(w8.shape[0]), op.name) + qp["b16"]
+        acc = _exact(_dot_fn, x, w8, int(w8.shape[0]), op.name, (0,)) + qp["b16"]
         return _finish(rshift_round(acc, qp["r"], hu), op, qp)
     if kind == "Scale" and "b32" in qp:  # BM1684X: a depthwise 1x1 conv, per-channel multiplier + rshift
         x = xs[0]

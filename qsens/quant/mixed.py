@@ -47,7 +47,7 @@ from ..onnx.convert import FLOAT_TYPE_FOLLOWS_INPUT, f32_tensor, run_graph, run_
 from ..onnx.ir import Graph, Op
 from .chip import BM1684, ChipSpec
 from .kernels import dequantize, int8_op, pad_value_code, quantize, quantize_from
-from .qparams import qparams_for, static_fallback
+from .qparams import op_kind, qparams_for, static_fallback
 
 #: Data movement: INT8 codes pass through unchanged (output threshold = input threshold).
 PASS_THROUGH = {"Reshape", "Permute", "Pad", "Slice", "Tile", "Squeeze", "Unsqueeze", "Flatten", "Identity"}
@@ -286,12 +286,17 @@ def host_qparams(plan: QuantPlan, op: Op, weights: Mapping[str, Any], th_in: Seq
 
 
 def int8_core(plan: QuantPlan, op: Op, weights: Mapping[str, Any], acts: Sequence[Any], th_in: Sequence[Any], th_out,
-              chip: ChipSpec | None = None, qp: Mapping[str, Any] | None = None, fallback: bool = True) -> list:
+              chip: ChipSpec | None = None, qp: Mapping[str, Any] | None = None, fallback: bool = True,
+              nhwc: bool = False) -> list:
     """The INT8 form of ``op`` on float NCHW inputs: cast F32 -> INT8 with ``th_in`` (effective input
     thresholds), the INT8 kernel with output threshold ``th_out``, cast back.  Ops without an INT8 form (see
     ``plan.f32_reason``) return their float outputs; a threshold-dependent fallback selects the float result.
-    ``chip`` defaults to the plan's."""
+    ``chip`` defaults to the plan's.  ``nhwc``: a Conv with an INT8 form on a channel-last input, giving a
+    channel-last output (the casts are elementwise; see :func:`~qsens.quant.kernels.int8_op`); no float
+    fallback then (``fallback=False``)."""
     chip = chip or plan.chip
+    if nhwc and (op.name in plan.f32_reason or fallback or op_kind(op) != "Conv"):
+        raise ValueError(f"op {op.name!r}: only an INT8 Conv without the float fallback runs NHWC here")
     if op.name in plan.f32_reason:
         return run_op_roles(op, weights, acts)
     if op.type == "Input":
@@ -319,7 +324,7 @@ def int8_core(plan: QuantPlan, op: Op, weights: Mapping[str, Any], acts: Sequenc
     if qp is None:
         qp = qparams_for(op, dict(weights), tuple(th_in), th_out, sig_in, s_out, chip,
                          in_shapes=[plan.graph.tensor_shape(t) for t in ins])
-    y = dequantize(int8_op(op, None, q, qp, chip), th_out, s_out)
+    y = dequantize(int8_op(op, None, q, qp, chip, nhwc=nhwc), th_out, s_out)
     fb = qp.get("fallback") if fallback else None
     if fb is not None:  # threshold-dependent F32 fallback, decided per threshold set (only one branch runs)
         y = jax.lax.cond(jnp.asarray(fb, bool), lambda: run_op_roles(op, weights, acts)[0], lambda: y)
