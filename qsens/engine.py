@@ -248,7 +248,6 @@ class Engine:
         keep = set(keep)
         env = dict(env)
         int8_t = set(int8_tensors) if self.float_type != "F32" else set()
-        pending = None
         for i in range(start, stop):
             op = g.ops[i]
             if op.type == "Input":
@@ -257,16 +256,9 @@ class Engine:
             fn = self.float_exe(i, int8_in) if int8_in else self.float_exe(i)
             if int8_in and op.type in FLOAT_TYPE_FOLLOWS_INPUT:  # a reshape takes its input's type
                 int8_t.update(op.outputs)
-            # one op in flight: op i is dispatched, then op i-1 waited for, so the host's work for op i+1
-            # overlaps op i's compute (the search's suffixes: job 0.92-0.99x in engine_window_ab); without any
-            # wait every output buffer of the whole graph would be allocated before the first op finishes (peak
-            # RSS = all activations instead of the live set).  With a streaming consumer (the calibration
-            # statistics) op i is waited for: there the window measured slower (calibrate_window_ab: 1.09x)
-            outs = self.call(fn, self.weights(op), [env[t] for t in op.inputs])
-            jax.block_until_ready(pending)
-            pending = outs
-            if on_output is not None:
-                pending = jax.block_until_ready(outs)
+            # block per op: with asynchronous dispatch every output buffer of the whole graph would be
+            # allocated before the first op finishes (peak RSS = all activations instead of the live set)
+            outs = jax.block_until_ready(self.call(fn, self.weights(op), [env[t] for t in op.inputs]))
             for t, v in zip(op.outputs, outs):
                 env[t] = v
                 if on_output is not None:
@@ -274,7 +266,6 @@ class Engine:
             for t in set(op.inputs):
                 if last.get(t, -1) <= i and t not in keep:
                     env.pop(t, None)
-        jax.block_until_ready(pending)
         return env
 
     def outputs(self, env: Mapping[str, Any]) -> dict[str, Any]:
