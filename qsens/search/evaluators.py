@@ -73,7 +73,7 @@ def int8_exe(engine: Engine, plan: QuantPlan, i: int):
                                                                                             out_nhwc) + fts
     # a 2-D Conv held NHWC on both sides runs its INT8 kernel channel-last: the same codes without transposing
     # its input and output twice (measured on Lite0's INT8 model, 30 images: the stride-2 depthwise layers took
-    # 7-14x their float time, e.g. 121 vs 17 ms, most of it the transposes of their large inputs)
+    # 7-14x their float time, e.g. 121 vs 17 ms, most of it transposing and casting their large inputs; now ~2x)
     direct = (op_kind(op) == "Conv" and op.name not in plan.f32_reason and in_nhwc == (True,) and out_nhwc
               and len(shapes[0]) == 4)
 
