@@ -166,6 +166,19 @@ def _pad_products(per_op: bool, strides) -> bool:
     return per_op and max(strides) > 1
 
 
+def traced_alone_differs(op: Op, weights: dict) -> bool:
+    """Whether ``op`` traces differently in its own executable (:func:`per_op_executable`) than inside a larger one:
+    a strided depthwise Conv on the CPU (:func:`_pad_products`).  Such an op also computes different float bits
+    when its neighbours share its executable (XLA fuses, and contracts multiply-adds, across the boundary), so the
+    Engine's multi-op blocks leave it on its own (:meth:`qsens.engine.Engine.block_plan`)."""
+    if _native() or op.onnx_type != "Conv" or op.type != "Conv":
+        return False
+    w = weights.get("filter")
+    strides = op.attr("strides")
+    return (w is not None and w.ndim == 4 and w.shape[1] == 1 and op.attr("group") == w.shape[0] and strides is not None
+            and _pad_products(True, strides))
+
+
 def conv2d_nhwc(x, w, b, *, strides, pads, dilations, group):
     """x (N,H,W,C), w (O, C/g, kh, kw) -> (N,Ho,Wo,O)."""
     n, h, wd, c = x.shape

@@ -298,7 +298,8 @@ class FloatPrefix:
                 for m in range(M):
                     env = dict(live)
                     env[out_t] = ys[m]
-                    per_cand[m].append(problem.outputs(e, e.run(env, i + 1, keep=keep, int8_tensors=op.outputs)))
+                    per_cand[m].append(problem.outputs(e, e.run(env, i + 1, keep=keep, int8_tensors=op.outputs,
+                                                                 blocks=True)))
         return [problem.scorer.loss(concat_chunks(parts, problem.counts)) for parts in per_cand]
 
 
