@@ -108,7 +108,7 @@ class Problem:
         t0 = time.perf_counter()
         outs = []
         for part in self.chunks:
-            env = self.engine.run(self.engine.input_env(part), keep=self.compare or ())
+            env = self.engine.run(self.engine.input_env(part), keep=self.compare or (), blocks=True)
             outs.append(self.outputs(self.engine, env))
         self.ref_outputs = concat_chunks(outs, self.counts)
         self.float_s = time.perf_counter() - t0
