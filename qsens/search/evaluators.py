@@ -173,43 +173,6 @@ def mixed_similarity(problem: Problem, config: Config) -> tuple[float, float, np
 
 
 # --------------------------------------------------------------------------------------------- evaluators
-_WORKER: list = []
-
-
-def concurrent_suffixes(problem: Problem) -> bool:
-    """Whether :class:`FloatPrefix` runs two candidates' float suffixes at once (:func:`two_at_a_time`): on the
-    CPU, one device, no memory budget (each suffix in flight holds its own live tensors).  XLA-CPU's executables
-    leave part of the cores idle (Lite0's search used ~1.65 of 2); two independent suffixes fill them.  Measured
-    on Lite0's candidate suffixes at 30 images (2-core CPU, interleaved rounds): one at a time 14.96-23.19 s, two
-    at a time 13.02-14.66 s (0.72-0.89x per round), three at a time 14.71-18.97 s.  The same executables on the
-    same inputs: the same values, in the same order."""
-    from .memory import budget_set
-
-    return jax.default_backend() == "cpu" and not problem.placement.sharded and not budget_set()
-
-
-def two_at_a_time(fn, items):
-    """``map(fn, items)`` with item ``k + 1`` on a worker thread while item ``k`` runs on this one (results in
-    order; an error raises here, the earliest item's first)."""
-    if not _WORKER:
-        from concurrent.futures import ThreadPoolExecutor
-
-        _WORKER.append(ThreadPoolExecutor(1, thread_name_prefix="qsens-suffix"))
-    items = list(items)
-    for k in range(0, len(items), 2):
-        if k + 1 == len(items):
-            yield fn(items[k])
-            break
-        other = _WORKER[0].submit(fn, items[k + 1])
-        try:
-            first = fn(items[k])
-        except BaseException:
-            other.exception()  # let it finish (never two pairs in flight), then raise the earlier item's error
-            raise
-        yield first
-        yield other.result()
-
-
 def prefix_at(evaluator, problem: Problem, start: int) -> Prefix:
     """A prefix evaluator's carry at op ``start``: the network inputs advanced with ``evaluator.step``.
 
@@ -332,14 +295,11 @@ class FloatPrefix:
                 for m in range(M):
                     per_cand[m].append({k: v[m * problem.chunk : (m + 1) * problem.chunk] for k, v in outs.items()})
             else:
-                def suffix(m, live=live, ys=ys):
+                for m in range(M):
                     env = dict(live)
                     env[out_t] = ys[m]
-                    return problem.outputs(e, e.run(env, i + 1, keep=keep, int8_tensors=op.outputs, blocks=True))
-
-                runs = two_at_a_time(suffix, range(M)) if concurrent_suffixes(problem) else map(suffix, range(M))
-                for m, outs in enumerate(runs):
-                    per_cand[m].append(outs)
+                    per_cand[m].append(problem.outputs(e, e.run(env, i + 1, keep=keep, int8_tensors=op.outputs,
+                                                                 blocks=True)))
         return [problem.scorer.loss(concat_chunks(parts, problem.counts)) for parts in per_cand]
 
 
