@@ -39,8 +39,9 @@ from .onnx.registry import CHAIN
 #: Float ops a multi-op block may hold (:meth:`Engine.block_plan`): types whose float32 arithmetic ends in no
 #: multiply that a consumer in the same executable could contract into a fused multiply-add (so one executable over
 #: several of them computes the bits their own executables compute; tested on the zoo's models).  Elementwise
-#: chains, Mul, Scale, Sigmoid, PRelu, ... stay op by op.
-BLOCK_TYPES = frozenset({"Conv", "Add", "AvgPool", "MaxPool", "Reshape", "MatMul", "Concat"})
+#: chains, Mul, Scale, Sigmoid, PRelu, ... stay op by op, and so does AvgPool (a global mean's division by a
+#: constant may become a multiply by its reciprocal).
+BLOCK_TYPES = frozenset({"Conv", "Add", "MaxPool", "Reshape", "MatMul", "Concat"})
 #: Most ops in one block (0 or 1: no blocks).  A suffix that starts inside a block runs op by op up to the next
 #: block, so smaller blocks waste less; measured on Lite0's 58 float suffixes at 30 images (2-core CPU): op by op
 #: 10.0 s, blocks of <= 3 / 6 / unbounded ops 9.2 / 8.8 / 9.2 s.
