@@ -339,7 +339,7 @@ class Engine:
         while i < stop:
             b = plan.get(i)
             if b is not None and b <= stop:
-                self._run_block(env, i, b, keep)
+                self.run_block(env, i, b, keep)
                 i = b
                 continue
             if g.ops[i].type != "Input":
@@ -366,7 +366,7 @@ class Engine:
             if last.get(t, -1) <= i and t not in keep:
                 env.pop(t, None)
 
-    def _run_block(self, env: dict[str, Any], a: int, b: int, keep: set) -> None:
+    def run_block(self, env: dict[str, Any], a: int, b: int, keep: set) -> None:
         """Ops ``[a, b)`` as one executable, ``env`` updated in place as the op-by-op run leaves it: every tensor
         made, less those whose last reader is inside the block (unless kept); inputs read last here dropped."""
         g = self.graph

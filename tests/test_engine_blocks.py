@@ -106,3 +106,41 @@ def test_blocks_off_for_streaming_consumers(zoo):
     eng.run(at(1), 1, on_output=lambda t, v: seen_a.append(t))
     eng.run(at(1), 1, on_output=lambda t, v: seen_b.append(t), blocks=True)
     assert seen_a == seen_b == [t for op in eng.graph.ops[1:] for t in op.outputs]
+
+
+def test_mixed_runs_use_blocks_where_all_their_ops_are_float(tmp_path):
+    """``advance_mixed`` (mixed models: the summary, greedy and leave-one-out searches, run_qtable's steps) runs a
+    block as one executable only when every op in it is float; the env equals the op-by-op run's, bit for bit."""
+    try:
+        import search_models as sm
+    except ImportError:
+        from tests import search_models as sm
+    from qsens.calibrate import calibrate
+    from qsens.pipeline import load_inputs
+    from qsens.search.evaluators import advance_mixed
+    from qsens.search.problem import Problem
+    from qsens.tables import CaliTable
+
+    fn, _ = to_jax(sm.save(sm.resnet_ish(blocks=3, seed=5), tmp_path / "net.onnx"))
+    sm.npy_dataset(tmp_path / "data", n=8, seed=1)
+    files = sorted(str(p) for p in (tmp_path / "data").glob("*.npy"))
+    cal = calibrate(fn.model, files, None, methods=("kl",), tune_num=0, progress=False)
+    pb = Problem.from_table(fn.model, CaliTable(cal.table_entries("kl", True)), load_inputs(files[:6], fn.graph, None),
+                            chunk=4)
+    plan = pb.engine.block_plan()
+    assert plan
+    ops = [op.name for op in pb.graph.ops]
+    a, b = next(iter(plan.items()))
+    th_eff = pb.plan.effective(np.asarray(pb.th0, np.float32))
+    calls = []
+    real = pb.engine.run_block
+    pb.engine.run_block = lambda *args: (calls.append(args[1:3]), real(*args))[1]
+    for int8_ops in (set(), set(ops), {ops[a]}, set(ops[b:]), set(ops[:a + 1])):
+        calls.clear()
+        got = [advance_mixed(pb, pb.engine.input_env(part), th_eff, int8_ops) for part in pb.chunks]
+        used = set(calls)
+        want = [advance_mixed(pb, pb.engine.input_env(part), th_eff, int8_ops, blocks=False) for part in pb.chunks]
+        for x, y in zip(got, want):
+            _same_env(x, y)
+        float_blocks = {(s, e) for s, e in plan.items() if not int8_ops & set(ops[s:e])}
+        assert used == float_blocks  # every all-float block ran whole, no block holding an INT8 op did

@@ -126,19 +126,31 @@ def int8_tensor(problem: Problem, t: str, int8_ops) -> bool:
 
 
 def advance_mixed(problem: Problem, env, th_eff: np.ndarray, int8_ops, start: int = 0, engine: Engine | None = None,
-                  keep=(), stop: int | None = None) -> dict:
+                  keep=(), stop: int | None = None, blocks: bool = True) -> dict:
     """Advance ``env`` in place through ops ``[start, stop)`` (default: to the end), ops in ``int8_ops`` INT8 (the
-    others float); dead tensors are dropped unless in ``keep`` or the problem's compare layers.  Returns ``env``."""
+    others float); dead tensors are dropped unless in ``keep`` or the problem's compare layers.  Returns ``env``.
+    ``blocks``: an :meth:`~qsens.engine.Engine.block_plan` block whose ops all run float here runs as one executable
+    (F32 only; the same values)."""
     e = engine or problem.engine
     g = problem.graph
     last = g.last_use
     keep = problem.keep | set(keep)
     f16 = problem.plan.float_type != "F32"
-    for i in range(start, len(g.ops) if stop is None else stop):
+    stop = len(g.ops) if stop is None else stop
+    f32_reason = problem.plan.f32_reason
+    plan = e.block_plan() if blocks and not f16 and e.float_type == "F32" else {}
+    i = start - 1
+    while i + 1 < stop:
+        i += 1
         op = g.ops[i]
+        b = plan.get(i)
+        if b is not None and b <= stop and all(o.name not in int8_ops or o.name in f32_reason for o in g.ops[i:b]):
+            e.run_block(env, i, b, keep)
+            i = b - 1
+            continue
         if op.type == "Input":  # never quantized by itself: each INT8 consumer casts it (TPU-MLIR lowering)
             continue
-        if op.name in int8_ops and op.name not in problem.plan.f32_reason:
+        if op.name in int8_ops and op.name not in f32_reason:
             outs = [run_int8_op(problem, e, i, env, th_eff, [th_eff[problem.plan.tensor_index[op.outputs[0]]]])[0]]
         else:
             # an F16 float op does not round what a dequantized INT8 producer wrote (int8_tensor)
