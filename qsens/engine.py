@@ -229,13 +229,14 @@ class Engine:
     def block_plan(self) -> dict[int, int]:
         """``{first op: stop}`` of the multi-op float blocks (static, from the graph): runs of consecutive
         :data:`BLOCK_TYPES` ops, at most :data:`BLOCK_OPS` each, leaving out every op that
-        :func:`~qsens.onnx.layout.traced_alone_differs` (Lite0's strided depthwise layers on the CPU).
+        :func:`~qsens.onnx.layout.traced_alone_differs` (Lite0's strided depthwise layers on the CPU).  None for an
+        F16 / BF16 engine (its float ops round what INT8 producers wrote differently, :meth:`float_exe`).
 
         One executable per block instead of one per op lets XLA fuse across the ops (an op's bias and clip with the
         next op's padding, no per-op dispatch and sync); the float bits are those of the op-by-op run (tested)."""
         if self._blocks is not None:
             return self._blocks
-        ops = self.graph.ops
+        ops = self.graph.ops if self.float_type == "F32" else ()
         ok = [op.type in BLOCK_TYPES and op.onnx_type != CHAIN
               and not traced_alone_differs(op, {r: self.params[k] for r, k in op.weights}) for op in ops]
         blocks: dict[int, int] = {}
@@ -328,13 +329,13 @@ class Engine:
         calibration statistics), so nothing beyond the live set needs to be kept.  ``int8_tensors``: tensors of
         ``env`` an INT8 op wrote (dequantized; matters to F16 / BF16 float ops only, see :meth:`float_exe`).
         ``blocks``: run the :meth:`block_plan`'s blocks that lie inside ``[start, stop)`` as one executable each
-        (F32 and without ``on_output`` only; the same values and the same ``env`` afterwards)."""
+        (without ``on_output`` only; the same values and the same ``env`` afterwards)."""
         g = self.graph
         stop = len(g.ops) if stop is None else stop
         keep = set(keep)
         env = dict(env)
         int8_t = set(int8_tensors) if self.float_type != "F32" else set()
-        plan = self.block_plan() if blocks and on_output is None and self.float_type == "F32" else {}
+        plan = self.block_plan() if blocks and on_output is None else {}
         i = start
         while i < stop:
             b = plan.get(i)

@@ -130,7 +130,7 @@ def advance_mixed(problem: Problem, env, th_eff: np.ndarray, int8_ops, start: in
     """Advance ``env`` in place through ops ``[start, stop)`` (default: to the end), ops in ``int8_ops`` INT8 (the
     others float); dead tensors are dropped unless in ``keep`` or the problem's compare layers.  Returns ``env``.
     ``blocks``: an :meth:`~qsens.engine.Engine.block_plan` block whose ops all run float here runs as one executable
-    (F32 only; the same values)."""
+    (the same values)."""
     e = engine or problem.engine
     g = problem.graph
     last = g.last_use
@@ -138,15 +138,16 @@ def advance_mixed(problem: Problem, env, th_eff: np.ndarray, int8_ops, start: in
     f16 = problem.plan.float_type != "F32"
     stop = len(g.ops) if stop is None else stop
     f32_reason = problem.plan.f32_reason
-    plan = e.block_plan() if blocks and not f16 and e.float_type == "F32" else {}
-    i = start - 1
-    while i + 1 < stop:
-        i += 1
+    plan = e.block_plan() if blocks else {}
+    done = start  # ops before this one have run (a block runs several)
+    for i in range(start, stop):
+        if i < done:
+            continue
         op = g.ops[i]
         b = plan.get(i)
         if b is not None and b <= stop and all(o.name not in int8_ops or o.name in f32_reason for o in g.ops[i:b]):
             e.run_block(env, i, b, keep)
-            i = b - 1
+            done = b
             continue
         if op.type == "Input":  # never quantized by itself: each INT8 consumer casts it (TPU-MLIR lowering)
             continue
